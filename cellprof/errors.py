@@ -1,0 +1,24 @@
+"""Errors a user can act on.
+
+Every error cellprof raises on purpose is a :class:`CellprofError`; the command line
+prints its message as one red line and exits non-zero, without a traceback. Messages
+name the file, row or column at fault and say what was expected.
+"""
+
+from __future__ import annotations
+
+
+class CellprofError(Exception):
+    """Base class: an input or state problem the user can fix."""
+
+
+class InputError(CellprofError):
+    """A table, image or option is not what cellprof expected."""
+
+
+class StoreError(CellprofError):
+    """An HDF5 file is not a (complete, compatible) cellprof file."""
+
+
+class CheckpointError(CellprofError):
+    """A checkpoint is missing, not a cellprof checkpoint, or does not fit the data."""

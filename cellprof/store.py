@@ -1,0 +1,365 @@
+"""The crop store: one HDF5 file of single-cell crops and their metadata.
+
+This is the only module that names HDF5 datasets, so the layout lives in one place
+(documented for users in ``docs/formats.md``)::
+
+    /crops                  (N, C, H, W) raw intensities (source dtype; float32 when
+                            illumination-corrected), chunked one-cell-batch, gzip + shuffle
+    /cells/<column>         N-long 1-D datasets, one per metadata column (Metadata_Plate,
+                            Metadata_Well, ..., ImageNumber, ObjectNumber, Location_Center_X/Y)
+    /fields/<column>        one row per field (image) that was processed: its metadata,
+                            file names, per-channel intensity statistics and counts
+    /issues/<column>        one row per reported problem: kind, file, row, reason
+    /illumination/<plate>   (C, H, W) float32 illumination function, when estimated
+    attributes of /         format, schema_version, channels, crop_size, config (JSON),
+                            cellprof_version, created, complete, summary (JSON)
+
+Tables are stored column-wise (not as a pickled pandas object) so any HDF5 tool reads
+them; :func:`read_cells` turns them into a :class:`pandas.DataFrame`.
+
+Writing is crash-safe in the sense that matters for long jobs: the writer appends one
+field at a time to ``<out>.partial`` and records the committed row counts only after a
+field's rows are all flushed. A resumed run truncates anything past those counts, so a
+field interrupted mid-write is redone, never duplicated. The file gets its final name
+only when :meth:`CropStoreWriter.finish` renames it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from cellprof import __version__
+from cellprof.errors import StoreError
+
+FORMAT = "cellprof-crops"
+SCHEMA_VERSION = 1
+CROPS = "crops"
+CELLS = "cells"
+FIELDS = "fields"
+ISSUES = "issues"
+ILLUMINATION = "illumination"
+CHUNK_CELLS = 64
+ISSUE_COLUMNS = {"kind": "str", "file": "str", "row": "int", "reason": "str"}
+
+_STR = h5py.string_dtype("utf-8")
+
+
+def partial_path(path: str | Path) -> Path:
+    """The temporary name a store is written under until it is complete."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def column_kind(series: pd.Series) -> str:
+    """Classify a column as ``"int"``, ``"float"``, ``"bool"`` or ``"str"`` for storage."""
+    if pd.api.types.is_bool_dtype(series):
+        return "bool"
+    if pd.api.types.is_integer_dtype(series):
+        return "int"
+    if pd.api.types.is_float_dtype(series):
+        return "float"
+    return "str"
+
+
+def _h5_dtype(kind: str) -> Any:
+    return {"int": np.int64, "float": np.float64, "bool": np.bool_, "str": _STR}[kind]
+
+
+def _as_column(values: pd.Series | Sequence[Any], kind: str) -> np.ndarray:
+    series = pd.Series(values)
+    if kind == "str":
+        return np.array(["" if pd.isna(v) else str(v) for v in series], dtype=object)
+    if kind == "float":
+        return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    if kind == "int":
+        return pd.to_numeric(series).to_numpy(dtype=np.int64)
+    return series.to_numpy(dtype=np.bool_)
+
+
+class _Table:
+    """A column-wise appendable table inside one HDF5 group."""
+
+    def __init__(self, group: h5py.Group) -> None:
+        self.group = group
+
+    @classmethod
+    def create(cls, parent: h5py.Group, name: str, kinds: Mapping[str, str]) -> _Table:
+        group = parent.create_group(name)
+        group.attrs["columns"] = json.dumps(list(kinds))
+        for col, kind in kinds.items():
+            group.create_dataset(
+                col, shape=(0,), maxshape=(None,), dtype=_h5_dtype(kind), chunks=(4096,),
+                compression="gzip",
+            )
+            group[col].attrs["kind"] = kind
+        return cls(group)
+
+    @property
+    def columns(self) -> list[str]:
+        return json.loads(self.group.attrs["columns"])
+
+    def __len__(self) -> int:
+        cols = self.columns
+        return int(self.group[cols[0]].shape[0]) if cols else 0
+
+    def append(self, frame: pd.DataFrame, start: int) -> int:
+        """Write ``frame``'s rows at ``start`` (missing columns filled empty); return the end."""
+        n = len(frame)
+        end = start + n
+        for col in self.columns:
+            ds = self.group[col]
+            kind = ds.attrs["kind"]
+            if col in frame.columns:
+                values = _as_column(frame[col], kind)
+            else:
+                fill = {"str": "", "float": np.nan, "int": -1, "bool": False}[kind]
+                values = _as_column(pd.Series([fill] * n), kind)
+            ds.resize((end,))
+            if n:
+                ds[start:end] = values
+        return end
+
+    def truncate(self, n: int) -> None:
+        for col in self.columns:
+            self.group[col].resize((n,))
+
+    def read(self, rows: slice | np.ndarray | None = None) -> pd.DataFrame:
+        out: dict[str, Any] = {}
+        for col in self.columns:
+            ds = self.group[col]
+            data = ds.asstr() if ds.attrs["kind"] == "str" else ds
+            out[col] = data[()] if rows is None else data[rows]
+        return pd.DataFrame(out)
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What a crop store holds, read from its attributes."""
+
+    path: Path
+    n_cells: int
+    channels: tuple[str, ...]
+    crop_size: int
+    dtype: np.dtype
+    config: dict[str, Any]
+    summary: dict[str, Any]
+
+
+class CropStoreWriter:
+    """Append crops field by field to ``<path>.partial``; rename to ``path`` when done.
+
+    Parameters
+    ----------
+    path
+        Final output path.
+    channels
+        Channel names, in the order of axis 1 of ``/crops``.
+    crop_size
+        Crop side in pixels.
+    dtype
+        Crop dtype (the source images' dtype, or float32 after illumination correction).
+    cell_columns, field_columns
+        Column name -> kind (``"str"``, ``"float"``, ``"int"``, ``"bool"``) of the two tables.
+    config
+        JSON-serialisable settings; a resumed run must pass the same ones.
+    resume
+        Continue an existing ``.partial`` file written with the same config, rather than
+        starting over. A partial file that cannot be opened is discarded and restarted.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        channels: Sequence[str],
+        crop_size: int,
+        dtype: np.dtype | type,
+        cell_columns: Mapping[str, str],
+        field_columns: Mapping[str, str],
+        config: Mapping[str, Any],
+        resume: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.tmp = partial_path(self.path)
+        self.resumed_fields = 0
+        config_json = json.dumps(dict(config), sort_keys=True, default=str)
+        if resume and self.tmp.exists():
+            if self._try_resume(config_json):
+                return
+        self.tmp.unlink(missing_ok=True)
+        self.tmp.parent.mkdir(parents=True, exist_ok=True)
+        self.file = h5py.File(self.tmp, "w")
+        f = self.file
+        f.attrs.update(
+            format=FORMAT, schema_version=SCHEMA_VERSION, cellprof_version=__version__,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            channels=json.dumps(list(channels)), crop_size=int(crop_size), config=config_json,
+            complete=False, n_cells=0, n_fields=0, n_issues=0, summary="{}",
+        )
+        c = len(channels)
+        f.create_dataset(
+            CROPS, shape=(0, c, crop_size, crop_size), maxshape=(None, c, crop_size, crop_size),
+            dtype=np.dtype(dtype), chunks=(CHUNK_CELLS, c, crop_size, crop_size),
+            compression="gzip", compression_opts=4, shuffle=True,
+        )
+        _Table.create(f, CELLS, cell_columns)
+        _Table.create(f, FIELDS, field_columns)
+        _Table.create(f, ISSUES, ISSUE_COLUMNS)
+        f.create_group(ILLUMINATION)
+        f.flush()
+
+    def _try_resume(self, config_json: str) -> bool:
+        try:
+            f = h5py.File(self.tmp, "a")
+        except OSError:
+            return False  # torn file from a hard kill: restart cleanly
+        if f.attrs.get("format") != FORMAT or f.attrs.get("config") != config_json:
+            f.close()
+            return False
+        self.file = f
+        n_cells, n_fields = int(f.attrs["n_cells"]), int(f.attrs["n_fields"])
+        f[CROPS].resize((n_cells,) + f[CROPS].shape[1:])
+        _Table(f[CELLS]).truncate(n_cells)
+        _Table(f[FIELDS]).truncate(n_fields)
+        _Table(f[ISSUES]).truncate(int(f.attrs["n_issues"]))
+        self.resumed_fields = n_fields
+        return True
+
+    def done_fields(self, key: str) -> pd.DataFrame:
+        """Fields committed so far (all columns); ``key`` must be one of them."""
+        table = _Table(self.file[FIELDS])
+        if key not in table.columns:
+            raise StoreError(f"{self.tmp}: field table has no column {key!r}")
+        return table.read()
+
+    def issues(self) -> pd.DataFrame:
+        return _Table(self.file[ISSUES]).read()
+
+    def add_field(
+        self, field: Mapping[str, Any], crops: np.ndarray, cells: pd.DataFrame,
+        issues: pd.DataFrame | None = None,
+    ) -> None:
+        """Commit one field: its crops, their metadata rows, its own row and its issues."""
+        f = self.file
+        if len(crops) != len(cells):
+            raise ValueError(f"{len(crops)} crops but {len(cells)} metadata rows")
+        n0 = int(f.attrs["n_cells"])
+        n1 = n0 + len(crops)
+        ds = f[CROPS]
+        ds.resize((n1,) + ds.shape[1:])
+        if len(crops):
+            ds[n0:n1] = crops
+        _Table(f[CELLS]).append(cells, n0)
+        nf = _Table(f[FIELDS]).append(pd.DataFrame([dict(field)]), int(f.attrs["n_fields"]))
+        ni = int(f.attrs["n_issues"])
+        if issues is not None and len(issues):
+            ni = _Table(f[ISSUES]).append(issues, ni)
+        f.flush()
+        # Counts last: a crash before this line leaves the field uncommitted.
+        f.attrs.update(n_cells=n1, n_fields=nf, n_issues=ni)
+        f.flush()
+
+    def add_issues(self, issues: pd.DataFrame) -> None:
+        """Commit problems found before any field (e.g. in the tables)."""
+        n = _Table(self.file[ISSUES]).append(issues, int(self.file.attrs["n_issues"]))
+        self.file.flush()
+        self.file.attrs["n_issues"] = n
+        self.file.flush()
+
+    def set_illumination(self, plate: str, illum: np.ndarray) -> None:
+        group = self.file[ILLUMINATION]
+        name = plate or "_"
+        if name in group:
+            del group[name]
+        group.create_dataset(name, data=np.asarray(illum, dtype=np.float32), compression="gzip")
+        group[name].attrs["plate"] = plate
+        self.file.flush()
+
+    def illumination(self) -> dict[str, np.ndarray]:
+        group = self.file[ILLUMINATION]
+        return {str(ds.attrs["plate"]): ds[()] for ds in group.values()}
+
+    def finish(self, summary: Mapping[str, Any]) -> Path:
+        """Mark complete, close and atomically rename to the final path."""
+        self.file.attrs.update(complete=True, summary=json.dumps(dict(summary), default=str))
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def close(self) -> None:
+        """Close without finishing (the ``.partial`` file stays for a resume)."""
+        if self.file.id.valid:
+            self.file.close()
+
+
+def open_store(path: str | Path) -> h5py.File:
+    """Open a complete crop store read-only, or raise :class:`StoreError` saying why not."""
+    path = Path(path)
+    if not path.exists():
+        hint = " (an interrupted run left a .partial file: rerun the same command to resume)" \
+            if partial_path(path).exists() else ""
+        raise StoreError(f"{path}: no such crop store{hint}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise StoreError(f"{path}: not an HDF5 file ({exc})") from None
+    if f.attrs.get("format") != FORMAT:
+        f.close()
+        raise StoreError(f"{path}: not a cellprof crop store (no format={FORMAT!r} attribute)")
+    if int(f.attrs.get("schema_version", -1)) > SCHEMA_VERSION:
+        f.close()
+        raise StoreError(f"{path}: written by a newer cellprof (schema "
+                         f"{f.attrs['schema_version']}); upgrade cellprof")
+    if not bool(f.attrs.get("complete", False)):
+        f.close()
+        raise StoreError(f"{path}: incomplete crop store")
+    return f
+
+
+def read_info(path: str | Path) -> StoreInfo:
+    with open_store(path) as f:
+        return StoreInfo(
+            path=Path(path), n_cells=int(f[CROPS].shape[0]),
+            channels=tuple(json.loads(f.attrs["channels"])), crop_size=int(f.attrs["crop_size"]),
+            dtype=f[CROPS].dtype, config=json.loads(f.attrs["config"]),
+            summary=json.loads(f.attrs["summary"]),
+        )
+
+
+def read_cells(path: str | Path, rows: slice | np.ndarray | None = None) -> pd.DataFrame:
+    """The per-cell metadata table, one row per crop in ``/crops`` order."""
+    with open_store(path) as f:
+        return _Table(f[CELLS]).read(rows)
+
+
+def read_fields(path: str | Path) -> pd.DataFrame:
+    """One row per processed field: metadata, files, intensity statistics, counts."""
+    with open_store(path) as f:
+        return _Table(f[FIELDS]).read()
+
+
+def read_issues(path: str | Path) -> pd.DataFrame:
+    """Every problem reported while the store was written (kind, file, row, reason)."""
+    with open_store(path) as f:
+        return _Table(f[ISSUES]).read()
+
+
+def read_crops(path: str | Path, rows: slice | np.ndarray | None = None) -> np.ndarray:
+    """Crops ``(n, C, H, W)``; ``rows`` a slice or sorted index array (all when None)."""
+    with open_store(path) as f:
+        return f[CROPS][()] if rows is None else f[CROPS][rows]
+
+
+def read_illumination(path: str | Path) -> dict[str, np.ndarray]:
+    with open_store(path) as f:
+        return {str(ds.attrs["plate"]): ds[()] for ds in f[ILLUMINATION].values()}
