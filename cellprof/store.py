@@ -49,6 +49,8 @@ FIELDS = "fields"
 ISSUES = "issues"
 ILLUMINATION = "illumination"
 CHUNK_CELLS = 64
+BATCH_CELLS = 512
+BATCH_FIELDS = 64
 ISSUE_COLUMNS = {"kind": "str", "file": "str", "row": "int", "reason": "str"}
 
 _STR = h5py.string_dtype("utf-8")
@@ -81,9 +83,9 @@ def _as_column(values: pd.Series | Sequence[Any], kind: str) -> np.ndarray:
         return np.array(["" if pd.isna(v) else str(v) for v in series], dtype=object)
     if kind == "float":
         return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    if kind == "int":
-        return pd.to_numeric(series).to_numpy(dtype=np.int64)
-    return series.to_numpy(dtype=np.bool_)
+    if kind == "int":  # -1 marks "not measured" (e.g. the size of an unreadable field)
+        return pd.to_numeric(series).fillna(-1).to_numpy(dtype=np.int64)
+    return series.fillna(False).to_numpy(dtype=np.bool_)
 
 
 class _Table:
@@ -97,10 +99,9 @@ class _Table:
         group = parent.create_group(name)
         group.attrs["columns"] = json.dumps(list(kinds))
         for col, kind in kinds.items():
-            group.create_dataset(
-                col, shape=(0,), maxshape=(None,), dtype=_h5_dtype(kind), chunks=(4096,),
-                compression="gzip",
-            )
+            # No compression: variable-length strings would only compress their pointers.
+            group.create_dataset(col, shape=(0,), maxshape=(None,), dtype=_h5_dtype(kind),
+                                 chunks=(4096,))
             group[col].attrs["kind"] = kind
         return cls(group)
 
@@ -192,6 +193,9 @@ class CropStoreWriter:
         self.path = Path(path)
         self.tmp = partial_path(self.path)
         self.resumed_fields = 0
+        self._queue: list[tuple[dict[str, Any], np.ndarray, pd.DataFrame,
+                                pd.DataFrame | None]] = []
+        self._queued_cells = 0
         config_json = json.dumps(dict(config), sort_keys=True, default=str)
         if resume and self.tmp.exists():
             if self._try_resume(config_json):
@@ -210,7 +214,7 @@ class CropStoreWriter:
         f.create_dataset(
             CROPS, shape=(0, c, crop_size, crop_size), maxshape=(None, c, crop_size, crop_size),
             dtype=np.dtype(dtype), chunks=(CHUNK_CELLS, c, crop_size, crop_size),
-            compression="gzip", compression_opts=4, shuffle=True,
+            compression="gzip", compression_opts=1, shuffle=True,
         )
         _Table.create(f, CELLS, cell_columns)
         _Table.create(f, FIELDS, field_columns)
@@ -237,40 +241,65 @@ class CropStoreWriter:
 
     def done_fields(self, key: str) -> pd.DataFrame:
         """Fields committed so far (all columns); ``key`` must be one of them."""
+        self.commit()
         table = _Table(self.file[FIELDS])
         if key not in table.columns:
             raise StoreError(f"{self.tmp}: field table has no column {key!r}")
         return table.read()
 
     def issues(self) -> pd.DataFrame:
+        self.commit()
         return _Table(self.file[ISSUES]).read()
 
     def add_field(
         self, field: Mapping[str, Any], crops: np.ndarray, cells: pd.DataFrame,
         issues: pd.DataFrame | None = None,
     ) -> None:
-        """Commit one field: its crops, their metadata rows, its own row and its issues."""
-        f = self.file
+        """Queue one field (its crops, their metadata rows, its own row and its issues).
+
+        Fields are written in batches of about ``BATCH_CELLS`` cells: an HDF5 flush costs
+        tens of milliseconds, more than cropping a field. A queued field is complete, so
+        :meth:`close` writes the queue too; only a hard kill loses it (and the fields are
+        then redone on resume).
+        """
         if len(crops) != len(cells):
             raise ValueError(f"{len(crops)} crops but {len(cells)} metadata rows")
+        self._queue.append((dict(field), crops, cells, issues))
+        self._queued_cells += len(crops)
+        if self._queued_cells >= BATCH_CELLS or len(self._queue) >= BATCH_FIELDS:
+            self.commit()
+
+    def commit(self) -> None:
+        """Write every queued field, then record the new committed counts."""
+        if not self._queue:
+            return
+        f = self.file
+        crops = [q[1] for q in self._queue if len(q[1])]
         n0 = int(f.attrs["n_cells"])
-        n1 = n0 + len(crops)
+        n1 = n0 + sum(len(c) for c in crops)
         ds = f[CROPS]
         ds.resize((n1,) + ds.shape[1:])
-        if len(crops):
-            ds[n0:n1] = crops
-        _Table(f[CELLS]).append(cells, n0)
-        nf = _Table(f[FIELDS]).append(pd.DataFrame([dict(field)]), int(f.attrs["n_fields"]))
+        if crops:
+            ds[n0:n1] = np.concatenate(crops)
+        cells = [q[2] for q in self._queue if len(q[2])]
+        if cells:
+            _Table(f[CELLS]).append(pd.concat(cells, ignore_index=True), n0)
+        fields = pd.DataFrame([q[0] for q in self._queue])
+        nf = _Table(f[FIELDS]).append(fields, int(f.attrs["n_fields"]))
         ni = int(f.attrs["n_issues"])
-        if issues is not None and len(issues):
-            ni = _Table(f[ISSUES]).append(issues, ni)
+        issues = [q[3] for q in self._queue if q[3] is not None and len(q[3])]
+        if issues:
+            ni = _Table(f[ISSUES]).append(pd.concat(issues, ignore_index=True), ni)
         f.flush()
-        # Counts last: a crash before this line leaves the field uncommitted.
+        # Counts last: a crash before this line leaves these fields uncommitted.
         f.attrs.update(n_cells=n1, n_fields=nf, n_issues=ni)
         f.flush()
+        self._queue.clear()
+        self._queued_cells = 0
 
     def add_issues(self, issues: pd.DataFrame) -> None:
         """Commit problems found before any field (e.g. in the tables)."""
+        self.commit()
         n = _Table(self.file[ISSUES]).append(issues, int(self.file.attrs["n_issues"]))
         self.file.flush()
         self.file.attrs["n_issues"] = n
@@ -291,6 +320,7 @@ class CropStoreWriter:
 
     def finish(self, summary: Mapping[str, Any]) -> Path:
         """Mark complete, close and atomically rename to the final path."""
+        self.commit()
         self.file.attrs.update(complete=True, summary=json.dumps(dict(summary), default=str))
         self.file.close()
         os.replace(self.tmp, self.path)
@@ -299,7 +329,10 @@ class CropStoreWriter:
     def close(self) -> None:
         """Close without finishing (the ``.partial`` file stays for a resume)."""
         if self.file.id.valid:
-            self.file.close()
+            try:
+                self.commit()
+            finally:
+                self.file.close()
 
 
 def open_store(path: str | Path) -> h5py.File:

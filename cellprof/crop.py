@@ -1,0 +1,358 @@
+"""``cellprof crop``: plate images + CellProfiler tables -> one HDF5 crop store.
+
+A run has three steps: *plan* (read the tables, resolve every image path, group object
+centres by field; all table problems are found here, before any pixel is read),
+optionally *estimate illumination* (one pass over every field of a plate), then *crop*
+(one field per task, in parallel workers; the parent commits results in table order).
+
+Nothing is lost on interruption: results go to ``<out>.partial`` field by field, and
+rerunning the same command resumes after the last committed field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cellprof.errors import InputError
+from cellprof.fieldwork import FieldTask, field_mean, issue, process_field
+from cellprof.illumination import IlluminationAccumulator
+from cellprof.images import read_planes, resolve_image
+from cellprof.runner import Progress, commit_results, ordered_map, store_columns
+from cellprof.segment import SegmentConfig
+from cellprof.store import CropStoreWriter
+from cellprof.tables import (
+    CONCENTRATION, PLATE, SITE, WELL, canonical_columns, channels_of, join_moa,
+    object_centres, read_moa_table, read_table, require_columns, site_from_filename,
+)
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    """Settings of a crop run; a resumed run must use the same ones."""
+
+    size: int = 68
+    """Crop side in pixels (the paper's 68)."""
+    channels: tuple[str, ...] | None = None
+    """Channel names to keep, in this order; None keeps all ``FileName_`` channels."""
+    edge: str = "skip"
+    """Cells whose crop leaves the image: ``"skip"`` (counted) or ``"pad"`` (zeros)."""
+    illumination: bool = False
+    """Divide each field by its plate's smooth per-channel illumination function."""
+    offset: tuple[float, float] = (0.0, 0.0)
+    """(x, y) added to object centres, for pipelines that cropped images before measuring."""
+    object_name: str = "Nuclei"
+    """Object whose centres to use in a database-style table (``Nuclei_Location_Center_X``)."""
+    segment: SegmentConfig | None = None
+    """Find nuclei with scikit-image instead of reading an object table."""
+    nucleus_channel: str | None = None
+    """Channel to segment nuclei in (default: the first channel)."""
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.size <= 1024:
+            raise InputError(f"--size must be between 8 and 1024 pixels, got {self.size}")
+        if self.edge not in ("skip", "pad"):
+            raise InputError(f"--edge must be 'skip' or 'pad', got {self.edge!r}")
+
+
+@dataclass(frozen=True)
+class CropSummary:
+    """What a crop run did, printed by the CLI and stored in the file's attributes."""
+
+    out: Path
+    n_fields: int
+    n_fields_failed: int
+    n_cells: int
+    n_edge_skipped: int
+    n_rejected: int
+    issues: dict[str, int]
+    issues_file: Path | None
+    resumed_fields: int
+
+
+def plan(image_table: str | Path, objects: str | Path | None, config: CropConfig,
+         root: str | Path | None = None, moa: str | Path | None = None,
+         ) -> tuple[list[FieldTask], list[str], list[dict[str, Any]]]:
+    """Read the tables into one task per field; return tasks, channels and table issues."""
+    image_table = Path(image_table)
+    table = canonical_columns(read_table(image_table))
+    keep = ("FileName_", "PathName_", "Frame_", "Channel_", "Height_", "Width_", "Metadata_")
+    table = table[[c for c in table.columns
+                   if c.startswith(keep) or c in ("ImageNumber", "TableNumber")]].copy()
+    available = channels_of(table)
+    if not available:
+        raise InputError(f"{image_table}: no FileName_<channel> (or Image_FileName_<channel>) "
+                         "columns: is this a CellProfiler image table?")
+    channels = list(config.channels) if config.channels else available
+    unknown = [c for c in channels if c not in available]
+    if unknown:
+        raise InputError(f"{image_table}: no channel {', '.join(unknown)} "
+                         f"(channels: {', '.join(available)})")
+    if "ImageNumber" not in table.columns:
+        table["ImageNumber"] = np.arange(1, len(table) + 1)
+    # Database exports number images per TableNumber: the pair identifies a field.
+    table["_key"] = _field_keys(table)
+    if table["_key"].duplicated().any():
+        dup = table["_key"][table["_key"].duplicated()].iloc[0]
+        raise InputError(f"{image_table}: image {dup} appears twice (ImageNumber, with "
+                         "TableNumber when present, must identify one row)")
+    table = _complete_metadata(table, channels[0])
+    if moa is not None:
+        table = join_moa(table, read_moa_table(moa), moa)
+    meta_cols = [c for c in table.columns if c.startswith("Metadata_") or c == "TableNumber"]
+    root_dir = Path(root) if root is not None else None
+    issues: list[dict[str, Any]] = []
+
+    centres: dict[int, pd.DataFrame] = {}
+    if objects is not None and config.segment is None:
+        obj = object_centres(read_table(objects), objects, config.object_name)
+        obj["Location_Center_X"] += config.offset[0]
+        obj["Location_Center_Y"] += config.offset[1]
+        if "TableNumber" in table.columns and "TableNumber" not in obj.columns:
+            raise InputError(f"{objects}: missing column TableNumber (the image table "
+                             f"{image_table.name} has one, so ImageNumber alone is ambiguous)")
+        obj["_key"] = _field_keys(obj)
+        known = set(table["_key"])
+        stray = obj[~obj["_key"].isin(known)]
+        for _, r in stray.iterrows():
+            issues.append(issue("unknown_image", objects, r["_row"],
+                                f"image {r['_key']} is not in {image_table.name}"))
+        centres = dict(iter(obj[obj["_key"].isin(known)].groupby("_key")))
+    elif config.segment is None:
+        raise InputError("give an object table (--objects) or ask for segmentation (--segment)")
+
+    tasks = []
+    for i, r in enumerate(table.itertuples(index=False)):
+        rec = dict(zip(table.columns, r, strict=True))
+        files = []
+        bad = False
+        for ch in channels:
+            fname = rec.get(f"FileName_{ch}")
+            if fname is None or (isinstance(fname, float) and np.isnan(fname)) or fname == "":
+                issues.append(issue("missing_filename", image_table, i + 2,
+                                    f"FileName_{ch} is empty"))
+                bad = True
+                continue
+            path, _ = resolve_image(rec.get(f"PathName_{ch}"), fname, root=root_dir,
+                                    table_dir=image_table.parent)
+            files.append((ch, path, _plane(rec, ch)))
+        if bad:
+            continue
+        obj = centres.get(rec["_key"])
+        tasks.append(FieldTask(
+            key=rec["_key"], image_number=int(rec["ImageNumber"]), row=i + 2,
+            meta={c: _plain(rec[c]) for c in meta_cols}, files=files,
+            table_file=str(image_table), object_file=str(objects or ""),
+            centres=None if config.segment is not None else (
+                obj[["Location_Center_X", "Location_Center_Y"]].to_numpy(np.float64)
+                if obj is not None else np.zeros((0, 2))),
+            object_numbers=None if obj is None else obj["ObjectNumber"].to_numpy(np.int64),
+            object_rows=None if obj is None else obj["_row"].to_numpy(np.int64),
+            expected_shape=_expected_shape(rec, channels[0]),
+        ))
+    if not tasks:
+        raise InputError(f"{image_table}: no usable image rows")
+    return tasks, channels, issues
+
+
+def _field_keys(table: pd.DataFrame) -> pd.Series:
+    numbers = pd.to_numeric(table["ImageNumber"], errors="coerce").astype("Int64").astype(str)
+    if "TableNumber" in table.columns:
+        return table["TableNumber"].astype(str) + "-" + numbers
+    return numbers
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _plane(rec: dict[str, Any], ch: str) -> int | None:
+    """Plane of a multi-plane file from CellProfiler's Frame_/Channel_ columns (-1 = none)."""
+    for col in (f"Frame_{ch}", f"Channel_{ch}"):
+        v = rec.get(col)
+        if v is not None and not pd.isna(v) and int(v) >= 0 and (col != f"Frame_{ch}" or
+                                                                  int(v) > 0 or _multi(rec, ch)):
+            return int(v)
+    return None
+
+
+def _multi(rec: dict[str, Any], ch: str) -> bool:
+    """True when other channels share this channel's file (so Frame 0 is meaningful)."""
+    name = rec.get(f"FileName_{ch}")
+    return sum(1 for k, v in rec.items() if k.startswith("FileName_") and v == name) > 1
+
+
+def _expected_shape(rec: dict[str, Any], ch: str) -> tuple[int, int] | None:
+    h, w = rec.get(f"Height_{ch}"), rec.get(f"Width_{ch}")
+    if h is None or w is None or pd.isna(h) or pd.isna(w):
+        return None
+    return int(h), int(w)
+
+
+def _complete_metadata(table: pd.DataFrame, first_channel: str) -> pd.DataFrame:
+    """Make plate, well and site present, with sites from file names when the table has none."""
+    table = table.copy()
+    for col in (PLATE, WELL):
+        table[col] = table[col].astype(str) if col in table.columns else ""
+    if SITE not in table.columns:
+        sites = table[f"FileName_{first_channel}"].map(site_from_filename)
+        if sites.isna().any():
+            sites = table.groupby([PLATE, WELL]).cumcount() + 1
+        table[SITE] = sites.astype(np.int64)
+    if CONCENTRATION in table.columns:
+        table[CONCENTRATION] = pd.to_numeric(table[CONCENTRATION], errors="coerce")
+    for col in table.columns:
+        if col.startswith("Metadata_") and col not in (SITE, CONCENTRATION) and \
+                not pd.api.types.is_numeric_dtype(table[col]):
+            table[col] = table[col].fillna("").astype(str)
+    return table
+
+
+def _store_dtype(tasks: list[FieldTask], illumination: bool) -> str:
+    """uint16 for 8/16-bit sources (raw values kept exactly), float32 otherwise."""
+    if illumination:
+        return "float32"
+    for task in tasks:
+        try:
+            sample = read_planes(task.files[0][1])
+        except InputError:
+            continue
+        if sample.dtype.kind in "ub" and sample.dtype.itemsize <= 2:
+            return "uint16"
+        return "float32"
+    return "uint16"
+
+
+def crop_screen(
+    image_table: str | Path, out: str | Path, *, objects: str | Path | None = None,
+    config: CropConfig = CropConfig(), root: str | Path | None = None,
+    moa: str | Path | None = None, workers: int = 1, strict: bool = False,
+    overwrite: bool = False, progress: Progress | None = None,
+) -> CropSummary:
+    """Cut every cell of a screen into one crop store (see module docstring).
+
+    Parameters
+    ----------
+    image_table, objects
+        CellProfiler image and object tables (CSV, CSV.gz or Parquet; either naming style).
+    out
+        The ``.h5`` file to write; ``<out>.partial`` until complete.
+    workers
+        Processes reading and cropping fields in parallel.
+    strict
+        Fail on the first reported problem instead of logging it and going on.
+    overwrite
+        Replace an existing complete ``out``; otherwise that is an error.
+    progress
+        Called as ``progress(stage, done, total)``.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise InputError(f"{out}: exists; pass --overwrite to replace it")
+    tasks, channels, plan_issues = plan(image_table, objects, config, root, moa)
+    if strict and plan_issues:
+        raise InputError(_describe(plan_issues[0]))
+    nucleus = channels.index(config.nucleus_channel) if config.nucleus_channel else 0
+    if config.nucleus_channel and config.nucleus_channel not in channels:
+        raise InputError(f"--nucleus-channel {config.nucleus_channel} is not one of "
+                         f"{', '.join(channels)}")
+    settings = {"mode": "table", "image_table": str(Path(image_table).resolve()),
+                "objects": str(Path(objects).resolve()) if objects else None,
+                "moa": str(Path(moa).resolve()) if moa else None,
+                "root": str(root) if root else None, "channels": channels, **_jsonable(config)}
+    dtype = _store_dtype(tasks, config.illumination)
+    cell_cols, field_cols = store_columns(tasks, channels)
+    writer = CropStoreWriter(out, channels=channels, crop_size=config.size, dtype=dtype,
+                             cell_columns=cell_cols, field_columns=field_cols,
+                             config=settings, resume=True)
+    try:
+        if writer.resumed_fields == 0 and plan_issues:
+            writer.add_issues(pd.DataFrame(plan_issues))
+        done = set(writer.done_fields("Field_Key")["Field_Key"])
+        if config.illumination:
+            _attach_illumination(tasks, writer, workers, progress)
+        todo = [t for t in tasks if t.key not in done]
+        work = _FieldJob(config.size, config.edge == "pad", dtype, channels, config.segment,
+                         nucleus)
+        commit_results(ordered_map(work, todo, workers), writer, strict=strict,
+                       total=len(tasks), done=len(done), progress=progress)
+        return _finish(writer, out)
+    finally:
+        writer.close()
+
+
+@dataclass(frozen=True)
+class _FieldJob:
+    """A picklable ``process_field`` with the run's fixed arguments bound."""
+
+    size: int
+    pad: bool
+    dtype: str
+    channels: list[str]
+    segment: SegmentConfig | None
+    nucleus: int
+
+    def __call__(self, task: FieldTask):  # noqa: ANN204 - FieldResult
+        return process_field(task, self.size, self.pad, self.dtype, self.channels,
+                             self.segment, self.nucleus)
+
+
+def _attach_illumination(tasks: list[FieldTask], writer: CropStoreWriter, workers: int,
+                         progress: Progress | None) -> None:
+    """Estimate each plate's illumination function (once; kept in the partial file)."""
+    have = writer.illumination()
+    plates = sorted({str(t.meta.get(PLATE, "")) for t in tasks})
+    missing = [p for p in plates if p not in have]
+    if missing:
+        todo = [t for t in tasks if str(t.meta.get(PLATE, "")) in missing]
+        acc: dict[str, IlluminationAccumulator] = {}
+        for i, (plate, stack) in enumerate(ordered_map(field_mean, todo, workers)):
+            if stack is not None:
+                if plate not in acc:
+                    acc[plate] = IlluminationAccumulator(stack.shape)
+                if stack.shape == acc[plate].shape:
+                    acc[plate].add(stack)
+            if progress:
+                progress("illumination", i + 1, len(todo))
+        for plate, a in acc.items():
+            writer.set_illumination(plate, a.result())
+        have = writer.illumination()
+    for t in tasks:
+        t.illum = have.get(str(t.meta.get(PLATE, "")))
+
+
+def _finish(writer: CropStoreWriter, out: Path) -> CropSummary:
+    """Write the issue log beside the store, then complete and rename the store."""
+    issues = writer.issues()
+    counts = {str(k): int(v) for k, v in issues["kind"].value_counts().items()} if len(issues) else {}
+    issues_file = None
+    if len(issues):
+        issues_file = out.with_name(out.name + ".issues.csv")
+        tmp = issues_file.with_name(issues_file.name + ".partial")
+        issues.to_csv(tmp, index=False)
+        tmp.replace(issues_file)
+    fields = writer.done_fields("Field_Key")
+    summary = CropSummary(
+        out=out, n_fields=len(fields), n_fields_failed=int((fields["Status"] != "ok").sum()),
+        n_cells=int(fields["Count_Cropped"].sum()),
+        n_edge_skipped=int(fields["Count_EdgeSkipped"].sum()),
+        n_rejected=int(fields["Count_Rejected"].sum()), issues=counts,
+        issues_file=issues_file, resumed_fields=writer.resumed_fields,
+    )
+    writer.finish({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(summary).items()})
+    return summary
+
+
+def _describe(rec: dict[str, Any]) -> str:
+    where = f"{rec['file']}" + (f", row {rec['row']}" if int(rec["row"]) >= 0 else "")
+    return f"{where}: {rec['reason']}"
+
+
+def _jsonable(config: CropConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(config), default=str))

@@ -1,0 +1,203 @@
+"""Work on one field (one image set): read its channels, find or take its nuclei, cut crops.
+
+These functions run inside worker processes, so they take and return plain picklable
+values and never touch the output file; the parent commits their results in order.
+Memory per worker is bounded by one field's channels plus its crops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cellprof.errors import InputError
+from cellprof.illumination import correct
+from cellprof.images import intensity_stats, read_planes
+from cellprof.segment import SegmentConfig, find_nuclei
+from cellprof.tables import CENTER_X, CENTER_Y
+
+
+@dataclass
+class FieldTask:
+    """Everything a worker needs to crop one field."""
+
+    key: str
+    image_number: int
+    row: int                                   # 1-based line of the image table
+    meta: dict[str, Any]                       # Metadata_* values of this field
+    files: list[tuple[str, Path, int | None]]  # (channel, resolved path, plane or None)
+    table_file: str                            # image table path, for issue reports
+    object_file: str = ""
+    centres: np.ndarray | None = None          # (n, 2) x, y; None = segment the nuclei
+    object_numbers: np.ndarray | None = None
+    object_rows: np.ndarray | None = None      # 1-based lines of the object table
+    expected_shape: tuple[int, int] | None = None
+    illum: np.ndarray | None = None            # (C, H, W) illumination function, or None
+
+
+@dataclass
+class FieldResult:
+    """A worker's answer: crops and rows to commit, plus what went wrong."""
+
+    task_key: str
+    field: dict[str, Any]
+    crops: np.ndarray
+    cells: pd.DataFrame
+    issues: list[dict[str, Any]] = field(default_factory=list)
+
+
+def issue(kind: str, file: str | Path, row: int, reason: str) -> dict[str, Any]:
+    """One problem report: what kind, which file and row (-1 = whole file), and why."""
+    return {"kind": kind, "file": str(file), "row": int(row), "reason": reason}
+
+
+def load_field(task: FieldTask) -> np.ndarray:
+    """The field's selected channels as ``(C, H, W)``, in the store's channel order.
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, a plane index the file does not have, or channels
+        of different sizes / a size other than the image table's Height/Width.
+    """
+    cache: dict[Path, np.ndarray] = {}
+    planes = []
+    for channel, path, plane in task.files:
+        if path not in cache:
+            cache[path] = read_planes(path)
+        stack = cache[path]
+        if plane is None:
+            if stack.shape[0] != 1:
+                raise InputError(f"{path}: holds {stack.shape[0]} planes but the image table "
+                                 f"gives no Frame_{channel}/Channel_{channel} to pick one")
+            plane = 0
+        if not 0 <= plane < stack.shape[0]:
+            raise InputError(f"{path}: channel {channel} wants plane {plane}, the file "
+                             f"has {stack.shape[0]}")
+        planes.append(stack[plane])
+    shapes = {p.shape for p in planes}
+    if len(shapes) > 1:
+        sizes = ", ".join(f"{c} {p.shape[1]}x{p.shape[0]}" for (c, _, _), p in
+                          zip(task.files, planes, strict=True))
+        raise InputError(f"{task.files[0][1]}: channels differ in size ({sizes})")
+    if task.expected_shape and planes[0].shape != task.expected_shape:
+        h, w = task.expected_shape
+        raise InputError(f"{task.files[0][1]}: image is {planes[0].shape[1]}x"
+                         f"{planes[0].shape[0]} px, the image table says {w}x{h}")
+    return np.stack(planes)
+
+
+def cut(stack: np.ndarray, x: float, y: float, size: int, pad: bool) -> np.ndarray | None:
+    """A ``(C, size, size)`` crop centred on ``(x, y)``; None when it leaves the image.
+
+    The centre pixel is ``(round(y), round(x))`` and lands at index ``size // 2`` of the
+    crop (index 34 of a 68-pixel crop), CellProfiler's 0-based pixel coordinates. With
+    ``pad`` a crop that leaves the image is filled with zeros instead.
+    """
+    _, h, w = stack.shape
+    cx, cy = int(np.floor(x + 0.5)), int(np.floor(y + 0.5))
+    x0, y0 = cx - size // 2, cy - size // 2
+    if x0 >= 0 and y0 >= 0 and x0 + size <= w and y0 + size <= h:
+        return stack[:, y0:y0 + size, x0:x0 + size]
+    if not pad:
+        return None
+    out = np.zeros((stack.shape[0], size, size), dtype=stack.dtype)
+    sx0, sy0 = max(x0, 0), max(y0, 0)
+    sx1, sy1 = min(x0 + size, w), min(y0 + size, h)
+    out[:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = stack[:, sy0:sy1, sx0:sx1]
+    return out
+
+
+def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
+                  channels: list[str], segment: SegmentConfig | None,
+                  nucleus_channel: int) -> FieldResult:
+    """Read one field, correct it, find its nuclei if asked, and cut every crop."""
+    out_dtype = np.dtype(dtype)
+    empty = np.zeros((0, len(channels), size, size), dtype=out_dtype)
+    record: dict[str, Any] = {"Field_Key": task.key, "ImageNumber": task.image_number,
+                              **task.meta, "Status": "ok", "Count_Cropped": 0,
+                              "Count_EdgeSkipped": 0, "Count_Rejected": 0,
+                              "Count_Objects": 0 if task.centres is None else len(task.centres)}
+    for ch, path, _ in task.files:
+        record[f"PathName_{ch}"] = str(path.parent)
+        record[f"FileName_{ch}"] = path.name
+    try:
+        stack = load_field(task)
+    except InputError as exc:
+        kind = "missing_image" if "not found" in str(exc) else (
+            "wrong_size" if "size" in str(exc) or " px" in str(exc) else "unreadable_image")
+        record["Status"] = kind
+        return FieldResult(task.key, record, empty, pd.DataFrame(),
+                           [issue(kind, task.table_file, task.row, str(exc))])
+    issues: list[dict[str, Any]] = []
+    if not np.can_cast(stack.dtype, out_dtype, "safe"):
+        reason = f"{task.files[0][1]}: pixel type {stack.dtype} does not fit the store's {out_dtype}"
+        record["Status"] = "unexpected_dtype"
+        return FieldResult(task.key, record, empty, pd.DataFrame(),
+                           [issue("unreadable_image", task.table_file, task.row, reason)])
+    if task.illum is not None:
+        stack = correct(stack, task.illum)
+    _, h, w = stack.shape
+    record.update(Height=h, Width=w)
+    for ch, plane in zip(channels, stack, strict=True):
+        record.update({f"Intensity_{k}_{ch}": v for k, v in intensity_stats(plane).items()})
+
+    if task.centres is None:
+        found = find_nuclei(stack[nucleus_channel], segment or SegmentConfig())
+        centres = found[[CENTER_X, CENTER_Y]].to_numpy(dtype=np.float64)
+        numbers = found["ObjectNumber"].to_numpy()
+        rows = np.full(len(found), -1)
+    else:
+        centres, numbers, rows = task.centres, task.object_numbers, task.object_rows
+    crops, kept, padded = [], [], []
+    n_edge = n_bad = 0
+    for i, (x, y) in enumerate(centres):
+        if not (np.isfinite(x) and np.isfinite(y)):
+            n_bad += 1
+            issues.append(issue("missing_centre", task.object_file, rows[i],
+                                f"object {numbers[i]} of image {task.image_number} has no centre"))
+            continue
+        if not (-0.5 <= x < w - 0.5 and -0.5 <= y < h - 0.5):
+            n_bad += 1
+            issues.append(issue("centre_outside", task.object_file, rows[i],
+                                f"object {numbers[i]}: centre ({x:.1f}, {y:.1f}) lies outside "
+                                f"image {task.image_number} ({w}x{h} px)"))
+            continue
+        crop = cut(stack, x, y, size, pad)
+        if crop is None:
+            n_edge += 1
+            continue
+        crops.append(crop)
+        kept.append(i)
+        padded.append(crop is not None and not _inside(x, y, size, w, h))
+    record.update(Count_Objects=len(centres), Count_Cropped=len(kept),
+                  Count_EdgeSkipped=n_edge, Count_Rejected=n_bad)
+    kept_idx = np.asarray(kept, dtype=np.int64)
+    cells = pd.DataFrame({
+        **{k: [v] * len(kept) for k, v in task.meta.items()},
+        "ImageNumber": np.full(len(kept), task.image_number, dtype=np.int64),
+        "ObjectNumber": np.asarray(numbers)[kept_idx].astype(np.int64),
+        CENTER_X: centres[kept_idx, 0] if len(kept) else np.zeros(0),
+        CENTER_Y: centres[kept_idx, 1] if len(kept) else np.zeros(0),
+        "Crop_Padded": np.asarray(padded, dtype=bool),
+    })
+    array = np.stack(crops).astype(out_dtype, copy=False) if crops else empty
+    return FieldResult(task.key, record, array, cells, issues)
+
+
+def _inside(x: float, y: float, size: int, w: int, h: int) -> bool:
+    cx, cy = int(np.floor(x + 0.5)), int(np.floor(y + 0.5))
+    x0, y0 = cx - size // 2, cy - size // 2
+    return x0 >= 0 and y0 >= 0 and x0 + size <= w and y0 + size <= h
+
+
+def field_mean(task: FieldTask) -> tuple[str, np.ndarray | None]:
+    """A field's channels as float64 for the illumination estimate (None if unreadable)."""
+    try:
+        return str(task.meta.get("Metadata_Plate", "")), load_field(task).astype(np.float64)
+    except InputError:
+        return str(task.meta.get("Metadata_Plate", "")), None
