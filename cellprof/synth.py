@@ -105,8 +105,8 @@ class SynthConfig:
     batches: int = 2
     plates_per_batch: int = 2
     sites: int = 2
-    field_size: int | tuple[int, int] = 256
-    cells_per_field: int = 18
+    field_size: int | tuple[int, int] = 384
+    cells_per_field: int = 32
     dmso_wells: int = 4
     multichannel: bool = False
     compression: str | None = "zlib"

@@ -1,0 +1,77 @@
+"""Crop throughput (cells/s) beside the throughput of merely reading the same TIFFs.
+
+Run by hand: ``python benchmarks/crop_throughput.py [--fields-per-well-site ...]``. It
+synthesises a screen of at least 100 fields (1024 x 1024 px by default, so a field costs
+about what a real one does), then times
+
+1. reading every field's TIFFs (the floor any cropper pays), and
+2. ``cellprof crop`` end to end (plan, read, crop, write the compressed HDF5 store),
+
+each with 1 and with N workers, and prints cells/s and the ratio crop / read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from cellprof.crop import CropConfig, crop_screen
+from cellprof.images import read_planes
+from cellprof.runner import ordered_map
+from cellprof.synth import SynthConfig, synthesize
+
+
+def _read_field(files: list[Path]) -> int:
+    return sum(int(read_planes(f).shape[0]) for f in files)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--field-size", type=int, default=1024)
+    ap.add_argument("--cells-per-field", type=int, default=60)
+    ap.add_argument("--sites", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        res = synthesize(tmp / "screen", SynthConfig(
+            field_size=args.field_size, cells_per_field=args.cells_per_field, sites=args.sites))
+        t_synth = time.perf_counter() - t0
+        assert res.n_fields >= 100, f"only {res.n_fields} fields; raise --sites"
+        images = pd.read_csv(res.image_table)
+        fields = [[Path(r[f"PathName_{c}"]) / r[f"FileName_{c}"] for c in res.channels]
+                  for _, r in images.iterrows()]
+        rows = []
+        for workers in sorted({1, args.workers}):
+            t0 = time.perf_counter()
+            for _ in ordered_map(_read_field, fields, workers):
+                pass
+            t_read = time.perf_counter() - t0
+            out = tmp / f"crops{workers}.h5"
+            t0 = time.perf_counter()
+            summary = crop_screen(res.image_table, out, objects=res.object_table,
+                                  config=CropConfig(), workers=workers)
+            t_crop = time.perf_counter() - t0
+            n = summary.n_cells
+            rows.append((workers, n, n / t_read, n / t_crop, t_crop / t_read,
+                         out.stat().st_size / 2**20))
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"screen: {res.n_fields} fields of {args.field_size}x{args.field_size} px x 3 "
+          f"channels (uint16, zlib), synthesised in {t_synth:.1f} s")
+    print(f"{'workers':>7} {'cells':>7} {'read-only cells/s':>18} {'crop cells/s':>13} "
+          f"{'crop/read time':>15} {'store MiB':>10}")
+    for w, n, r, c, ratio, mib in rows:
+        print(f"{w:>7} {n:>7} {r:>18.0f} {c:>13.0f} {ratio:>15.2f} {mib:>10.1f}")
+
+
+if __name__ == "__main__":
+    main()

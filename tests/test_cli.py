@@ -1,0 +1,62 @@
+"""The command line as a user meets it: help, version, demo, and errors without tracebacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cellprof import __version__, store
+from cellprof.cli import app
+
+runner = CliRunner()
+
+
+def test_version_and_help() -> None:
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and __version__ in res.output
+    for cmd in ("synth", "crop", "demo"):
+        res = runner.invoke(app, [cmd, "--help"])
+        assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["crop", "--help"])
+    assert "--singlecell" in res.output and "--segment" in res.output and "68" in res.output
+
+
+def test_synth_then_crop_through_the_cli(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["synth", str(tmp_path / "s"), "--field-size", "160",
+                              "--cells-per-field", "6", "--sites", "1", "--batches", "1"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "crops.h5"
+    res = runner.invoke(app, ["crop", str(tmp_path / "s" / "Image.csv"), "--objects",
+                              str(tmp_path / "s" / "Nuclei.csv"), "--moa",
+                              str(tmp_path / "s" / "moa.csv"), "--channels", "DNA,Actin",
+                              "--size", "32", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    info = store.read_info(out)
+    assert info.channels == ("DNA", "Actin") and info.crop_size == 32 and info.n_cells > 0
+    assert (store.read_cells(out)["Metadata_MOA"] != "").all()
+
+
+def test_crop_singlecell_needs_metadata(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["crop", "--singlecell", str(tmp_path), "--out",
+                              str(tmp_path / "x.h5")])
+    assert res.exit_code == 1 and "--metadata" in res.output
+
+
+def test_demo_never_overwrites_without_force(tmp_path: Path) -> None:
+    outdir = tmp_path / "demo"
+    outdir.mkdir()
+    (outdir / "precious.txt").write_text("keep me")
+    res = runner.invoke(app, ["demo", str(outdir)])
+    assert res.exit_code == 1 and "--force" in res.output
+    assert (outdir / "precious.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("bad", ["--edge=wrap", "--size=4", "--offset=3"])
+def test_bad_options_are_one_line_errors(tmp_path: Path, bad: str) -> None:
+    (tmp_path / "Image.csv").write_text("FileName_DNA,PathName_DNA\na.tif,.\n")
+    res = runner.invoke(app, ["crop", str(tmp_path / "Image.csv"), "--segment", bad,
+                              "--out", str(tmp_path / "c.h5")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert bad.split("=")[0] in res.output
