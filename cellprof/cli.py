@@ -51,8 +51,7 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
     """A rich progress bar per stage, fed by the library's ``progress(stage, done, total)``."""
     with Progress(TextColumn("[bold]{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                  console=console, transient=False, disable=not console.is_terminal and False
-                  ) as bar:
+                  console=console) as bar:
         tasks: dict[str, int] = {}
 
         def update(stage: str, done: int, total: int) -> None:

@@ -91,25 +91,26 @@ def load_field(task: FieldTask) -> np.ndarray:
     return np.stack(planes)
 
 
-def cut(stack: np.ndarray, x: float, y: float, size: int, pad: bool) -> np.ndarray | None:
-    """A ``(C, size, size)`` crop centred on ``(x, y)``; None when it leaves the image.
+def cut(stack: np.ndarray, x: float, y: float, size: int, pad: bool
+        ) -> tuple[np.ndarray | None, bool]:
+    """A ``(C, size, size)`` crop centred on ``(x, y)`` and whether it was padded.
 
     The centre pixel is ``(round(y), round(x))`` and lands at index ``size // 2`` of the
-    crop (index 34 of a 68-pixel crop), CellProfiler's 0-based pixel coordinates. With
-    ``pad`` a crop that leaves the image is filled with zeros instead.
+    crop (index 34 of a 68-pixel crop), CellProfiler's 0-based pixel coordinates. A crop
+    that leaves the image is None, or with ``pad`` filled with zeros where it leaves.
     """
     _, h, w = stack.shape
-    cx, cy = int(np.floor(x + 0.5)), int(np.floor(y + 0.5))
-    x0, y0 = cx - size // 2, cy - size // 2
+    x0 = int(np.floor(x + 0.5)) - size // 2
+    y0 = int(np.floor(y + 0.5)) - size // 2
     if x0 >= 0 and y0 >= 0 and x0 + size <= w and y0 + size <= h:
-        return stack[:, y0:y0 + size, x0:x0 + size]
+        return stack[:, y0:y0 + size, x0:x0 + size], False
     if not pad:
-        return None
+        return None, False
     out = np.zeros((stack.shape[0], size, size), dtype=stack.dtype)
     sx0, sy0 = max(x0, 0), max(y0, 0)
     sx1, sy1 = min(x0 + size, w), min(y0 + size, h)
     out[:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = stack[:, sy0:sy1, sx0:sx1]
-    return out
+    return out, True
 
 
 def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
@@ -167,13 +168,13 @@ def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
                                 f"object {numbers[i]}: centre ({x:.1f}, {y:.1f}) lies outside "
                                 f"image {task.image_number} ({w}x{h} px)"))
             continue
-        crop = cut(stack, x, y, size, pad)
+        crop, was_padded = cut(stack, x, y, size, pad)
         if crop is None:
             n_edge += 1
             continue
         crops.append(crop)
         kept.append(i)
-        padded.append(crop is not None and not _inside(x, y, size, w, h))
+        padded.append(was_padded)
     record.update(Count_Objects=len(centres), Count_Cropped=len(kept),
                   Count_EdgeSkipped=n_edge, Count_Rejected=n_bad)
     kept_idx = np.asarray(kept, dtype=np.int64)
@@ -187,12 +188,6 @@ def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
     })
     array = np.stack(crops).astype(out_dtype, copy=False) if crops else empty
     return FieldResult(task.key, record, array, cells, issues)
-
-
-def _inside(x: float, y: float, size: int, w: int, h: int) -> bool:
-    cx, cy = int(np.floor(x + 0.5)), int(np.floor(y + 0.5))
-    x0, y0 = cx - size // 2, cy - size // 2
-    return x0 >= 0 and y0 >= 0 and x0 + size <= w and y0 + size <= h
 
 
 def field_mean(task: FieldTask) -> tuple[str, np.ndarray | None]:
