@@ -7,6 +7,7 @@ print as one red line and exit with status 1, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -211,6 +212,111 @@ def _print_crop_summary(s: object, seconds: float) -> None:
     if s.issues_file:
         table.add_row("issue log", str(s.issues_file))
     console.print(table)
+
+
+@app.command()
+def train(
+    crops: Annotated[Path, typer.Argument(help="Crop store from `cellprof crop`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (config, losses.csv, "
+                                      "images/, checkpoints/, model.pt).")] = ...,
+    model: Annotated[str, typer.Option(
+        help="vae (plain beta-VAE), vae-gan (feature matching on all layers from the "
+             "start) or vae-gan-progressive (the paper's full model).")] = "vae-gan-progressive",
+    steps: Annotated[int, typer.Option(help="Optimisation steps (the paper's 80,000).")] = 80_000,
+    batch_size: Annotated[int, typer.Option(help="Crops per step per process.")] = 104,
+    lr: Annotated[float, typer.Option(help="Adam learning rate, encoder and decoder.")] = 1e-3,
+    disc_lr: Annotated[float, typer.Option(help="SGD learning rate, discriminator.")] = 1e-2,
+    latent_dim: Annotated[int, typer.Option(help="Latent dimensions (profile length).")] = 256,
+    filters: Annotated[int, typer.Option(help="Encoder and decoder conv filters.")] = 32,
+    beta: Annotated[float, typer.Option(help="Weight of the KL term.")] = 2.0,
+    schedule: Annotated[str, typer.Option(
+        help="Progressive schedule: paper (layer k from step 2,500(k+1), over 2,500 steps) "
+             "or scaled (the same proportions of --steps, for short runs).")] = "paper",
+    normalization: Annotated[str, typer.Option(
+        help="max (each crop / its per-channel max, the paper's) or percentile "
+             "(per-plate 1st-99th percentile scaling).")] = "max",
+    augment: Annotated[bool, typer.Option(help="Random flips and 90-degree rotations.")] = True,
+    val_fraction: Annotated[float, typer.Option(help="Share of fields held out.")] = 0.1,
+    memory_limit: Annotated[float, typer.Option(
+        help="GiB: load the store into memory when it fits, else stream it.")] = 4.0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    amp: Annotated[bool, typer.Option(help="bf16 mixed precision (CUDA only).")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of weights, split, order, augmentation.")] = 0,
+    log_every: Annotated[int, typer.Option(help="Steps between losses.csv rows.")] = 25,
+    val_every: Annotated[int, typer.Option(help="Steps between validation errors.")] = 500,
+    image_every: Annotated[int, typer.Option(help="Steps between PNG grids.")] = 1000,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
+    resume: Annotated[bool, typer.Option(
+        help="Continue the run in --out from its last checkpoint (exactly).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Start over in an --out holding a run.")] = False,
+) -> None:
+    """Train the adversarial progressive VAE on a crop store.
+
+    On CUDA when present (bf16 autocast, channels-last), else the CPU. Multi-GPU or
+    multi-node: the same command under `torchrun --nproc-per-node N cellprof train ...`
+    (DDP; only rank 0 writes). Ctrl-C saves a checkpoint; `--resume` continues exactly.
+    """
+    from cellprof.data import DataConfig
+    from cellprof.model import ModelConfig
+    from cellprof.train import TrainConfig, scaled_schedule, train as run_train
+
+    try:
+        if schedule not in ("paper", "scaled"):
+            raise CellprofError(f"--schedule must be paper or scaled, got {schedule!r}")
+        mcfg = None
+        if not resume:
+            try:
+                mcfg = ModelConfig(variant=model, latent_dim=latent_dim, enc_filters=filters,
+                                   dec_filters=filters, beta=beta)
+            except ValueError as exc:
+                raise CellprofError(str(exc)) from None
+            if schedule == "scaled":
+                mcfg = scaled_schedule(steps, mcfg)
+            elif model == "vae-gan-progressive" and steps < 5 * mcfg.ramp_start:
+                console.print(f"[yellow]note:[/] with --steps {steps} the paper's schedule "
+                              "never switches on every discriminator layer; "
+                              "--schedule scaled keeps its proportions")
+        tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, disc_lr=disc_lr, seed=seed,
+                           device=device, amp=amp, log_every=log_every, val_every=val_every,
+                           image_every=image_every, checkpoint_every=checkpoint_every)
+        dcfg = DataConfig(normalization=normalization, augment=augment,
+                          val_fraction=val_fraction, memory_limit_gb=memory_limit)
+        with _train_progress() as bar:
+            res = run_train(crops, out, model_config=mcfg, config=tcfg, data_config=dcfg,
+                            resume=resume, overwrite=overwrite, progress=bar)
+    except CellprofError as exc:
+        _fail(exc)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    table = Table(title=f"cellprof train -> {res.out}", show_header=False)
+    table.add_row("status", f"{res.status} at step {res.step}")
+    for k, v in res.val.items():
+        table.add_row(k, f"{v:.4g}")
+    table.add_row("cells/s", f"{res.cells_per_s:.0f}")
+    table.add_row("checkpoint", str(res.checkpoint))
+    table.add_row("look at", str(res.out / "images"))
+    console.print(table)
+    if res.status == "interrupted":
+        console.print(f"interrupted: continue with the same command plus --resume")
+
+
+@contextmanager
+def _train_progress() -> Iterator[Callable[[int, int, dict[str, float]], None]]:
+    """Step bar with the latest losses, cells/s and ETA."""
+    with Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
+                  disable=int(os.environ.get("RANK", "0")) != 0) as bar:
+        task = None
+
+        def update(step: int, total: int, metrics: dict[str, float]) -> None:
+            nonlocal task
+            info = " ".join(f"{k}={metrics[k]:.3g}" for k in
+                            ("pixel", "kl", "fm", "disc", "val_mse", "cells_per_s") if k in metrics)
+            if task is None:
+                task = bar.add_task("train", total=total, info=info)
+            bar.update(task, completed=step, info=info)
+
+        yield update
 
 
 @app.command()

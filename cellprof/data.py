@@ -1,0 +1,265 @@
+"""Training data from a crop store: split by field, normalise, augment, batch.
+
+Two properties drive the design:
+
+- **Bounded memory.** A store that fits in ``memory_limit_gb`` is read once into memory;
+  a larger one is streamed in groups of whole HDF5 chunks (reading a single cell from a
+  gzip chunk decompresses all 64 of its neighbours, so random single-cell access would
+  be ~64x slower than reading chunks).
+- **Exact resume.** The cells of step ``s`` are a pure function of ``(seed, s)``: epoch
+  ``e`` shuffles chunk-aligned blocks of training cells with ``(seed, e)``, groups them,
+  and shuffles within each group with ``(seed, e, group)``; flips and rotations come from
+  ``(seed, s, rank)``. A resumed run needs only the step number to continue with exactly
+  the batches the uninterrupted run would have seen. In memory there is one group per
+  epoch, i.e. a full shuffle.
+
+Under DDP every rank walks the same stream, and rank ``r`` takes its own slice of each
+global batch, so the ranks together see each cell once per epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from cellprof import store
+from cellprof.errors import InputError, StoreError
+
+NORMALIZATIONS = ("max", "percentile")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How crops become training tensors."""
+
+    normalization: str = "max"
+    """``max``: each crop divided by its own per-channel maximum (the paper's);
+    ``percentile``: per-plate per-channel (x - p1) / (p99 - p1) from field statistics."""
+    augment: bool = True
+    """Random flips and 90-degree rotations (cells have no preferred orientation)."""
+    val_fraction: float = 0.1
+    """Share of *fields* held out for validation (cells of one field are correlated)."""
+    val_max_cells: int = 1024
+    """Cap on validation cells, evenly spaced over the held-out fields, to keep checks quick."""
+    memory_limit_gb: float = 4.0
+    """Load the whole store when its raw crops fit in this much memory; stream otherwise."""
+    group_blocks: int = 32
+    """Streaming: chunks (of 64 cells) shuffled together; larger = better mixed, more memory."""
+
+    def __post_init__(self) -> None:
+        if self.normalization not in NORMALIZATIONS:
+            raise InputError(f"--normalization must be one of {', '.join(NORMALIZATIONS)}, "
+                             f"got {self.normalization!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise InputError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+
+
+def field_ids(cells: pd.DataFrame) -> np.ndarray:
+    """One id per field: plate, table and image number (the CellProfiler keys)."""
+    parts = [cells[c].astype(str) for c in ("Metadata_Plate", "TableNumber", "ImageNumber")
+             if c in cells.columns]
+    key = parts[0]
+    for p in parts[1:]:
+        key = key + "|" + p
+    return key.to_numpy()
+
+
+def split_by_field(cells: pd.DataFrame, val_fraction: float, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted train and validation cell indices, whole fields on each side."""
+    ids = field_ids(cells)
+    fields = np.unique(ids)
+    n_val = int(np.ceil(val_fraction * len(fields))) if val_fraction > 0 else 0
+    if n_val and len(fields) - n_val < 1:
+        raise InputError(f"only {len(fields)} field(s): too few to hold some out; "
+                         "use --val-fraction 0")
+    order = np.random.default_rng([seed, 7919]).permutation(len(fields))
+    val_fields = set(fields[order[:n_val]])
+    is_val = np.fromiter((i in val_fields for i in ids), dtype=bool, count=len(ids))
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def plate_percentiles(path: str | Path, channels: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Per plate: ``(2, C)`` median over its fields of the 1st and 99th percentiles."""
+    fields = store.read_fields(path)
+    out = {}
+    for plate, g in fields[fields["Status"] == "ok"].groupby("Metadata_Plate"):
+        lo = [g[f"Intensity_Percentile01_{c}"].median() for c in channels]
+        hi = [g[f"Intensity_Percentile99_{c}"].median() for c in channels]
+        out[str(plate)] = np.array([lo, hi], dtype=np.float32)
+    return out
+
+
+def normalize(crops: np.ndarray, method: str, plates: np.ndarray | None = None,
+              percentiles: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """``(N, C, H, W)`` raw crops -> float32 model input (see :class:`DataConfig`)."""
+    x = crops.astype(np.float32, copy=True)
+    if method == "max":
+        peak = x.max(axis=(2, 3), keepdims=True)
+        x /= np.maximum(peak, 1e-12)
+        return x
+    if plates is None or percentiles is None:
+        raise ValueError("percentile normalisation needs each crop's plate and the plate table")
+    for plate in np.unique(plates):
+        lo, hi = percentiles[str(plate)]
+        sel = plates == plate
+        x[sel] = (x[sel] - lo[None, :, None, None]) / np.maximum(hi - lo, 1e-6)[None, :, None, None]
+    return np.maximum(x, 0.0, out=x)
+
+
+def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random flip and quarter turn per crop (the 8 symmetries of a square)."""
+    k = rng.integers(0, 4, size=len(x))
+    flip = rng.integers(0, 2, size=len(x)).astype(bool)
+    out = np.empty_like(x)
+    for kk in range(4):
+        for ff in (False, True):
+            sel = (k == kk) & (flip == ff)
+            if sel.any():
+                y = np.rot90(x[sel], kk, axes=(2, 3))
+                out[sel] = y[..., ::-1] if ff else y
+    return out
+
+
+class CropData:
+    """Training and validation batches from one crop store (see module docstring).
+
+    Parameters
+    ----------
+    path
+        A complete crop store.
+    config
+        :class:`DataConfig`.
+    seed
+        Seeds the split, the order and the augmentation.
+    rank, world
+        This process's rank and the number of processes (DDP); 0 and 1 otherwise.
+    """
+
+    def __init__(self, path: str | Path, config: DataConfig = DataConfig(), *, seed: int = 0,
+                 rank: int = 0, world: int = 1) -> None:
+        self.path, self.config, self.seed, self.rank, self.world = Path(path), config, seed, rank, world
+        self.info = store.read_info(path)
+        self.cells = store.read_cells(path)
+        if self.info.n_cells < 2:
+            raise StoreError(f"{path}: holds {self.info.n_cells} cell(s); training needs more")
+        self.train_idx, self.val_idx = split_by_field(self.cells, config.val_fraction, seed)
+        if len(self.train_idx) < 2:
+            raise StoreError(f"{path}: only {len(self.train_idx)} training cell(s) after "
+                             "holding out validation fields")
+        self.plates = self.cells["Metadata_Plate"].astype(str).to_numpy()
+        self.percentiles = plate_percentiles(path, self.info.channels) \
+            if config.normalization == "percentile" else None
+        shape = (self.info.n_cells, len(self.info.channels), self.info.crop_size,
+                 self.info.crop_size)
+        nbytes = int(np.prod(shape)) * self.info.dtype.itemsize
+        self.in_memory = nbytes <= config.memory_limit_gb * 2**30
+        self._all = store.read_crops(path) if self.in_memory else None
+        self._group_cache: tuple[tuple[int, int], tuple[np.ndarray, ...]] | None = None
+        blocks = self.train_idx // store.CHUNK_CELLS
+        starts = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1]])
+        self._blocks = np.split(self.train_idx, starts[1:])  # train cells of each chunk
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return self.info.channels
+
+    def describe(self) -> dict[str, object]:
+        """Plain-JSON description for the run's config (what the model was trained on)."""
+        return {"store": str(self.path.resolve()), "channels": list(self.channels),
+                "crop_size": self.info.crop_size, "n_cells": self.info.n_cells,
+                "n_train": len(self.train_idx), "n_val": len(self.val_idx),
+                "in_memory": self.in_memory,
+                "plate_percentiles": {k: v.tolist() for k, v in (self.percentiles or {}).items()}}
+
+    # --- the deterministic stream -------------------------------------------------------
+    def _epoch_groups(self, epoch: int) -> list[np.ndarray]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self._blocks))
+        per = len(order) if self.in_memory else max(1, self.config.group_blocks)
+        return [np.concatenate([self._blocks[b] for b in order[i:i + per]])
+                for i in range(0, len(order), per)]
+
+    def _group(self, epoch: int, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Group g of an epoch: its cells in shuffled order, an array holding their crops,
+        and each cell's position in that array (the whole store in memory, else the
+        group's chunks just read)."""
+        if self._group_cache is not None and self._group_cache[0] == (epoch, g):
+            return self._group_cache[1]
+        cells = self._epoch_groups(epoch)[g]
+        cells = cells[np.random.default_rng([self.seed, epoch, g]).permutation(len(cells))]
+        if self._all is not None:
+            group = (cells, self._all, cells)
+        else:
+            want = np.sort(cells)
+            group = (cells, self._read_sorted(want), np.searchsorted(want, cells))
+        self._group_cache = ((epoch, g), group)
+        return group
+
+    def _read_sorted(self, idx: np.ndarray) -> np.ndarray:
+        with h5py.File(self.path, "r") as f:
+            ds = f[store.CROPS]
+            out = np.empty((len(idx),) + ds.shape[1:], dtype=ds.dtype)
+            blocks = idx // store.CHUNK_CELLS
+            for b in np.unique(blocks):
+                lo = int(b) * store.CHUNK_CELLS
+                chunk = ds[lo:lo + store.CHUNK_CELLS]
+                sel = blocks == b
+                out[sel] = chunk[idx[sel] - lo]
+        return out
+
+    def _stream(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cells at stream positions [start, start + count): indices and raw crops."""
+        n = len(self.train_idx)
+        idx_parts, raw_parts = [], []
+        pos = start
+        while count > 0:
+            epoch, offset = divmod(pos, n)
+            groups = self._epoch_groups(epoch)
+            sizes = np.cumsum([0] + [len(g) for g in groups])
+            g = int(np.searchsorted(sizes, offset, side="right") - 1)
+            cells, source, where = self._group(epoch, g)
+            lo = int(offset - sizes[g])
+            take = min(count, len(cells) - lo)
+            idx_parts.append(cells[lo:lo + take])
+            raw_parts.append(source[where[lo:lo + take]])
+            pos += take
+            count -= take
+        return np.concatenate(idx_parts), np.concatenate(raw_parts)
+
+    def train_batch(self, step: int, batch_size: int) -> np.ndarray:
+        """This rank's ``(batch_size, C, H, W)`` float32 batch of step ``step``."""
+        start = (step * self.world + self.rank) * batch_size
+        idx, raw = self._stream(start, batch_size)
+        x = normalize(raw, self.config.normalization, self.plates[idx], self.percentiles)
+        if self.config.augment:
+            x = augment(x, np.random.default_rng([self.seed, step, self.rank, 1]))
+        return np.ascontiguousarray(x)
+
+    def disc_batch(self, step: int, batch_size: int) -> np.ndarray:
+        """An independent batch of real crops for the discriminator (the reference draws a
+        second batch each step); taken from the stream half an epoch ahead."""
+        return self.train_batch(step + max(1, len(self.train_idx) // (2 * batch_size * self.world)),
+                                batch_size)
+
+    def normalized(self, idx: np.ndarray) -> np.ndarray:
+        """Model input for the cells ``idx`` (sorted), without augmentation."""
+        raw = self._all[idx] if self._all is not None else self._read_sorted(idx)
+        return normalize(raw, self.config.normalization, self.plates[idx], self.percentiles)
+
+    def val_indices(self) -> np.ndarray:
+        idx = self.val_idx
+        if len(idx) > self.config.val_max_cells:
+            idx = idx[np.linspace(0, len(idx) - 1, self.config.val_max_cells).astype(int)]
+        return idx
+
+    def val_batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """Validation crops, normalised, not augmented, in store order."""
+        idx = self.val_indices()
+        for i in range(0, len(idx), batch_size):
+            yield self.normalized(idx[i:i + batch_size])
+
