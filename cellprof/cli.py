@@ -320,6 +320,44 @@ def _train_progress() -> Iterator[Callable[[int, int, dict[str, float]], None]]:
 
 
 @app.command()
+def embed(
+    checkpoint: Annotated[Path, typer.Argument(help="model.pt, checkpoints/last.pt or a run folder.")],
+    crops: Annotated[Path, typer.Argument(help="Crop store to embed (any plates, same channels).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Profiles file to write (.h5).")] = ...,
+    batch_size: Annotated[int, typer.Option(help="Cells per forward pass.")] = 512,
+    logvar: Annotated[bool, typer.Option(help="Also keep each cell's posterior log-variance.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    format: Annotated[Optional[str], typer.Option(
+        "--format", help="Also write a table: parquet or csv (Metadata_ columns, then "
+                         "features) as OUT.<level>.<format>.", show_default=False)] = None,
+    level: Annotated[str, typer.Option(help="Table level: cell, or well (mean).")] = "cell",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+) -> None:
+    """Embed every cell: posterior means (N, 256) plus the store's per-cell metadata.
+
+    Writes OUT (HDF5: /features, /cells/<column>, provenance attributes; docs/formats.md),
+    resumably (OUT.partial until complete), and optionally a Parquet/CSV table.
+    """
+    from cellprof.embed import EmbedConfig, embed as run_embed, export
+
+    t0 = time.perf_counter()
+    try:
+        if format not in (None, "parquet", "csv"):
+            raise CellprofError(f"--format must be parquet or csv, got {format!r}")
+        with _progress() as bar:
+            res = run_embed(checkpoint, crops, out, config=EmbedConfig(
+                batch_size=batch_size, logvar=logvar, device=device), overwrite=overwrite,
+                progress=bar)
+        table = export(res.out, res.out.with_suffix(f".{level}.{format}"), level) \
+            if format else None
+    except CellprofError as exc:
+        _fail(exc)
+    console.print(f"embedded {res.n_cells} cells x {res.n_features} features -> {res.out}"
+                  + (f" (resumed at cell {res.resumed_from})" if res.resumed_from else "")
+                  + f" in {time.perf_counter() - t0:.1f} s" + (f"; table: {table}" if table else ""))
+
+
+@app.command()
 def demo(
     outdir: Annotated[Path, typer.Argument(help="Folder for every output.")] = Path("cellprof-demo"),
     force: Annotated[bool, typer.Option(help="Replace OUTDIR if it holds earlier results.")] = False,

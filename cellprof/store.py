@@ -88,14 +88,14 @@ def _as_column(values: pd.Series | Sequence[Any], kind: str) -> np.ndarray:
     return series.fillna(False).to_numpy(dtype=np.bool_)
 
 
-class _Table:
+class ColumnTable:
     """A column-wise appendable table inside one HDF5 group."""
 
     def __init__(self, group: h5py.Group) -> None:
         self.group = group
 
     @classmethod
-    def create(cls, parent: h5py.Group, name: str, kinds: Mapping[str, str]) -> _Table:
+    def create(cls, parent: h5py.Group, name: str, kinds: Mapping[str, str]) -> ColumnTable:
         group = parent.create_group(name)
         group.attrs["columns"] = json.dumps(list(kinds))
         for col, kind in kinds.items():
@@ -216,9 +216,9 @@ class CropStoreWriter:
             dtype=np.dtype(dtype), chunks=(CHUNK_CELLS, c, crop_size, crop_size),
             compression="gzip", compression_opts=1, shuffle=True,
         )
-        _Table.create(f, CELLS, cell_columns)
-        _Table.create(f, FIELDS, field_columns)
-        _Table.create(f, ISSUES, ISSUE_COLUMNS)
+        ColumnTable.create(f, CELLS, cell_columns)
+        ColumnTable.create(f, FIELDS, field_columns)
+        ColumnTable.create(f, ISSUES, ISSUE_COLUMNS)
         f.create_group(ILLUMINATION)
         f.flush()
 
@@ -233,23 +233,23 @@ class CropStoreWriter:
         self.file = f
         n_cells, n_fields = int(f.attrs["n_cells"]), int(f.attrs["n_fields"])
         f[CROPS].resize((n_cells,) + f[CROPS].shape[1:])
-        _Table(f[CELLS]).truncate(n_cells)
-        _Table(f[FIELDS]).truncate(n_fields)
-        _Table(f[ISSUES]).truncate(int(f.attrs["n_issues"]))
+        ColumnTable(f[CELLS]).truncate(n_cells)
+        ColumnTable(f[FIELDS]).truncate(n_fields)
+        ColumnTable(f[ISSUES]).truncate(int(f.attrs["n_issues"]))
         self.resumed_fields = n_fields
         return True
 
     def done_fields(self, key: str) -> pd.DataFrame:
         """Fields committed so far (all columns); ``key`` must be one of them."""
         self.commit()
-        table = _Table(self.file[FIELDS])
+        table = ColumnTable(self.file[FIELDS])
         if key not in table.columns:
             raise StoreError(f"{self.tmp}: field table has no column {key!r}")
         return table.read()
 
     def issues(self) -> pd.DataFrame:
         self.commit()
-        return _Table(self.file[ISSUES]).read()
+        return ColumnTable(self.file[ISSUES]).read()
 
     def add_field(
         self, field: Mapping[str, Any], crops: np.ndarray, cells: pd.DataFrame,
@@ -283,13 +283,13 @@ class CropStoreWriter:
             ds[n0:n1] = np.concatenate(crops)
         cells = [q[2] for q in self._queue if len(q[2])]
         if cells:
-            _Table(f[CELLS]).append(pd.concat(cells, ignore_index=True), n0)
+            ColumnTable(f[CELLS]).append(pd.concat(cells, ignore_index=True), n0)
         fields = pd.DataFrame([q[0] for q in self._queue])
-        nf = _Table(f[FIELDS]).append(fields, int(f.attrs["n_fields"]))
+        nf = ColumnTable(f[FIELDS]).append(fields, int(f.attrs["n_fields"]))
         ni = int(f.attrs["n_issues"])
         issues = [q[3] for q in self._queue if q[3] is not None and len(q[3])]
         if issues:
-            ni = _Table(f[ISSUES]).append(pd.concat(issues, ignore_index=True), ni)
+            ni = ColumnTable(f[ISSUES]).append(pd.concat(issues, ignore_index=True), ni)
         f.flush()
         # Counts last: a crash before this line leaves these fields uncommitted.
         f.attrs.update(n_cells=n1, n_fields=nf, n_issues=ni)
@@ -300,7 +300,7 @@ class CropStoreWriter:
     def add_issues(self, issues: pd.DataFrame) -> None:
         """Commit problems found before any field (e.g. in the tables)."""
         self.commit()
-        n = _Table(self.file[ISSUES]).append(issues, int(self.file.attrs["n_issues"]))
+        n = ColumnTable(self.file[ISSUES]).append(issues, int(self.file.attrs["n_issues"]))
         self.file.flush()
         self.file.attrs["n_issues"] = n
         self.file.flush()
@@ -372,19 +372,19 @@ def read_info(path: str | Path) -> StoreInfo:
 def read_cells(path: str | Path, rows: slice | np.ndarray | None = None) -> pd.DataFrame:
     """The per-cell metadata table, one row per crop in ``/crops`` order."""
     with open_store(path) as f:
-        return _Table(f[CELLS]).read(rows)
+        return ColumnTable(f[CELLS]).read(rows)
 
 
 def read_fields(path: str | Path) -> pd.DataFrame:
     """One row per processed field: metadata, files, intensity statistics, counts."""
     with open_store(path) as f:
-        return _Table(f[FIELDS]).read()
+        return ColumnTable(f[FIELDS]).read()
 
 
 def read_issues(path: str | Path) -> pd.DataFrame:
     """Every problem reported while the store was written (kind, file, row, reason)."""
     with open_store(path) as f:
-        return _Table(f[ISSUES]).read()
+        return ColumnTable(f[ISSUES]).read()
 
 
 def read_crops(path: str | Path, rows: slice | np.ndarray | None = None) -> np.ndarray:

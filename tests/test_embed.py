@@ -1,0 +1,118 @@
+"""`cellprof embed`: every cell's profile, aligned with the store, resumable, exportable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cellprof import store
+from cellprof.cli import app
+from cellprof.crop import CropConfig, crop_screen
+from cellprof.data import normalize
+from cellprof.embed import EmbedConfig, embed, export, load_encoder
+from cellprof.errors import CheckpointError, InputError, StoreError
+from cellprof.model import ModelConfig
+from cellprof.profiles import profile_table, read_profiles
+from cellprof.synth import SynthConfig, synthesize
+from cellprof.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("embed")
+    res = synthesize(root / "screen", SynthConfig(field_size=128, cells_per_field=10, sites=1,
+                                                  batches=1, plates_per_batch=2))
+    crops = root / "crops.h5"
+    crop_screen(res.image_table, crops, objects=res.object_table, moa=res.moa_table,
+                config=CropConfig(size=36))
+    train(crops, root / "run", model_config=ModelConfig(latent_dim=8, enc_filters=8,
+                                                        dec_filters=8, ramp_start=1),
+          config=TrainConfig(steps=3, batch_size=8, val_every=1000, image_every=1000))
+    return root / "run" / "model.pt", crops
+
+
+def test_profiles_are_posterior_means_aligned_with_the_store(trained, tmp_path: Path) -> None:
+    ckpt, crops = trained
+    res = embed(ckpt, crops, tmp_path / "p.h5", config=EmbedConfig(batch_size=64, logvar=True))
+    meta, feats, names = read_profiles(res.out)
+    cells = store.read_cells(crops)
+    assert feats.shape == (len(cells), 8) and feats.dtype == np.float32
+    assert names[0] == "VAE_000" and len(names) == 8
+    pd.testing.assert_frame_equal(meta, cells)
+    model, _ = load_encoder(ckpt, torch.device("cpu"))
+    x = normalize(store.read_crops(crops, slice(5, 9)), "max")
+    with torch.no_grad():
+        mu = model.encode(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(feats[5:9], mu, rtol=1e-5, atol=1e-5)
+
+
+def test_interrupted_embedding_resumes(trained, tmp_path: Path) -> None:
+    ckpt, crops = trained
+    whole = embed(ckpt, crops, tmp_path / "whole.h5", config=EmbedConfig(batch_size=64))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(stage: str, done: int, total: int) -> None:
+        if done >= 64:
+            raise Stop
+
+    out = tmp_path / "cut.h5"
+    with pytest.raises(Stop):
+        embed(ckpt, crops, out, config=EmbedConfig(batch_size=64), progress=stop_after_first)
+    assert not out.exists() and (tmp_path / "cut.h5.partial").exists()
+    res = embed(ckpt, crops, out, config=EmbedConfig(batch_size=64))
+    assert res.resumed_from == 64
+    np.testing.assert_array_equal(read_profiles(out)[1], read_profiles(whole.out)[1])
+
+
+def test_tables_for_pandas_and_pycytominer(trained, tmp_path: Path) -> None:
+    ckpt, crops = trained
+    res = embed(ckpt, crops, tmp_path / "p.h5")
+    cell = pd.read_parquet(export(res.out, tmp_path / "cells.parquet"))
+    well = pd.read_csv(export(res.out, tmp_path / "wells.csv", level="well"))
+    for table in (cell, well):
+        meta = [c for c in table.columns if c.startswith("Metadata_")]
+        assert list(table.columns[:len(meta)]) == meta      # Metadata_ first, then features
+        assert "VAE_007" in table.columns
+    assert len(well) == store.read_cells(crops).groupby(["Metadata_Plate", "Metadata_Well"]).ngroups
+    first = well.iloc[0]
+    sel = profile_table(res.out)
+    sel = sel[(sel["Metadata_Plate"] == first["Metadata_Plate"]) &
+              (sel["Metadata_Well"] == first["Metadata_Well"])]
+    assert np.isclose(sel["VAE_003"].mean(), first["VAE_003"], atol=1e-5)
+    assert first["Metadata_Count"] == len(sel)
+
+
+def test_wrong_store_or_checkpoint(trained, tmp_path: Path) -> None:
+    ckpt, crops = trained
+    screen = crops.parent / "screen"
+    two = tmp_path / "two.h5"
+    crop_screen(screen / "Image.csv", two, objects=screen / "Nuclei.csv",
+                config=CropConfig(size=36, channels=("DNA", "Actin")))
+    with pytest.raises(CheckpointError, match="trained on channels DNA, Tubulin, Actin at 36 px"):
+        embed(ckpt, two, tmp_path / "x.h5")
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        embed(tmp_path / "missing.pt", crops, tmp_path / "x.h5")
+    with pytest.raises(StoreError):
+        embed(ckpt, ckpt, tmp_path / "x.h5")
+    embed(ckpt, crops, tmp_path / "y.h5")
+    with pytest.raises(InputError, match="exists"):
+        embed(ckpt, crops, tmp_path / "y.h5")
+
+
+def test_cli_embed(trained, tmp_path: Path) -> None:
+    ckpt, crops = trained
+    out = tmp_path / "p.h5"
+    res = CliRunner().invoke(app, ["embed", str(ckpt.parent), str(crops), "--out", str(out),
+                                   "--format", "parquet", "--level", "well"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "p.well.parquet").exists()
+    res = CliRunner().invoke(app, ["embed", str(tmp_path), str(crops), "--out",
+                                   str(tmp_path / "q.h5")])
+    assert res.exit_code == 1 and "model.pt" in res.output
