@@ -358,6 +358,55 @@ def embed(
 
 
 @app.command()
+def match(
+    profiles: Annotated[Path, typer.Argument(
+        help="Profiles from `cellprof embed` (.h5), or any cell/site/well feature table "
+             "(CSV, CSV.gz, Parquet) with Metadata_ columns or CellProfiler's "
+             "Image_Metadata_Plate/_Well keys.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = ...,
+    image_table: Annotated[Optional[Path], typer.Option(
+        help="Image table giving compound and concentration per plate+well.",
+        show_default=False)] = None,
+    moa: Annotated[Optional[Path], typer.Option(
+        help="Table of compound, concentration, moa.", show_default=False)] = None,
+    normalize: Annotated[str, typer.Option(
+        help="none, zscore or robust (per plate against its control wells), or sphere "
+             "(typical-variation normalisation fitted on controls).")] = "zscore",
+    aggregate: Annotated[str, typer.Option(help="Cells -> wells -> treatments: mean or "
+                                                "median.")] = "mean",
+    metric: Annotated[str, typer.Option(help="cosine, correlation or euclidean.")] = "cosine",
+    control: Annotated[str, typer.Option(help="Compound name of the negative control.")] = "DMSO",
+    level: Annotated[str, typer.Option(help="Level normalised against controls: well or "
+                                            "site.")] = "well",
+    nonfinite: Annotated[str, typer.Option(
+        help="NaN/inf features: error, drop-features or drop-rows (reported).")] = "error",
+    allow_single_compound_moa: Annotated[bool, typer.Option(
+        help="Keep MOAs with one compound as candidates, never as queries.")] = False,
+) -> None:
+    """Match treatments by mechanism of action: NSC, NSCB and mAP.
+
+    Aggregates cells -> wells (or sites) -> treatments, normalises per plate against the
+    control, and for every treatment finds its nearest neighbour among treatments of other
+    compounds (NSC) and also of other batches (NSCB; batch = plate-name prefix). Writes
+    OUT/metrics.json, OUT/treatments.csv, OUT/treatment_profiles.parquet and
+    OUT/confusion_nsc.png.
+    """
+    from cellprof.match import MatchConfig, run_match, summary_rows
+
+    try:
+        cfg = MatchConfig(normalize=normalize, aggregate=aggregate, metric=metric,
+                          control=control, level=level, nonfinite=nonfinite,
+                          allow_single_compound_moa=allow_single_compound_moa)
+        res = run_match(profiles, out, cfg, image_table=image_table, moa=moa)
+    except CellprofError as exc:
+        _fail(exc)
+    table = Table(title=f"cellprof match ({normalize}, {metric})", show_header=False)
+    for label, value in summary_rows(res):
+        table.add_row(label, value)
+    console.print(table)
+
+
+@app.command()
 def demo(
     outdir: Annotated[Path, typer.Argument(help="Folder for every output.")] = Path("cellprof-demo"),
     force: Annotated[bool, typer.Option(help="Replace OUTDIR if it holds earlier results.")] = False,

@@ -60,3 +60,31 @@ def test_bad_options_are_one_line_errors(tmp_path: Path, bad: str) -> None:
                               "--out", str(tmp_path / "c.h5")])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert bad.split("=")[0] in res.output
+
+
+def test_match_cli_on_a_feature_table(tmp_path: Path) -> None:
+    """A pycytominer-style well table in, metrics.json and a one-line error out."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for plate in ("Week1_1", "Week2_1"):
+        for well, (cpd, conc, moa) in enumerate([("DMSO", 0.0, "DMSO")] * 3 + [
+                ("a1", 1.0, "A"), ("a2", 1.0, "A"), ("b1", 1.0, "B"), ("b2", 1.0, "B")]):
+            centre = {"A": [3, 0], "B": [0, 3], "DMSO": [0, 0]}[moa]
+            f = np.array(centre, float) + rng.normal(0, 0.3, 2)
+            rows.append({"Metadata_Plate": plate, "Metadata_Well": f"W{well}",
+                         "Metadata_Compound": cpd, "Metadata_Concentration": conc,
+                         "Metadata_MOA": moa, "f1": f[0], "f2": f[1]})
+    pd.DataFrame(rows).to_csv(tmp_path / "wells.csv", index=False)
+    res = runner.invoke(app, ["match", str(tmp_path / "wells.csv"), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["nsc"] == 1.0 and metrics["n_treatments"] == 4
+    assert (tmp_path / "r" / "confusion_nsc.png").stat().st_size > 1000
+    pd.DataFrame(rows).drop(columns=["Metadata_MOA"]).to_csv(tmp_path / "nomoa.csv", index=False)
+    res = runner.invoke(app, ["match", str(tmp_path / "nomoa.csv"), "--out", str(tmp_path / "s")])
+    assert res.exit_code == 1 and "--moa" in res.output and "Traceback" not in res.output

@@ -1,0 +1,382 @@
+"""``cellprof match``: profiles -> treatment profiles -> mechanism-of-action matching.
+
+A run reads profiles (a cellprof ``.h5`` or any cell-, site- or well-level feature table),
+averages cells to wells (or sites), normalises each plate against its control wells,
+averages wells to treatments (compound x concentration), and asks of every treatment:
+is its nearest other-compound treatment of the same mechanism (NSC)? and, excluding
+treatments from its own batches too (NSCB)? and how well does similarity rank all
+same-mechanism treatments first (mAP)? Conventions are those of BBBC021 (Ljosa et al.
+2013); see ``nsc``, ``nscb`` and ``mean_average_precision`` for the exact definitions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from math import nan
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cellprof.errors import InputError
+from cellprof.normalize import METHODS, SPHERE_EPS, normalize
+from cellprof.plots import save_confusion_matrix
+from cellprof.profiles import aggregate, feature_columns, profile_table, write_table
+from cellprof.retrieval import (
+    BATCHES, TREATMENT, accuracy, mean_average_precision, nsc, nscb, retrieve,
+    single_batch_moas,
+)
+from cellprof.tables import (
+    COMPOUND, CONCENTRATION, MOA, PLATE, SITE, WELL, _concentration_key, batch_of,
+    canonical_columns, join_moa, read_moa_table, read_table, require_columns,
+)
+
+__all__ = ["MatchConfig", "MatchResult", "load_profiles", "prepare", "nsc", "nscb",
+           "mean_average_precision", "single_batch_moas", "accuracy", "run_match",
+           "summary_rows"]
+
+METRICS = ("cosine", "correlation", "euclidean")
+# CellProfiler identifiers are numeric but not measurements (per-well means of them, as in
+# BBBC021's per-well table, only echo how objects were numbered).
+_ID_COLUMN = re.compile(r"(^|_)(ImageNumber|TableNumber)$|ObjectNumber(_\d+)?$"
+                        r"|Number_Object_Number$|(^|_)Parent_[^_]+$")
+NONFINITE = ("error", "drop-features", "drop-rows")
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    """Settings of a match run; defaults are the BBBC021 convention (Ljosa et al. 2013)."""
+
+    normalize: str = "zscore"
+    """none | zscore | robust | sphere, per plate against its control wells (normalize.py)."""
+    aggregate: str = "mean"
+    """How cells -> wells -> treatments are summarised: mean or median."""
+    metric: str = "cosine"
+    """Similarity of treatment profiles: cosine | correlation (Pearson) | euclidean."""
+    control: str = "DMSO"
+    """Compound name of the negative control: normalisation baseline, never a query."""
+    level: str = "well"
+    """Intermediate level normalised against controls: "well" or "site"."""
+    nonfinite: str = "error"
+    """NaN/inf in features: error | drop-features | drop-rows (what is dropped is reported)."""
+    allow_single_compound_moa: bool = False
+    """Keep MOAs with one compound as candidates but never as queries (NSC undefined)."""
+    sphere_eps: float = SPHERE_EPS
+    """Ridge of the sphering (ZCA) whitening, in units of control correlation."""
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("normalize", METHODS), ("aggregate", ("mean", "median")),
+                              ("metric", METRICS), ("level", ("well", "site")),
+                              ("nonfinite", NONFINITE)):
+            if getattr(self, name) not in allowed:
+                raise InputError(f"--{name} must be one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
+        if not self.sphere_eps > 0:
+            raise InputError(f"sphere_eps must be positive, got {self.sphere_eps}")
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """The numbers of a match run and where they were written."""
+
+    out_dir: Path
+    nsc: float
+    nscb: float
+    nsc_per_compound: float
+    nscb_per_compound: float
+    map: float
+    n_treatments: int
+    n_compounds: int
+    n_moas: int
+    nscb_excluded_moas: list[str]
+    metrics: dict[str, Any] = field(repr=False)
+    paths: dict[str, Path] = field(repr=False)
+
+
+def feature_names(table: pd.DataFrame) -> list[str]:
+    """Features: numeric, not ``Metadata_*``, not a CellProfiler identifier
+    (``ImageNumber``, ``TableNumber``, ``*ObjectNumber``, ``*_Number_Object_Number``,
+    ``*_Parent_<object>``)."""
+    return [c for c in feature_columns(table) if not _ID_COLUMN.search(str(c))]
+
+
+def _join_image_table(table: pd.DataFrame, image_table: str | Path, source: str | Path
+                      ) -> pd.DataFrame:
+    """Compound and concentration of each plate+well, from an image table (one row per
+    site: the sites of a well must agree)."""
+    images = canonical_columns(read_table(image_table))
+    require_columns(images, [PLATE, WELL, COMPOUND, CONCENTRATION], image_table)
+    require_columns(table, [PLATE, WELL], source)
+    images = images[[PLATE, WELL, COMPOUND, CONCENTRATION]].astype({PLATE: str, WELL: str})
+    images["_conc"] = _concentration_key(images[CONCENTRATION])
+    kinds = images.groupby([PLATE, WELL])[[COMPOUND, "_conc"]].nunique(dropna=False).max(axis=1)
+    if (kinds > 1).any():
+        plate, well = kinds.index[kinds > 1][0]
+        raise InputError(f"{image_table}: plate {plate} well {well} lists different "
+                         "compounds/concentrations on different rows (sites)")
+    wells = images.drop_duplicates([PLATE, WELL]).drop(columns="_conc")
+    table = table.drop(columns=[COMPOUND, CONCENTRATION], errors="ignore")
+    table = table.astype({PLATE: str, WELL: str}).merge(wells, on=[PLATE, WELL], how="left",
+                                                        validate="many_to_one")
+    if table[COMPOUND].isna().all():
+        raise InputError(f"{image_table}: no plate+well of {source} found (profiles have e.g. "
+                         f"{table[PLATE].iloc[0]} {table[WELL].iloc[0]}, the image table "
+                         f"{wells[PLATE].iloc[0]} {wells[WELL].iloc[0]})")
+    return table
+
+
+def load_profiles(path: str | Path, image_table: str | Path | None = None,
+                  moa: str | Path | None = None) -> pd.DataFrame:
+    """Profiles as one pycytominer-style table, with compound, concentration and MOA.
+
+    ``path`` is a cellprof profiles ``.h5`` or a CSV / CSV.gz / Parquet table at cell, site
+    or well level, in pycytominer (``Metadata_Plate``) or CellProfiler database naming
+    (``Image_Metadata_Plate``). ``image_table`` adds compound and concentration by plate
+    and well (replacing any the profiles carry); ``moa`` adds ``Metadata_MOA`` by compound
+    and concentration (6 significant digits, so 0.3 and 0.300 agree). Without them the
+    profiles' own columns are used (``Metadata_moa`` is accepted too).
+    """
+    path = Path(path)
+    hdf5 = False
+    if path.is_file():
+        with open(path, "rb") as fh:
+            hdf5 = fh.read(4) == b"\x89HDF"
+    table = canonical_columns(profile_table(path) if hdf5 else read_table(path))
+    if image_table is not None:
+        table = _join_image_table(table, image_table, path)
+    if moa is not None:
+        if COMPOUND not in table.columns or CONCENTRATION not in table.columns:
+            raise InputError(f"{path}: has no {COMPOUND}/{CONCENTRATION} to join --moa on: "
+                             "pass --image-table too")
+        table = join_moa(table, read_moa_table(moa), moa)
+    return table
+
+
+def _nonfinite(table: pd.DataFrame, features: list[str], how: str
+               ) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
+    """Apply the ``nonfinite`` policy; return table, features and what was dropped."""
+    bad = ~np.isfinite(table[features].to_numpy(np.float64))
+    info: dict[str, Any] = {"dropped_features": [], "dropped_rows": 0}
+    if not bad.any():
+        return table, features, info
+    cols = [f for f, b in zip(features, bad.any(axis=0)) if b]
+    rows = np.flatnonzero(bad.any(axis=1))
+    if how == "error":
+        first = table.iloc[rows[0]]
+        where = ", ".join(f"{c[9:].lower()} {first[c]}" for c in (PLATE, WELL) if c in table)
+        raise InputError(
+            f"{int(bad.sum())} NaN/inf value(s) in {len(cols)} feature column(s) "
+            f"({', '.join(cols[:5])}{' …' if len(cols) > 5 else ''}) and {len(rows)} row(s) "
+            f"(first: row {rows[0] + 1}{', ' + where if where else ''}): use "
+            "--nonfinite drop-features (nonfinite='drop-features') to drop those columns or "
+            "drop-rows to drop those rows")
+    if how == "drop-features":
+        info["dropped_features"] = cols
+        return table.drop(columns=cols), [f for f in features if f not in cols], info
+    info["dropped_rows"] = len(rows)
+    return table.drop(index=table.index[rows]), features, info
+
+
+def _require_moa(table: pd.DataFrame) -> None:
+    labels = table[MOA].astype("string").str.strip() if MOA in table.columns else None
+    if labels is None or not (labels.fillna("") != "").any():
+        why = "has no" if labels is None else "has an empty"
+        raise InputError(
+            f"profiles {why} MOA column (looked for {MOA}, Metadata_moa or moa): pass a moa "
+            "table with --moa (columns compound, concentration, moa, as BBBC021_v1_moa.csv)")
+
+
+def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
+            ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Cells -> normalised wells (or sites) -> treatment profiles ready for matching.
+
+    Returns the treatment table — ``Metadata_Treatment`` (``compound@concentration``),
+    compound, concentration, MOA, ``Metadata_Batches`` (``;``-joined batches of its wells),
+    ``Metadata_Count`` (wells), ``Metadata_Query``, then features — without the control
+    and without unlabelled treatments, and a report of every count and exclusion.
+    """
+    for col, hint in ((COMPOUND, "--image-table"), (CONCENTRATION, "--image-table"),
+                      (PLATE, "a plate column"), (WELL, "a well column")):
+        if col not in table.columns:
+            raise InputError(f"profiles have no {col} column: provide {hint} (a CellProfiler "
+                             "image table with plate, well, compound and concentration)")
+    _require_moa(table)
+    if config.level == "site" and SITE not in table.columns:
+        raise InputError(f"level='site' needs a {SITE} column in the profiles (use level "
+                         "'well' for well-level tables)")
+    features = feature_names(table)
+    if not features:
+        raise InputError("profiles have no numeric feature columns (everything numeric "
+                         "that is not Metadata_* or a CellProfiler key)")
+    report: dict[str, Any] = {
+        "n_input_rows": len(table), "n_input_features": len(features),
+        "identifier_columns": [c for c in table.columns if c not in features
+                               and not str(c).startswith("Metadata_")
+                               and pd.api.types.is_numeric_dtype(table[c])]}
+    table, features, dropped = _nonfinite(table, features, config.nonfinite)
+    report.update(dropped)
+    has_treatment = table[COMPOUND].notna()
+    report["rows_without_compound"] = int((~has_treatment).sum())
+    meta = [c for c in table.columns if c.startswith("Metadata_") and c != "Metadata_Count"]
+    table = table.loc[has_treatment, meta + features].copy()  # Count is recomputed
+    conc = pd.to_numeric(table[CONCENTRATION], errors="coerce")
+    if (bad := conc.isna() & table[CONCENTRATION].notna()).any():
+        raise InputError(f"{CONCENTRATION}: not a number: "
+                         f"{table.loc[bad, CONCENTRATION].iloc[0]!r}")
+    table[CONCENTRATION] = conc.map(lambda v: float(f"{v:.6g}") if pd.notna(v) else np.nan)
+    table[MOA] = table[MOA].astype("string").str.strip().fillna("").astype(object)
+    kinds = table.groupby([COMPOUND, CONCENTRATION], dropna=False)[MOA].nunique()
+    if (kinds > 1).any():
+        raise InputError(f"{MOA} differs between rows of treatment(s) "
+                         f"{', '.join(f'{c}@{v:g}' for c, v in kinds.index[kinds > 1][:5])}")
+
+    keys = [PLATE, WELL] + ([SITE] if config.level == "site" else [])
+    wells = aggregate(table, keys + [COMPOUND, CONCENTRATION], config.aggregate, features)
+    if (dup := wells.duplicated(keys, keep=False)).any():
+        where = wells.loc[dup, keys].iloc[0].tolist()
+        raise InputError(f"{' '.join(map(str, where))}: one {config.level} holds several "
+                         "treatments (compound/concentration differ between its rows)")
+    wells = wells.drop(columns="Metadata_Count")
+    controls = (wells[COMPOUND] == config.control).to_numpy()
+    report["n_wells"], report["n_control_wells"] = len(wells), int(controls.sum())
+    if config.normalize != "none" and not controls.any():
+        raise InputError(f"no wells of control {config.control!r} in {COMPOUND}: set "
+                         "--control to the negative-control compound or --normalize none")
+    wells, zero = normalize(wells, features, method=config.normalize, controls=controls,
+                            strata=PLATE, eps=config.sphere_eps)
+    report["zero_spread_features"] = zero
+    features = [f for f in features if f not in zero]
+    if not features:
+        raise InputError("every feature has zero spread in the control wells")
+    wells = wells[~controls]
+    batches = wells[PLATE].map(batch_of).groupby(
+        [wells[COMPOUND], wells[CONCENTRATION]], dropna=False).agg(
+        lambda s: ";".join(sorted(set(s)))).rename(BATCHES)
+    treat = aggregate(wells, [COMPOUND, CONCENTRATION], config.aggregate, features)
+    # plate, well and site describe wells, not treatments (batches stand in for plates)
+    treat = treat.drop(columns=[PLATE, WELL, SITE], errors="ignore")
+    treat = treat.join(batches, on=[COMPOUND, CONCENTRATION])
+    treat[TREATMENT] = (treat[COMPOUND].astype(str) + "@"
+                        + treat[CONCENTRATION].map(lambda v: f"{v:g}"))
+    unlabelled = treat[MOA] == ""
+    report["unlabelled_treatments"] = treat.loc[unlabelled, TREATMENT].tolist()
+    treat = treat[~unlabelled].reset_index(drop=True)
+    if treat.empty:
+        raise InputError(f"no treatment besides the control {config.control!r} has an MOA "
+                         f"label in {MOA}")
+    per_moa = treat.groupby(MOA)[COMPOUND].nunique()
+    single = sorted(per_moa.index[per_moa == 1])
+    if len(single) == len(per_moa):
+        raise InputError(f"every MOA has a single compound ({', '.join(single)}): NSC "
+                         "(nearest treatment of another compound) is undefined")
+    if single and not config.allow_single_compound_moa:
+        raise InputError(f"MOA(s) with a single compound, which can never be matched by "
+                         f"another compound: {', '.join(single)}; fix the moa table or "
+                         "allow_single_compound_moa=True to keep them only as candidates")
+    treat["Metadata_Query"] = ~treat[MOA].isin(single)
+    first = [TREATMENT, COMPOUND, CONCENTRATION, MOA, "Metadata_Count", "Metadata_Query",
+             BATCHES]
+    treat = treat[first + [c for c in treat.columns if c.startswith("Metadata_")
+                           and c not in first] + features]
+    report.update(single_compound_moas=single, n_features=len(features),
+                  n_treatments=len(treat), n_compounds=int(treat[COMPOUND].nunique()),
+                  n_moas=int(treat[MOA].nunique()))
+    return treat, report
+
+
+def _write_json(data: dict[str, Any], path: Path) -> Path:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _num(x: float) -> float | None:
+    """A JSON-safe number: NaN (nothing to average) becomes null."""
+    return None if not np.isfinite(x) else float(x)
+
+
+def run_match(profiles: str | Path | pd.DataFrame, out_dir: str | Path,
+              config: MatchConfig = MatchConfig(), image_table: str | Path | None = None,
+              moa: str | Path | None = None) -> MatchResult:
+    """Load, prepare, match; write metrics.json, treatments.csv, confusion_nsc.png and
+    treatment_profiles.parquet into ``out_dir`` (each atomically; metrics.json last)."""
+    table = (profiles if isinstance(profiles, pd.DataFrame)
+             else load_profiles(profiles, image_table=image_table, moa=moa))
+    treat, report = prepare(table, config)
+    res = retrieve(treat, config.metric)
+    excluded = single_batch_moas(treat)
+    acc = {k: accuracy(res, f"{k}_correct") for k in ("nsc", "nscb")}
+    queries = res["query"]
+    metrics: dict[str, Any] = {
+        "nsc": _num(acc["nsc"][0]), "nscb": _num(acc["nscb"][0]),
+        "nsc_per_compound": _num(acc["nsc"][1]), "nscb_per_compound": _num(acc["nscb"][1]),
+        "map": _num(res.loc[queries, "ap"].mean()),
+        "n_treatments": report["n_treatments"], "n_compounds": report["n_compounds"],
+        "n_moas": report["n_moas"], "nscb_excluded_moas": excluded,
+        "n_nsc_queries": int(res["nsc_correct"].notna().sum()),
+        "n_nscb_queries": int(res["nscb_correct"].notna().sum()),
+        "n_map_queries": int(res["ap"].notna().sum()),
+        "nsc_no_candidate": res.loc[queries & res["nsc_neighbour"].isna(), "treatment"].tolist(),
+        "nscb_no_candidate": res.loc[queries & ~res["nscb_excluded"]
+                                     & res["nscb_neighbour"].isna(), "treatment"].tolist(),
+        "map_no_positive": res.loc[queries & res["ap"].isna(), "treatment"].tolist(),
+        **{k: v for k, v in report.items() if k not in ("n_treatments", "n_compounds", "n_moas")},
+        "config": asdict(config),
+        "inputs": {"profiles": None if isinstance(profiles, pd.DataFrame) else str(profiles),
+                   "image_table": image_table and str(image_table), "moa": moa and str(moa)},
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"treatments": write_table(res, out / "treatments.csv"),
+             "profiles": write_table(treat, out / "treatment_profiles.parquet")}
+    asked = res[res["nsc_correct"].notna()]
+    labels = sorted(set(asked[MOA]) | set(asked["nsc_neighbour_moa"]))
+    index = {m: i for i, m in enumerate(labels)}
+    matrix = np.zeros((len(labels), len(labels)))
+    np.add.at(matrix, (asked[MOA].map(index).to_numpy(int),
+                       asked["nsc_neighbour_moa"].map(index).to_numpy(int)), 1)
+    paths["confusion"] = save_confusion_matrix(
+        out / "confusion_nsc.png", labels, matrix,
+        title=f"NSC, {config.normalize} / {config.metric}")
+    paths["metrics"] = _write_json(metrics, out / "metrics.json")
+    return MatchResult(
+        out_dir=out, **{k: nan if metrics[k] is None else metrics[k] for k in
+                        ("nsc", "nscb", "nsc_per_compound", "nscb_per_compound", "map")},
+        n_treatments=report["n_treatments"], n_compounds=report["n_compounds"],
+        n_moas=report["n_moas"], nscb_excluded_moas=excluded, metrics=metrics, paths=paths)
+
+
+def summary_rows(result: MatchResult) -> list[tuple[str, str]]:
+    """(label, value) rows for the command line's table."""
+    m = result.metrics
+
+    def pct(x: float) -> str:
+        return "–" if not np.isfinite(x) else f"{x:.1%}"
+    excluded = ", ".join(result.nscb_excluded_moas) or "none"
+    rows = [("treatments / compounds / MOAs",
+             f"{result.n_treatments} / {result.n_compounds} / {result.n_moas}"),
+            ("NSC (per treatment / per compound)",
+             f"{pct(result.nsc)} / {pct(result.nsc_per_compound)}"),
+            ("NSCB (per treatment / per compound)",
+             f"{pct(result.nscb)} / {pct(result.nscb_per_compound)}"),
+            ("NSCB excludes single-batch MOAs", excluded),
+            ("mAP (same MOA, other compounds)", "–" if not np.isfinite(result.map)
+             else f"{result.map:.3f}")]
+    for key, label in (("nsc_no_candidate", "NSC queries without a candidate"),
+                       ("nscb_no_candidate", "NSCB queries without a candidate"),
+                       ("single_compound_moas", "single-compound MOAs (not queried)"),
+                       ("unlabelled_treatments", "treatments without MOA (skipped)"),
+                       ("dropped_features", "features dropped (NaN/inf)"),
+                       ("zero_spread_features", "features dropped (no control spread)")):
+        if m.get(key):
+            rows.append((label, f"{len(m[key])}: {', '.join(map(str, m[key][:4]))}"
+                         + (" …" if len(m[key]) > 4 else "")))
+    if m.get("dropped_rows"):
+        rows.append(("rows dropped (NaN/inf)", str(m["dropped_rows"])))
+    rows.append(("written to", str(result.out_dir)))
+    return rows
