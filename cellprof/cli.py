@@ -407,6 +407,47 @@ def match(
 
 
 @app.command()
+def show(
+    checkpoint: Annotated[Path, typer.Argument(help="model.pt, checkpoints/last.pt or a run folder.")],
+    crops: Annotated[Path, typer.Argument(help="Crop store with Metadata_Compound/Concentration.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs.")] = ...,
+    profiles: Annotated[Optional[Path], typer.Option(
+        help="Profiles of CROPS from `cellprof embed` (else the cells needed are encoded).",
+        show_default=False)] = None,
+    treatment: Annotated[Optional[str], typer.Option(
+        help="Interpolation target: compound@concentration or a compound (its highest "
+             "concentration); default: the treatment farthest from the control.",
+        show_default=False)] = None,
+    cells: Annotated[int, typer.Option(help="Sample cells per treatment.")] = 8,
+    control: Annotated[str, typer.Option(help="Compound name of the negative control.")] = "DMSO",
+    steps: Annotated[int, typer.Option(help="Frames of the interpolation strip.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the sample cells.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """See what differs: reconstructions, a typical cell per treatment, an interpolation.
+
+    Writes OUT/reconstructions*.png (sample cells per treatment over their
+    reconstructions), OUT/typical_cells.png (each treatment's decoded mean latent beside
+    the control's) and OUT/interpolation.png (decoded latents from the control's mean to
+    a treatment's). Channels are shown as a labelled colour composite.
+    """
+    from cellprof.show import ShowConfig, show as run_show
+
+    try:
+        res = run_show(checkpoint, crops, out, profiles=profiles, config=ShowConfig(
+            cells_per_treatment=cells, control=control, treatment=treatment, steps=steps,
+            seed=seed, device=device))
+    except CellprofError as exc:
+        _fail(exc)
+    table = Table(title=f"cellprof show -> {res.out_dir}", show_header=False)
+    table.add_row("reconstructions", ", ".join(p.name for p in res.reconstruction_pages))
+    table.add_row("typical cells", res.typical_cells.name)
+    table.add_row("interpolation", res.interpolation.name)
+    table.add_row("treatments", str(len(res.treatments)))
+    console.print(table)
+
+
+@app.command()
 def demo(
     outdir: Annotated[Path, typer.Argument(help="Folder for every output.")] = Path("cellprof-demo"),
     force: Annotated[bool, typer.Option(help="Replace OUTDIR if it holds earlier results.")] = False,
