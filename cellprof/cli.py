@@ -451,31 +451,45 @@ def show(
 def demo(
     outdir: Annotated[Path, typer.Argument(help="Folder for every output.")] = Path("cellprof-demo"),
     force: Annotated[bool, typer.Option(help="Replace OUTDIR if it holds earlier results.")] = False,
+    steps: Annotated[int, typer.Option(help="Training steps (a few minutes on a CPU).")] = 400,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option(help="Parallel worker processes for cropping.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic screen.")] = 0,
 ) -> None:
-    """Run the pipeline end to end on a small built-in synthetic screen.
+    """Run the whole pipeline on a small built-in synthetic screen.
 
-    Writes OUTDIR/screen (images and CellProfiler-style tables) and OUTDIR/crops.h5.
-    Never writes over earlier results without --force.
+    synth -> crop -> train -> embed -> match -> show, into OUTDIR (default
+    ./cellprof-demo): screen/, crops.h5, run/, profiles.h5, report/, figures/. Never
+    writes over earlier results without --force.
     """
-    from cellprof.demo import run_demo
+    from cellprof.demo import DemoConfig, run_demo
     from cellprof.synth import SynthConfig
 
     t0 = time.perf_counter()
     try:
-        with _progress() as bar:
-            res = run_demo(outdir, force=force, synth=SynthConfig(seed=seed), workers=workers,
-                           progress=bar)
+        cfg = DemoConfig(synth=SynthConfig(seed=seed), steps=steps, device=device,
+                         workers=workers)
+        with _progress() as bar, _train_progress() as tbar:
+            res = run_demo(outdir, force=force, config=cfg, progress=bar, train_progress=tbar)
     except CellprofError as exc:
         _fail(exc)
-    _print_crop_summary(res.crops, time.perf_counter() - t0)
-    table = Table(title="cellprof demo: where everything is", show_header=False)
-    table.add_row("synthetic screen", f"{res.screen.image_table.parent} ({res.screen.n_fields} "
-                                      f"fields, {res.screen.n_cells} cells)")
-    table.add_row("crop store", str(res.crops.out))
-    table.add_row("open first", f"{res.screen.image_table.parent / 'README.txt'}, then "
-                                f"{res.crops.out} (see docs/formats.md)")
+    r = res.report
+    table = Table(title=f"cellprof demo: done in {(time.perf_counter() - t0) / 60:.1f} min",
+                  show_header=False)
+    table.add_row("screen", f"{res.screen.n_fields} fields, {res.screen.n_cells} cells, "
+                            f"{r.n_treatments} treatments of {r.n_moas} MOAs -> "
+                            f"{res.screen.image_table.parent}")
+    table.add_row("crops", f"{res.crops.n_cells} cells -> {res.crops.out}")
+    table.add_row("training", f"{res.training.step} steps, held-out MSE "
+                              f"{res.training.val.get('val_mse', float('nan')):.4f} -> "
+                              f"{res.training.out}")
+    table.add_row("profiles", f"{res.profiles.n_cells} x {res.profiles.n_features} -> "
+                              f"{res.profiles.out}")
+    table.add_row("NSC / NSCB", f"{r.nsc:.0%} / {r.nscb:.0%} (chance about "
+                                f"{res.chance_nsc:.0%}); mAP {r.map:.2f}")
+    table.add_row("report", str(r.out_dir))
+    table.add_row("open first", f"{res.figures.typical_cells}, then {r.paths['confusion']} "
+                                f"and {res.training.out / 'images'}")
     console.print(table)
 
 
