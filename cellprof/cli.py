@@ -148,6 +148,9 @@ def crop(
         help="With --segment: channel holding nuclei (default: the first).",
         show_default=False)] = None,
     min_area: Annotated[int, typer.Option(help="With --segment: smallest nucleus, px.")] = 30,
+    plates: Annotated[Optional[str], typer.Option(
+        help="Only these plates, e.g. one cluster job per plate; join shards with "
+             "`cellprof merge`.", show_default=False)] = None,
     workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
     strict: Annotated[bool, typer.Option(
         help="Fail on the first bad image or row instead of reporting it and going on.")] = False,
@@ -190,7 +193,7 @@ def crop(
             cfg = CropConfig(size=size, channels=_split(channels), edge=edge,
                              illumination=illumination, offset=(ox, oy), object_name=object_name,
                              segment=SegmentConfig(min_area=min_area) if segment else None,
-                             nucleus_channel=nucleus_channel)
+                             nucleus_channel=nucleus_channel, plates=_split(plates))
             with _progress() as bar:
                 summary = crop_screen(image_table, out, objects=None if segment else objects,
                                       config=cfg, root=root, moa=moa, workers=workers,
@@ -212,6 +215,27 @@ def _print_crop_summary(s: object, seconds: float) -> None:
     if s.issues_file:
         table.add_row("issue log", str(s.issues_file))
     console.print(table)
+
+
+@app.command()
+def merge(
+    inputs: Annotated[list[Path], typer.Argument(help="Crop stores to join, in order.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Merged crop store (.h5).")] = ...,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+) -> None:
+    """Join crop stores cut in shards (`cellprof crop --plates ...`) into one.
+
+    Shards must share channels, crop size and pixel type; cells, fields, issues and
+    illumination functions are concatenated in the order given.
+    """
+    from cellprof.merge import merge_stores
+
+    try:
+        with _progress() as bar:
+            path = merge_stores(inputs, out, overwrite=overwrite, progress=bar)
+    except CellprofError as exc:
+        _fail(exc)
+    console.print(f"merged {len(inputs)} stores -> {path}")
 
 
 @app.command()
@@ -359,10 +383,10 @@ def embed(
 
 @app.command()
 def match(
-    profiles: Annotated[Path, typer.Argument(
+    profiles: Annotated[list[Path], typer.Argument(
         help="Profiles from `cellprof embed` (.h5), or any cell/site/well feature table "
              "(CSV, CSV.gz, Parquet) with Metadata_ columns or CellProfiler's "
-             "Image_Metadata_Plate/_Well keys.")],
+             "Image_Metadata_Plate/_Well keys; several files (shards) are joined.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = ...,
     image_table: Annotated[Optional[Path], typer.Option(
         help="Image table giving compound and concentration per plate+well.",
@@ -397,7 +421,8 @@ def match(
         cfg = MatchConfig(normalize=normalize, aggregate=aggregate, metric=metric,
                           control=control, level=level, nonfinite=nonfinite,
                           allow_single_compound_moa=allow_single_compound_moa)
-        res = run_match(profiles, out, cfg, image_table=image_table, moa=moa)
+        res = run_match(profiles[0] if len(profiles) == 1 else profiles, out, cfg,
+                        image_table=image_table, moa=moa)
     except CellprofError as exc:
         _fail(exc)
     table = Table(title=f"cellprof match ({normalize}, {metric})", show_header=False)

@@ -53,6 +53,8 @@ class CropConfig:
     """Find nuclei with scikit-image instead of reading an object table."""
     nucleus_channel: str | None = None
     """Channel to segment nuclei in (default: the first channel)."""
+    plates: tuple[str, ...] | None = None
+    """Only these plates (a shard of the screen, e.g. one cluster job per plate)."""
 
     def __post_init__(self) -> None:
         if not 8 <= self.size <= 1024:
@@ -103,6 +105,12 @@ def plan(image_table: str | Path, objects: str | Path | None, config: CropConfig
         raise InputError(f"{image_table}: image {dup} appears twice (ImageNumber, with "
                          "TableNumber when present, must identify one row)")
     table = _complete_metadata(table, channels[0])
+    if config.plates:
+        missing = sorted(set(config.plates) - set(table[PLATE]))
+        if missing:
+            raise InputError(f"{image_table}: no plate {', '.join(missing)} (plates: "
+                             f"{', '.join(sorted(set(table[PLATE]))[:8])} …)")
+        table = table[table[PLATE].isin(config.plates)]
     if moa is not None:
         table = join_moa(table, read_moa_table(moa), moa)
     meta_cols = [c for c in table.columns if c.startswith("Metadata_") or c == "TableNumber"]

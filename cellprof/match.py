@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from math import nan
 from pathlib import Path
@@ -300,13 +301,18 @@ def _num(x: float) -> float | None:
     return None if not np.isfinite(x) else float(x)
 
 
-def run_match(profiles: str | Path | pd.DataFrame, out_dir: str | Path,
+def run_match(profiles: str | Path | pd.DataFrame | Sequence[str | Path], out_dir: str | Path,
               config: MatchConfig = MatchConfig(), image_table: str | Path | None = None,
               moa: str | Path | None = None) -> MatchResult:
     """Load, prepare, match; write metrics.json, treatments.csv, confusion_nsc.png and
     treatment_profiles.parquet into ``out_dir`` (each atomically; metrics.json last)."""
-    table = (profiles if isinstance(profiles, pd.DataFrame)
-             else load_profiles(profiles, image_table=image_table, moa=moa))
+    if isinstance(profiles, pd.DataFrame):
+        table = profiles
+    elif isinstance(profiles, (list, tuple)):  # shards, e.g. one profiles file per plate
+        table = pd.concat([load_profiles(p, image_table=image_table, moa=moa)
+                           for p in profiles], ignore_index=True)
+    else:
+        table = load_profiles(profiles, image_table=image_table, moa=moa)
     treat, report = prepare(table, config)
     res = retrieve(treat, config.metric)
     excluded = single_batch_moas(treat)
@@ -327,7 +333,8 @@ def run_match(profiles: str | Path | pd.DataFrame, out_dir: str | Path,
         "map_no_positive": res.loc[queries & res["ap"].isna(), "treatment"].tolist(),
         **{k: v for k, v in report.items() if k not in ("n_treatments", "n_compounds", "n_moas")},
         "config": asdict(config),
-        "inputs": {"profiles": None if isinstance(profiles, pd.DataFrame) else str(profiles),
+        "inputs": {"profiles": None if isinstance(profiles, pd.DataFrame) else (
+            [str(p) for p in profiles] if isinstance(profiles, (list, tuple)) else str(profiles)),
                    "image_table": image_table and str(image_table), "moa": moa and str(moa)},
     }
     out = Path(out_dir)
