@@ -321,7 +321,7 @@ def train(
     table.add_row("look at", str(res.out / "images"))
     console.print(table)
     if res.status == "interrupted":
-        console.print(f"interrupted: continue with the same command plus --resume")
+        console.print("interrupted: continue with the same command plus --resume")
 
 
 @contextmanager

@@ -12,8 +12,7 @@ rerunning the same command resumes after the last committed field.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from cellprof.segment import SegmentConfig
 from cellprof.store import CropStoreWriter
 from cellprof.tables import (
     CONCENTRATION, PLATE, SITE, WELL, canonical_columns, channels_of, join_moa,
-    object_centres, read_moa_table, read_table, require_columns, site_from_filename,
+    object_centres, read_moa_table, read_table, site_from_filename,
 )
 
 

@@ -94,3 +94,31 @@ def shared_or_skip(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not available: {path} (needs ../shared beside the repo)")
     return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic screen (DMSO + 16 treatments, 2 plates) cropped at 36 px."""
+    from cellprof.crop import CropConfig, crop_screen
+    from cellprof.synth import SynthConfig, synthesize
+
+    root = tmp_path_factory.mktemp("synthetic")
+    res = synthesize(root / "screen", SynthConfig(field_size=128, cells_per_field=10, sites=1,
+                                                  batches=1, plates_per_batch=2))
+    crops = root / "crops.h5"
+    crop_screen(res.image_table, crops, objects=res.object_table, moa=res.moa_table,
+                config=CropConfig(size=36))
+    return crops
+
+
+@pytest.fixture(scope="session")
+def tiny_model(synthetic_store: Path) -> tuple[Path, Path]:
+    """(model.pt, crops.h5): a 3-step tiny VAE+ trained on ``synthetic_store``."""
+    from cellprof.model import ModelConfig
+    from cellprof.train import TrainConfig, train
+
+    run = synthetic_store.parent / "run"
+    train(synthetic_store, run, model_config=ModelConfig(latent_dim=8, enc_filters=8,
+                                                         dec_filters=8, ramp_start=1),
+          config=TrainConfig(steps=3, batch_size=8, val_every=1000, image_every=1000))
+    return run / "model.pt", synthetic_store

@@ -16,24 +16,12 @@ from cellprof.crop import CropConfig, crop_screen
 from cellprof.data import normalize
 from cellprof.embed import EmbedConfig, embed, export, load_encoder
 from cellprof.errors import CheckpointError, InputError, StoreError
-from cellprof.model import ModelConfig
 from cellprof.profiles import profile_table, read_profiles
-from cellprof.synth import SynthConfig, synthesize
-from cellprof.train import TrainConfig, train
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("embed")
-    res = synthesize(root / "screen", SynthConfig(field_size=128, cells_per_field=10, sites=1,
-                                                  batches=1, plates_per_batch=2))
-    crops = root / "crops.h5"
-    crop_screen(res.image_table, crops, objects=res.object_table, moa=res.moa_table,
-                config=CropConfig(size=36))
-    train(crops, root / "run", model_config=ModelConfig(latent_dim=8, enc_filters=8,
-                                                        dec_filters=8, ramp_start=1),
-          config=TrainConfig(steps=3, batch_size=8, val_every=1000, image_every=1000))
-    return root / "run" / "model.pt", crops
+@pytest.fixture
+def trained(tiny_model: tuple[Path, Path]) -> tuple[Path, Path]:
+    return tiny_model
 
 
 def test_profiles_are_posterior_means_aligned_with_the_store(trained, tmp_path: Path) -> None:

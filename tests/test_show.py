@@ -16,28 +16,18 @@ from cellprof import store
 from cellprof.crop import CropConfig, crop_screen
 from cellprof.embed import embed, load_encoder
 from cellprof.errors import CheckpointError, InputError, StoreError
-from cellprof.model import ModelConfig
 from cellprof.profiles import read_profiles
 from cellprof.show import (ShowConfig, choose_treatment, interpolate_latents, show,
                            treatment_means)
-from cellprof.synth import SynthConfig, synthesize
-from cellprof.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+def trained(tiny_model: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+            ) -> tuple[Path, Path, Path]:
     """A tiny screen (DMSO + 16 treatments), its crops, a 3-step model and its profiles."""
-    root = tmp_path_factory.mktemp("show")
-    res = synthesize(root / "screen", SynthConfig(field_size=128, cells_per_field=10, sites=1,
-                                                  batches=1, plates_per_batch=2))
-    crops = root / "crops.h5"
-    crop_screen(res.image_table, crops, objects=res.object_table, moa=res.moa_table,
-                config=CropConfig(size=36))
-    train(crops, root / "run", model_config=ModelConfig(latent_dim=8, enc_filters=8,
-                                                        dec_filters=8),
-          config=TrainConfig(steps=3, batch_size=8, val_every=1000, image_every=1000))
-    profiles = embed(root / "run" / "model.pt", crops, root / "profiles.h5").out
-    return root / "run" / "model.pt", crops, profiles
+    ckpt, crops = tiny_model
+    profiles = embed(ckpt, crops, tmp_path_factory.mktemp("show") / "profiles.h5").out
+    return ckpt, crops, profiles
 
 
 def _looks_like_a_figure(path: Path) -> np.ndarray:

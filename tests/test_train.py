@@ -22,7 +22,6 @@ from cellprof.data import CropData, DataConfig, augment, split_by_field
 from cellprof.errors import CheckpointError, InputError, StoreError
 from cellprof.model import ModelConfig
 from cellprof.store import read_cells
-from cellprof.synth import SynthConfig, synthesize
 from cellprof.train import TrainConfig, TrainingDiverged, train
 
 TINY = dict(latent_dim=8, enc_filters=8, dec_filters=8, disc_channels=(8, 8, 8, 8, 1),
@@ -30,15 +29,9 @@ TINY = dict(latent_dim=8, enc_filters=8, dec_filters=8, disc_channels=(8, 8, 8, 
 FAST = dict(batch_size=8, log_every=1, val_every=4, image_every=1000, checkpoint_every=1000)
 
 
-@pytest.fixture(scope="module")
-def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("store")
-    res = synthesize(root / "screen", SynthConfig(field_size=128, cells_per_field=10, sites=1,
-                                                  batches=1, plates_per_batch=2))
-    out = root / "crops.h5"
-    crop_screen(res.image_table, out, objects=res.object_table, moa=res.moa_table,
-                config=CropConfig(size=36))
-    return out
+@pytest.fixture
+def store_path(synthetic_store: Path) -> Path:
+    return synthetic_store
 
 
 @pytest.fixture(autouse=True)
