@@ -1,0 +1,105 @@
+"""Embedding throughput (cells/s) beside the bare encoder, and ``match`` on a large table.
+
+Run by hand: ``python benchmarks/embed_throughput.py [--store crops.h5] [--batch-size 512]``.
+
+1. *bare encoder*: the default (paper-size) encoder's forward pass on tensors already in
+   memory, eval mode, no gradients;
+2. *cellprof embed*: the whole command (read the store in chunk-aligned blocks, normalise,
+   encode, write the profiles file), same model and batch size. The ratio is the I/O and
+   normalisation overhead;
+3. *cellprof match* on 10,000 treatments x 256 features (random profiles: timing only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cellprof.checkpoint import save_checkpoint
+from cellprof.crop import CropConfig, crop_screen
+from cellprof.data import DataConfig, normalize
+from cellprof.embed import EmbedConfig, embed
+from cellprof.match import MatchConfig, run_match
+from cellprof.model import ModelConfig, VAEPlus
+from cellprof.store import read_crops, read_info
+from cellprof.synth import SynthConfig, synthesize
+
+
+def untrained_checkpoint(path: Path, channels: tuple[str, ...], size: int) -> Path:
+    """Speed does not depend on the weights: a freshly initialised paper-size model."""
+    cfg = ModelConfig(in_channels=len(channels), image_size=size)
+    model = VAEPlus(cfg).eval()
+    return save_checkpoint(path, {
+        "model_config": cfg.to_dict(), "train_config": {}, "data_config": vars(DataConfig()),
+        "data": {"channels": list(channels), "crop_size": size}, "step": 0,
+        "status": "complete", "model": model.state_dict()})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", type=Path)
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--treatments", type=int, default=10_000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        store = args.store
+        if store is None:
+            res = synthesize(tmp / "screen", SynthConfig(sites=3))
+            store = tmp / "crops.h5"
+            crop_screen(res.image_table, store, objects=res.object_table, config=CropConfig())
+        info = read_info(store)
+        ckpt = untrained_checkpoint(tmp / "model.pt", info.channels, info.crop_size)
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+              f"torch {torch.__version__}; store {info.n_cells} cells x "
+              f"{len(info.channels)} x {info.crop_size}^2; batch {args.batch_size}")
+        print(f"{'device':>6} {'bare encoder cells/s':>21} {'embed cells/s':>14} {'ratio':>6}")
+        for device in devices:
+            model = VAEPlus(ModelConfig(in_channels=len(info.channels),
+                                        image_size=info.crop_size)).to(device).eval()
+            x = torch.from_numpy(normalize(read_crops(store, slice(0, args.batch_size)),
+                                           "max")).to(device)
+            with torch.no_grad():
+                model.encode(x)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                reps = max(1, info.n_cells // args.batch_size)
+                for _ in range(reps):
+                    model.encode(x)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                bare = reps * len(x) / (time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            embed(ckpt, store, tmp / f"profiles-{device}.h5",
+                  config=EmbedConfig(batch_size=args.batch_size, device=device))
+            whole = info.n_cells / (time.perf_counter() - t0)
+            print(f"{device:>6} {bare:>21.0f} {whole:>14.0f} {bare / whole:>6.2f}")
+
+        rng = np.random.default_rng(0)
+        n, moas = args.treatments, 12
+        wells = pd.DataFrame(rng.normal(size=(n + 200, 256)),
+                             columns=[f"f{i:03d}" for i in range(256)])
+        wells.insert(0, "Metadata_Plate", [f"Week{i % 10}_{i % 40}" for i in range(n + 200)])
+        wells.insert(1, "Metadata_Well", [f"W{i}" for i in range(n + 200)])
+        wells.insert(2, "Metadata_Compound", [f"c{i // 3}" for i in range(n)] + ["DMSO"] * 200)
+        wells.insert(3, "Metadata_Concentration", [float(i % 3) for i in range(n)] + [0.0] * 200)
+        wells.insert(4, "Metadata_MOA", [f"moa{(i // 3) % moas}" for i in range(n)]
+                     + ["DMSO"] * 200)
+        t0 = time.perf_counter()
+        run_match(wells, tmp / "report", MatchConfig(normalize="zscore"))
+        print(f"match: {n} treatments x 256 features (NSC, NSCB, mAP, report): "
+              f"{time.perf_counter() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Commands that train and apply the model: ``train``, ``embed``."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from cellprof.cli._app import (
+    _fail,
+    _progress,
+    _train_progress,
+    app,
+    console,
+)
+from cellprof.errors import CellprofError
+
+
+@app.command()
+def train(
+    crops: Annotated[Path, typer.Argument(help="Crop store from `cellprof crop`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (config, losses.csv, "
+                                      "images/, checkpoints/, model.pt).")] = ...,
+    model: Annotated[str, typer.Option(
+        help="vae (plain beta-VAE), vae-gan (feature matching on all layers from the "
+             "start) or vae-gan-progressive (the paper's full model).")] = "vae-gan-progressive",
+    steps: Annotated[int, typer.Option(help="Optimisation steps (the paper's 80,000).")] = 80_000,
+    batch_size: Annotated[int, typer.Option(help="Crops per step per process.")] = 104,
+    lr: Annotated[float, typer.Option(help="Adam learning rate, encoder and decoder.")] = 1e-3,
+    disc_lr: Annotated[float, typer.Option(help="SGD learning rate, discriminator.")] = 1e-2,
+    latent_dim: Annotated[int, typer.Option(help="Latent dimensions (profile length).")] = 256,
+    filters: Annotated[int, typer.Option(help="Encoder and decoder conv filters.")] = 32,
+    beta: Annotated[float, typer.Option(help="Weight of the KL term.")] = 2.0,
+    schedule: Annotated[str, typer.Option(
+        help="Progressive schedule: paper (layer k from step 2,500(k+1), over 2,500 steps) "
+             "or scaled (the same proportions of --steps, for short runs).")] = "paper",
+    normalization: Annotated[str, typer.Option(
+        help="max (each crop / its per-channel max, the paper's) or percentile "
+             "(per-plate 1st-99th percentile scaling).")] = "max",
+    augment: Annotated[bool, typer.Option(help="Random flips and 90-degree rotations.")] = True,
+    val_fraction: Annotated[float, typer.Option(help="Share of fields held out.")] = 0.1,
+    memory_limit: Annotated[float, typer.Option(
+        help="GiB: load the store into memory when it fits, else stream it.")] = 4.0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    amp: Annotated[bool, typer.Option(help="bf16 mixed precision (CUDA only).")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of weights, split, order, augmentation.")] = 0,
+    log_every: Annotated[int, typer.Option(help="Steps between losses.csv rows.")] = 25,
+    val_every: Annotated[int, typer.Option(help="Steps between validation errors.")] = 500,
+    image_every: Annotated[int, typer.Option(help="Steps between PNG grids.")] = 1000,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
+    resume: Annotated[bool, typer.Option(
+        help="Continue the run in --out from its last checkpoint (exactly).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Start over in an --out holding a run.")] = False,
+) -> None:
+    """Train the adversarial progressive VAE on a crop store.
+
+    On CUDA when present (bf16 autocast, channels-last), else the CPU. Multi-GPU or
+    multi-node: the same command under `torchrun --nproc-per-node N cellprof train ...`
+    (DDP; only rank 0 writes). Ctrl-C saves a checkpoint; `--resume` continues exactly.
+    """
+    from cellprof.data import DataConfig
+    from cellprof.model import ModelConfig
+    from cellprof.train import TrainConfig, scaled_schedule
+    from cellprof.train import train as run_train
+
+    try:
+        if schedule not in ("paper", "scaled"):
+            raise CellprofError(f"--schedule must be paper or scaled, got {schedule!r}")
+        mcfg = None
+        if not resume:
+            try:
+                mcfg = ModelConfig(variant=model, latent_dim=latent_dim, enc_filters=filters,
+                                   dec_filters=filters, beta=beta)
+            except ValueError as exc:
+                raise CellprofError(str(exc)) from None
+            if schedule == "scaled":
+                mcfg = scaled_schedule(steps, mcfg)
+            elif model == "vae-gan-progressive" and steps < 5 * mcfg.ramp_start:
+                console.print(f"[yellow]note:[/] with --steps {steps} the paper's schedule "
+                              "never switches on every discriminator layer; "
+                              "--schedule scaled keeps its proportions")
+        tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, disc_lr=disc_lr, seed=seed,
+                           device=device, amp=amp, log_every=log_every, val_every=val_every,
+                           image_every=image_every, checkpoint_every=checkpoint_every)
+        dcfg = DataConfig(normalization=normalization, augment=augment,
+                          val_fraction=val_fraction, memory_limit_gb=memory_limit)
+        with _train_progress() as bar:
+            res = run_train(crops, out, model_config=mcfg, config=tcfg, data_config=dcfg,
+                            resume=resume, overwrite=overwrite, progress=bar)
+    except CellprofError as exc:
+        _fail(exc)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    table = Table(title=f"cellprof train -> {res.out}", show_header=False)
+    table.add_row("status", f"{res.status} at step {res.step}")
+    for k, v in res.val.items():
+        table.add_row(k, f"{v:.4g}")
+    table.add_row("cells/s", f"{res.cells_per_s:.0f}")
+    table.add_row("checkpoint", str(res.checkpoint))
+    table.add_row("look at", str(res.out / "images"))
+    console.print(table)
+    if res.status == "interrupted":
+        console.print("interrupted: continue with the same command plus --resume")
+
+
+@app.command()
+def embed(
+    checkpoint: Annotated[Path, typer.Argument(help="model.pt, checkpoints/last.pt or a run folder.")],
+    crops: Annotated[Path, typer.Argument(help="Crop store to embed (any plates, same channels).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Profiles file to write (.h5).")] = ...,
+    batch_size: Annotated[int, typer.Option(help="Cells per forward pass.")] = 512,
+    logvar: Annotated[bool, typer.Option(help="Also keep each cell's posterior log-variance.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    format: Annotated[Optional[str], typer.Option(
+        "--format", help="Also write a table: parquet or csv (Metadata_ columns, then "
+                         "features) as OUT.<level>.<format>.", show_default=False)] = None,
+    level: Annotated[str, typer.Option(help="Table level: cell, or well (mean).")] = "cell",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+) -> None:
+    """Embed every cell: posterior means (N, 256) plus the store's per-cell metadata.
+
+    Writes OUT (HDF5: /features, /cells/<column>, provenance attributes; docs/formats.md),
+    resumably (OUT.partial until complete), and optionally a Parquet/CSV table.
+    """
+    from cellprof.embed import EmbedConfig, export
+    from cellprof.embed import embed as run_embed
+
+    t0 = time.perf_counter()
+    try:
+        if format not in (None, "parquet", "csv"):
+            raise CellprofError(f"--format must be parquet or csv, got {format!r}")
+        with _progress() as bar:
+            res = run_embed(checkpoint, crops, out, config=EmbedConfig(
+                batch_size=batch_size, logvar=logvar, device=device), overwrite=overwrite,
+                progress=bar)
+        table = export(res.out, res.out.with_suffix(f".{level}.{format}"), level) \
+            if format else None
+    except CellprofError as exc:
+        _fail(exc)
+    console.print(f"embedded {res.n_cells} cells x {res.n_features} features -> {res.out}"
+                  + (f" (resumed at cell {res.resumed_from})" if res.resumed_from else "")
+                  + f" in {time.perf_counter() - t0:.1f} s" + (f"; table: {table}" if table else ""))

@@ -1,0 +1,157 @@
+"""Commands that judge and show: ``match``, ``show``, ``demo``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from cellprof.cli._app import (
+    _fail,
+    _progress,
+    _train_progress,
+    app,
+    console,
+)
+from cellprof.errors import CellprofError
+
+
+@app.command()
+def match(
+    profiles: Annotated[list[Path], typer.Argument(
+        help="Profiles from `cellprof embed` (.h5), or any cell/site/well feature table "
+             "(CSV, CSV.gz, Parquet) with Metadata_ columns or CellProfiler's "
+             "Image_Metadata_Plate/_Well keys; several files (shards) are joined.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = ...,
+    image_table: Annotated[Optional[Path], typer.Option(
+        help="Image table giving compound and concentration per plate+well.",
+        show_default=False)] = None,
+    moa: Annotated[Optional[Path], typer.Option(
+        help="Table of compound, concentration, moa.", show_default=False)] = None,
+    normalize: Annotated[str, typer.Option(
+        help="none, zscore or robust (per plate against its control wells), or sphere "
+             "(typical-variation normalisation fitted on controls).")] = "zscore",
+    aggregate: Annotated[str, typer.Option(help="Cells -> wells -> treatments: mean or "
+                                                "median.")] = "mean",
+    metric: Annotated[str, typer.Option(help="cosine, correlation or euclidean.")] = "cosine",
+    control: Annotated[str, typer.Option(help="Compound name of the negative control.")] = "DMSO",
+    level: Annotated[str, typer.Option(help="Level normalised against controls: well or "
+                                            "site.")] = "well",
+    nonfinite: Annotated[str, typer.Option(
+        help="NaN/inf features: error, drop-features or drop-rows (reported).")] = "error",
+    allow_single_compound_moa: Annotated[bool, typer.Option(
+        help="Keep MOAs with one compound as candidates, never as queries.")] = False,
+) -> None:
+    """Match treatments by mechanism of action: NSC, NSCB and mAP.
+
+    Aggregates cells -> wells (or sites) -> treatments, normalises per plate against the
+    control, and for every treatment finds its nearest neighbour among treatments of other
+    compounds (NSC) and also of other batches (NSCB; batch = plate-name prefix). Writes
+    OUT/metrics.json, OUT/treatments.csv, OUT/treatment_profiles.parquet and
+    OUT/confusion_nsc.png.
+    """
+    from cellprof.match import MatchConfig, run_match, summary_rows
+
+    try:
+        cfg = MatchConfig(normalize=normalize, aggregate=aggregate, metric=metric,
+                          control=control, level=level, nonfinite=nonfinite,
+                          allow_single_compound_moa=allow_single_compound_moa)
+        res = run_match(profiles[0] if len(profiles) == 1 else profiles, out, cfg,
+                        image_table=image_table, moa=moa)
+    except CellprofError as exc:
+        _fail(exc)
+    table = Table(title=f"cellprof match ({normalize}, {metric})", show_header=False)
+    for label, value in summary_rows(res):
+        table.add_row(label, value)
+    console.print(table)
+
+
+@app.command()
+def show(
+    checkpoint: Annotated[Path, typer.Argument(help="model.pt, checkpoints/last.pt or a run folder.")],
+    crops: Annotated[Path, typer.Argument(help="Crop store with Metadata_Compound/Concentration.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs.")] = ...,
+    profiles: Annotated[Optional[Path], typer.Option(
+        help="Profiles of CROPS from `cellprof embed` (else the cells needed are encoded).",
+        show_default=False)] = None,
+    treatment: Annotated[Optional[str], typer.Option(
+        help="Interpolation target: compound@concentration or a compound (its highest "
+             "concentration); default: the treatment farthest from the control.",
+        show_default=False)] = None,
+    cells: Annotated[int, typer.Option(help="Sample cells per treatment.")] = 8,
+    control: Annotated[str, typer.Option(help="Compound name of the negative control.")] = "DMSO",
+    steps: Annotated[int, typer.Option(help="Frames of the interpolation strip.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the sample cells.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """See what differs: reconstructions, a typical cell per treatment, an interpolation.
+
+    Writes OUT/reconstructions*.png (sample cells per treatment over their
+    reconstructions), OUT/typical_cells.png (each treatment's decoded mean latent beside
+    the control's) and OUT/interpolation.png (decoded latents from the control's mean to
+    a treatment's). Channels are shown as a labelled colour composite.
+    """
+    from cellprof.show import ShowConfig
+    from cellprof.show import show as run_show
+
+    try:
+        res = run_show(checkpoint, crops, out, profiles=profiles, config=ShowConfig(
+            cells_per_treatment=cells, control=control, treatment=treatment, steps=steps,
+            seed=seed, device=device))
+    except CellprofError as exc:
+        _fail(exc)
+    table = Table(title=f"cellprof show -> {res.out_dir}", show_header=False)
+    table.add_row("reconstructions", ", ".join(p.name for p in res.reconstruction_pages))
+    table.add_row("typical cells", res.typical_cells.name)
+    table.add_row("interpolation", res.interpolation.name)
+    table.add_row("treatments", str(len(res.treatments)))
+    console.print(table)
+
+
+@app.command()
+def demo(
+    outdir: Annotated[Path, typer.Argument(help="Folder for every output.")] = Path("cellprof-demo"),
+    force: Annotated[bool, typer.Option(help="Replace OUTDIR if it holds earlier results.")] = False,
+    steps: Annotated[int, typer.Option(help="Training steps (a few minutes on a CPU).")] = 400,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Parallel worker processes for cropping.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic screen.")] = 0,
+) -> None:
+    """Run the whole pipeline on a small built-in synthetic screen.
+
+    synth -> crop -> train -> embed -> match -> show, into OUTDIR (default
+    ./cellprof-demo): screen/, crops.h5, run/, profiles.h5, report/, figures/. Never
+    writes over earlier results without --force.
+    """
+    from cellprof.demo import DemoConfig, run_demo
+    from cellprof.synth import SynthConfig
+
+    t0 = time.perf_counter()
+    try:
+        cfg = DemoConfig(synth=SynthConfig(seed=seed), steps=steps, device=device,
+                         workers=workers)
+        with _progress() as bar, _train_progress() as tbar:
+            res = run_demo(outdir, force=force, config=cfg, progress=bar, train_progress=tbar)
+    except CellprofError as exc:
+        _fail(exc)
+    r = res.report
+    table = Table(title=f"cellprof demo: done in {(time.perf_counter() - t0) / 60:.1f} min",
+                  show_header=False)
+    table.add_row("screen", f"{res.screen.n_fields} fields, {res.screen.n_cells} cells, "
+                            f"{r.n_treatments} treatments of {r.n_moas} MOAs -> "
+                            f"{res.screen.image_table.parent}")
+    table.add_row("crops", f"{res.crops.n_cells} cells -> {res.crops.out}")
+    table.add_row("training", f"{res.training.step} steps, held-out MSE "
+                              f"{res.training.val.get('val_mse', float('nan')):.4f} -> "
+                              f"{res.training.out}")
+    table.add_row("profiles", f"{res.profiles.n_cells} x {res.profiles.n_features} -> "
+                              f"{res.profiles.out}")
+    table.add_row("NSC / NSCB", f"{r.nsc:.0%} / {r.nscb:.0%} (chance about "
+                                f"{res.chance_nsc:.0%}); mAP {r.map:.2f}")
+    table.add_row("report", str(r.out_dir))
+    table.add_row("open first", f"{res.figures.typical_cells}, then {r.paths['confusion']} "
+                                f"and {res.training.out / 'images'}")
+    console.print(table)
