@@ -307,6 +307,9 @@ def train(
     log = None
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
+        if ckpt is None:  # a fresh start: nothing of an overwritten run may be resumed or shown
+            for old in (last, out / "model.pt", *(out / "images").glob("*.png")):
+                old.unlink(missing_ok=True)
         _write_json(out / "config.json", {**described, "world_size": d.world,
                                           "device": str(d.device), "versions": versions()})
         log = _Log(out / "losses.csv", ["step", "epoch", *terms, "total", *weights_cols,

@@ -227,3 +227,15 @@ def test_cli_train_and_errors(store_path: Path, tmp_path: Path) -> None:
     assert res.exit_code == 1 and "--resume" in res.output
     res = runner.invoke(app, [*args[:4], "--model", "gan", "--out", str(tmp_path / "x")])
     assert res.exit_code == 1 and "variant" in res.output and "Traceback" not in res.output
+
+
+def test_overwrite_leaves_nothing_of_the_old_run(store_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(store_path, out, model_config=ModelConfig(**TINY),
+          config=TrainConfig(steps=4, **{**FAST, "image_every": 4}))
+    assert (out / "images" / "recon_0000004.png").exists()
+    res = train(store_path, out, model_config=ModelConfig(**TINY), overwrite=True,
+                config=TrainConfig(steps=2, **FAST))
+    assert res.step == 2 and load_checkpoint(out / "model.pt")["step"] == 2
+    assert not (out / "images" / "recon_0000004.png").exists()
+    assert pd.read_csv(out / "losses.csv")["step"].max() == 2
