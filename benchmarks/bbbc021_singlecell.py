@@ -48,6 +48,7 @@ import pandas as pd
 import torch
 
 from cellprof.classic import classical_features
+from cellprof.checkpoint import initial_checkpoint
 from cellprof.data import DataConfig
 from cellprof.embed import EmbedConfig, embed
 from cellprof.model import VARIANTS, ModelConfig
@@ -340,10 +341,23 @@ def main() -> None:
             print(f"  {variant} on {p}: 1-NN {scores['acc']:.3f}  mAP {scores['map']:.3f}  "
                   f"val MSE {val['val_mse']:.5f}  {minutes:.1f} min", flush=True)
         rows.append(row)
+    floor = Row("untrained encoder (random weights)")
+    for p in plates:
+        test = stores[p][1]
+        info = read_info(test)
+        config = ModelConfig.from_dict({**model_config("vae", args.steps, args.small).to_dict(),
+                                        "in_channels": len(info.channels),
+                                        "image_size": info.crop_size})
+        ckpt = initial_checkpoint(args.work / "untrained.pt", config, info.channels,
+                                  seed=args.seed)
+        prof = args.work / f"untrained_{p}.h5"
+        embed(ckpt, test, prof, config=EmbedConfig(batch_size=256), overwrite=True)
+        cells, feats, names = read_profiles(prof)
+        floor.scores.append(site_scores(cells, pd.DataFrame(feats, columns=names)))
     chance = Row("chance (random ranking)", scores=[
         {k: s[f"chance_{k}"] for k in ("acc", "map", "acc_all", "map_all")}
         for s in classic.scores])
-    rows += [classic, chance]
+    rows += [classic, floor, chance]
 
     text = section(rows, args, plates, n_train, classic, classic_s)
     print("\n".join(line for line in text.splitlines() if not line.startswith("<!--")))

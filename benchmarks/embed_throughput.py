@@ -23,24 +23,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellprof.checkpoint import save_checkpoint
+from cellprof.checkpoint import initial_checkpoint
 from cellprof.crop import CropConfig, crop_screen
-from cellprof.data import DataConfig, normalize
+from cellprof.data import normalize
 from cellprof.embed import EmbedConfig, embed
 from cellprof.match import MatchConfig, run_match
 from cellprof.model import ModelConfig, VAEPlus
 from cellprof.store import read_crops, read_info
 from cellprof.synth import SynthConfig, synthesize
-
-
-def untrained_checkpoint(path: Path, channels: tuple[str, ...], size: int) -> Path:
-    """Speed does not depend on the weights: a freshly initialised paper-size model."""
-    cfg = ModelConfig(in_channels=len(channels), image_size=size)
-    model = VAEPlus(cfg).eval()
-    return save_checkpoint(path, {
-        "model_config": cfg.to_dict(), "train_config": {}, "data_config": vars(DataConfig()),
-        "data": {"channels": list(channels), "crop_size": size}, "step": 0,
-        "status": "complete", "model": model.state_dict()})
 
 
 def main() -> None:
@@ -57,7 +47,9 @@ def main() -> None:
             store = tmp / "crops.h5"
             crop_screen(res.image_table, store, objects=res.object_table, config=CropConfig())
         info = read_info(store)
-        ckpt = untrained_checkpoint(tmp / "model.pt", info.channels, info.crop_size)
+        # speed does not depend on the weights: a freshly initialised paper-size model
+        ckpt = initial_checkpoint(tmp / "model.pt", ModelConfig(
+            in_channels=len(info.channels), image_size=info.crop_size), info.channels)
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
               f"torch {torch.__version__}; store {info.n_cells} cells x "

@@ -79,3 +79,20 @@ def check_fits(ckpt: dict[str, Any], channels: tuple[str, ...], crop_size: int,
         raise CheckpointError(
             f"{ckpt.get('path', 'checkpoint')}: trained on channels {', '.join(want)} at "
             f"{size} px, but {source} has {', '.join(channels)} at {crop_size} px")
+
+
+def initial_checkpoint(path: str | Path, config: ModelConfig, channels: tuple[str, ...],
+                       seed: int = 0) -> Path:
+    """A checkpoint of a freshly initialised (untrained) model: a floor for benchmarks,
+    since anything a trained encoder adds must beat random convolutional features."""
+    from dataclasses import asdict
+
+    from cellprof.data import DataConfig
+    from cellprof.model import VAEPlus
+
+    torch.manual_seed(seed)
+    model = VAEPlus(config).eval()
+    return save_checkpoint(path, {
+        "model_config": config.to_dict(), "train_config": {}, "data_config": asdict(DataConfig()),
+        "data": {"channels": list(channels), "crop_size": config.image_size}, "step": 0,
+        "status": "untrained", "model": model.state_dict()})
