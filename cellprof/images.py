@@ -102,12 +102,18 @@ def resolve_image(pathname: object, filename: object, *, root: Path | None,
 
 
 def intensity_stats(plane: np.ndarray) -> dict[str, float]:
-    """Per-image statistics later normalisation needs (percentiles on a 1/4 subsample)."""
-    sub = plane[::2, ::2].astype(np.float32, copy=False)
-    p1, p50, p99 = np.percentile(sub, [1, 50, 99])
+    """Per-image statistics later normalisation needs.
+
+    Extremes come from every pixel; mean and spread from every 2nd row and column, and
+    percentiles from every 4th (a 1024 x 1024 field still gives 65,536 samples): exact
+    figures would cost more than reading the field, and normalisation needs no more
+    precision than this.
+    """
+    sub = plane[::2, ::2].astype(np.float32)
+    p1, p50, p99 = np.percentile(sub[::2, ::2], [1, 50, 99])
     return {
-        "MeanIntensity": float(plane.mean(dtype=np.float64)),
-        "StdIntensity": float(plane.std(dtype=np.float64)),
+        "MeanIntensity": float(sub.mean(dtype=np.float64)),
+        "StdIntensity": float(sub.std(dtype=np.float64)),
         "MinIntensity": float(plane.min()),
         "MaxIntensity": float(plane.max()),
         "Percentile01": float(p1),
