@@ -180,19 +180,14 @@ def _plain(value: Any) -> Any:
 
 
 def _plane(rec: dict[str, Any], ch: str) -> int | None:
-    """Plane of a multi-plane file from CellProfiler's Frame_/Channel_ columns (-1 = none)."""
-    for col in (f"Frame_{ch}", f"Channel_{ch}"):
+    """Which plane of its file is channel ``ch``, as CellProfiler's NamesAndTypes records
+    it: ``Channel_<ch>`` for a colour channel (-1 = not one), else ``Frame_<ch>`` for a
+    plane of a stack; None when the table says neither."""
+    for col in (f"Channel_{ch}", f"Frame_{ch}"):
         v = rec.get(col)
-        if v is not None and not pd.isna(v) and int(v) >= 0 and (col != f"Frame_{ch}" or
-                                                                  int(v) > 0 or _multi(rec, ch)):
+        if v is not None and not pd.isna(v) and int(v) >= 0:
             return int(v)
     return None
-
-
-def _multi(rec: dict[str, Any], ch: str) -> bool:
-    """True when other channels share this channel's file (so Frame 0 is meaningful)."""
-    name = rec.get(f"FileName_{ch}")
-    return sum(1 for k, v in rec.items() if k.startswith("FileName_") and v == name) > 1
 
 
 def _expected_shape(rec: dict[str, Any], ch: str) -> tuple[int, int] | None:

@@ -16,6 +16,20 @@ class InputError(CellprofError):
     """A table, image or option is not what cellprof expected."""
 
 
+class ImageError(InputError):
+    """One image cannot be used; ``kind`` names why in the crop issue log."""
+
+    kind = "unreadable_image"
+
+
+class MissingImage(ImageError):
+    kind = "missing_image"
+
+
+class WrongSize(ImageError):
+    kind = "wrong_size"
+
+
 class StoreError(CellprofError):
     """An HDF5 file is not a (complete, compatible) cellprof file."""
 

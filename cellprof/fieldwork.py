@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellprof.errors import InputError
+from cellprof.errors import ImageError, WrongSize
 from cellprof.illumination import correct
 from cellprof.images import intensity_stats, read_planes
 from cellprof.segment import SegmentConfig, find_nuclei
@@ -60,7 +60,7 @@ def load_field(task: FieldTask) -> np.ndarray:
 
     Raises
     ------
-    InputError
+    ImageError
         Missing or unreadable file, a plane index the file does not have, or channels
         of different sizes / a size other than the image table's Height/Width.
     """
@@ -72,21 +72,21 @@ def load_field(task: FieldTask) -> np.ndarray:
         stack = cache[path]
         if plane is None:
             if stack.shape[0] != 1:
-                raise InputError(f"{path}: holds {stack.shape[0]} planes but the image table "
+                raise ImageError(f"{path}: holds {stack.shape[0]} planes but the image table "
                                  f"gives no Frame_{channel}/Channel_{channel} to pick one")
             plane = 0
         if not 0 <= plane < stack.shape[0]:
-            raise InputError(f"{path}: channel {channel} wants plane {plane}, the file "
+            raise ImageError(f"{path}: channel {channel} wants plane {plane}, the file "
                              f"has {stack.shape[0]}")
         planes.append(stack[plane])
     shapes = {p.shape for p in planes}
     if len(shapes) > 1:
         sizes = ", ".join(f"{c} {p.shape[1]}x{p.shape[0]}" for (c, _, _), p in
                           zip(task.files, planes, strict=True))
-        raise InputError(f"{task.files[0][1]}: channels differ in size ({sizes})")
+        raise WrongSize(f"{task.files[0][1]}: channels differ in size ({sizes})")
     if task.expected_shape and planes[0].shape != task.expected_shape:
         h, w = task.expected_shape
-        raise InputError(f"{task.files[0][1]}: image is {planes[0].shape[1]}x"
+        raise WrongSize(f"{task.files[0][1]}: image is {planes[0].shape[1]}x"
                          f"{planes[0].shape[0]} px, the image table says {w}x{h}")
     return np.stack(planes)
 
@@ -128,12 +128,10 @@ def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
         record[f"FileName_{ch}"] = path.name
     try:
         stack = load_field(task)
-    except InputError as exc:
-        kind = "missing_image" if "not found" in str(exc) else (
-            "wrong_size" if "size" in str(exc) or " px" in str(exc) else "unreadable_image")
-        record["Status"] = kind
+    except ImageError as exc:
+        record["Status"] = exc.kind
         return FieldResult(task.key, record, empty, pd.DataFrame(),
-                           [issue(kind, task.table_file, task.row, str(exc))])
+                           [issue(exc.kind, task.table_file, task.row, str(exc))])
     issues: list[dict[str, Any]] = []
     if not np.can_cast(stack.dtype, out_dtype, "safe"):
         reason = f"{task.files[0][1]}: pixel type {stack.dtype} does not fit the store's {out_dtype}"
@@ -194,5 +192,5 @@ def field_mean(task: FieldTask) -> tuple[str, np.ndarray | None]:
     """A field's channels as float64 for the illumination estimate (None if unreadable)."""
     try:
         return str(task.meta.get("Metadata_Plate", "")), load_field(task).astype(np.float64)
-    except InputError:
+    except ImageError:
         return str(task.meta.get("Metadata_Plate", "")), None

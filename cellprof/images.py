@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 import tifffile
 
-from cellprof.errors import InputError
+from cellprof.errors import ImageError, MissingImage
 
 TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".tf8"}
 
@@ -25,12 +25,12 @@ def read_planes(path: str | Path) -> np.ndarray:
 
     Raises
     ------
-    InputError
+    MissingImage, ImageError
         When the file is missing or cannot be decoded, naming it and why.
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: image not found")
+        raise MissingImage(f"{path}: image not found")
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
             with tifffile.TiffFile(path) as tif:
@@ -47,7 +47,7 @@ def read_planes(path: str | Path) -> np.ndarray:
             data = imread(path)
             axes = "YXS" if data.ndim == 3 and data.shape[-1] in (3, 4) else ""
     except Exception as exc:  # decoders raise many types; the user needs the file and why
-        raise InputError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+        raise ImageError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
     return _as_planes(np.asarray(data), axes, path)
 
 
@@ -62,7 +62,7 @@ def _as_planes(data: np.ndarray, axes: str, path: Path) -> np.ndarray:
         if axes.endswith("S") or (not axes and data.shape[-1] <= 4 < data.shape[0]):
             return np.moveaxis(data, -1, 0)
         return data
-    raise InputError(f"{path}: expected a 2-D image or a stack of 2-D planes, "
+    raise ImageError(f"{path}: expected a 2-D image or a stack of 2-D planes, "
                      f"got shape {data.shape}")
 
 

@@ -189,3 +189,24 @@ def test_existing_output_needs_overwrite(tiny: TinyScreen, tmp_path: Path) -> No
     with pytest.raises(InputError, match="exists; pass --overwrite"):
         run(tiny, out)
     run(tiny, out, overwrite=True)
+
+
+def test_frame_column_picks_a_plane_of_each_channels_stack(tiny: TinyScreen,
+                                                           tmp_path: Path) -> None:
+    """One 2-plane stack per channel (say, two z-planes): Frame_<ch> = 1 picks the second;
+    without Frame_ columns the field is reported, not guessed."""
+    images = tiny.images.copy()
+    for _, rec in images.iterrows():
+        for c in CHANNELS:
+            path = Path(rec[f"PathName_{c}"]) / rec[f"FileName_{c}"]
+            plane = tifffile.imread(path)
+            tifffile.imwrite(path, np.stack([np.zeros_like(plane), plane]),
+                             photometric="minisblack")
+    images.assign(**{f"Frame_{c}": 1 for c in CHANNELS}).to_csv(tiny.image_table, index=False)
+    run(tiny, tmp_path / "framed.h5")
+    crops, cells = store.read_crops(tmp_path / "framed.h5"), store.read_cells(tmp_path / "framed.h5")
+    assert len(crops) == 12 and crops[0, 2, 8, 8] == disc_value(2, cells["ObjectNumber"][0])
+    images.to_csv(tiny.image_table, index=False)
+    summary = crop_screen(tiny.image_table, tmp_path / "unframed.h5", objects=tiny.objects,
+                          config=CFG)
+    assert summary.n_cells == 0 and summary.issues == {"unreadable_image": 4}
