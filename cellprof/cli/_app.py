@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.table import Column
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -43,20 +44,41 @@ def _root(
     """cellprof: crop -> train -> embed -> match."""
 
 
+class _Bars:
+    """One rich progress display for a whole command: a bar per stage.
+
+    Called as ``bars(stage, done, total)`` (the library's progress callback); ``bars.train``
+    is the training callback ``(step, total, metrics)``, which shows the latest losses and
+    cells/s beside its bar. One display serves every stage, since terminals show one
+    live display at a time.
+    """
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar, self.tasks = bar, {}
+
+    def __call__(self, stage: str, done: int, total: int, info: str = "") -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total, info=info)
+        self.bar.update(self.tasks[stage], completed=done, total=total, info=info)
+
+    def train(self, step: int, total: int, metrics: dict[str, float]) -> None:
+        names = {"cells_per_s": "cells/s", "val_mse": "val MSE", "pixel": "pixel", "kl": "KL",
+                 "fm": "fm", "disc": "disc"}
+        info = ", ".join(f"{label} {metrics[k]:.3g}" for k, label in names.items()
+                         if k in metrics)
+        self("train", step, total, info)
+
+
 @contextmanager
-def _progress() -> Iterator[Callable[[str, int, int], None]]:
-    """A rich progress bar per stage, fed by the library's ``progress(stage, done, total)``."""
-    with Progress(TextColumn("[bold]{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                  console=console) as bar:
-        tasks: dict[str, int] = {}
-
-        def update(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        yield update
+def _progress() -> Iterator[_Bars]:
+    """The command's progress display (silent on DDP ranks other than 0)."""
+    info = Column(no_wrap=True, overflow="ellipsis", max_width=36)
+    with Progress(TextColumn("[bold]{task.description:<6}"), BarColumn(bar_width=24),
+                  MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                  TimeRemainingColumn(), TextColumn("{task.fields[info]}", table_column=info),
+                  console=console,
+                  disable=int(os.environ.get("RANK", "0")) != 0) as bar:
+        yield _Bars(bar)
 
 
 def _split(value: str | None) -> tuple[str, ...] | None:
@@ -66,24 +88,3 @@ def _split(value: str | None) -> tuple[str, ...] | None:
 def _fail(exc: CellprofError) -> None:
     console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
-
-
-@contextmanager
-def _train_progress() -> Iterator[Callable[[int, int, dict[str, float]], None]]:
-    """Step bar with the latest losses, cells/s and ETA."""
-    with Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
-                  disable=int(os.environ.get("RANK", "0")) != 0) as bar:
-        task = None
-
-        def update(step: int, total: int, metrics: dict[str, float]) -> None:
-            nonlocal task
-            info = " ".join(f"{k}={metrics[k]:.3g}" for k in
-                            ("pixel", "kl", "fm", "disc", "val_mse", "cells_per_s") if k in metrics)
-            if task is None:
-                task = bar.add_task("train", total=total, info=info)
-            bar.update(task, completed=step, info=info)
-
-        yield update
-
-

@@ -13,7 +13,6 @@ from rich.table import Table
 from cellprof.cli._app import (
     _fail,
     _progress,
-    _train_progress,
     app,
     console,
 )
@@ -88,9 +87,9 @@ def train(
                            image_every=image_every, checkpoint_every=checkpoint_every)
         dcfg = DataConfig(normalization=normalization, augment=augment,
                           val_fraction=val_fraction, memory_limit_gb=memory_limit)
-        with _train_progress() as bar:
+        with _progress() as bar:
             res = run_train(crops, out, model_config=mcfg, config=tcfg, data_config=dcfg,
-                            resume=resume, overwrite=overwrite, progress=bar)
+                            resume=resume, overwrite=overwrite, progress=bar.train)
     except CellprofError as exc:
         _fail(exc)
     if int(os.environ.get("RANK", "0")) != 0:

@@ -12,7 +12,6 @@ from rich.table import Table
 from cellprof.cli._app import (
     _fail,
     _progress,
-    _train_progress,
     app,
     console,
 )
@@ -133,8 +132,9 @@ def demo(
     try:
         cfg = DemoConfig(synth=SynthConfig(seed=seed), steps=steps, device=device,
                          workers=workers)
-        with _progress() as bar, _train_progress() as tbar:
-            res = run_demo(outdir, force=force, config=cfg, progress=bar, train_progress=tbar)
+        with _progress() as bar:
+            res = run_demo(outdir, force=force, config=cfg, progress=bar,
+                           train_progress=bar.train)
     except CellprofError as exc:
         _fail(exc)
     r = res.report
