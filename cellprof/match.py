@@ -32,7 +32,7 @@ from cellprof.retrieval import (
     single_batch_moas,
 )
 from cellprof.tables import (
-    COMPOUND, CONCENTRATION, MOA, PLATE, SITE, WELL, _concentration_key, batch_of,
+    COMPOUND, CONCENTRATION, MOA, PLATE, SITE, WELL, concentration_key, batch_of,
     canonical_columns, join_moa, read_moa_table, read_table, require_columns,
 )
 
@@ -113,7 +113,7 @@ def _join_image_table(table: pd.DataFrame, image_table: str | Path, source: str 
     require_columns(images, [PLATE, WELL, COMPOUND, CONCENTRATION], image_table)
     require_columns(table, [PLATE, WELL], source)
     images = images[[PLATE, WELL, COMPOUND, CONCENTRATION]].astype({PLATE: str, WELL: str})
-    images["_conc"] = _concentration_key(images[CONCENTRATION])
+    images["_conc"] = concentration_key(images[CONCENTRATION])
     kinds = images.groupby([PLATE, WELL])[[COMPOUND, "_conc"]].nunique(dropna=False).max(axis=1)
     if (kinds > 1).any():
         plate, well = kinds.index[kinds > 1][0]
@@ -228,7 +228,7 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
     if (bad := conc.isna() & table[CONCENTRATION].notna()).any():
         raise InputError(f"{CONCENTRATION}: not a number: "
                          f"{table.loc[bad, CONCENTRATION].iloc[0]!r}")
-    table[CONCENTRATION] = conc.map(lambda v: float(f"{v:.6g}") if pd.notna(v) else np.nan)
+    table[CONCENTRATION] = concentration_key(conc)
     table[MOA] = table[MOA].astype("string").str.strip().fillna("").astype(object)
     kinds = table.groupby([COMPOUND, CONCENTRATION], dropna=False)[MOA].nunique()
     if (kinds > 1).any():

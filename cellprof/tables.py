@@ -122,7 +122,7 @@ def object_centres(table: pd.DataFrame, source: str | Path, object_name: str = "
     return out
 
 
-def _concentration_key(values: pd.Series) -> pd.Series:
+def concentration_key(values: pd.Series) -> pd.Series:
     """Concentrations rounded to 6 significant digits, so 0.3 and 0.300000 join."""
     nums = pd.to_numeric(values, errors="coerce")
     return nums.map(lambda v: float(f"{v:.6g}") if pd.notna(v) else np.nan)
@@ -133,7 +133,7 @@ def read_moa_table(path: str | Path) -> pd.DataFrame:
     table = canonical_columns(read_table(path), prefix="")
     require_columns(table, [COMPOUND, CONCENTRATION, MOA], path)
     table = table[[COMPOUND, CONCENTRATION, MOA]].copy()
-    table["_conc_key"] = _concentration_key(table[CONCENTRATION])
+    table["_conc_key"] = concentration_key(table[CONCENTRATION])
     dup = table.duplicated([COMPOUND, "_conc_key"], keep=False)
     if dup.any():
         row = int(np.flatnonzero(dup.to_numpy())[0]) + 2
@@ -150,7 +150,7 @@ def join_moa(fields: pd.DataFrame, moa: pd.DataFrame, source: str | Path) -> pd.
     """
     require_columns(fields, [COMPOUND, CONCENTRATION], "image table (needed to join --moa)")
     left = fields.drop(columns=[MOA], errors="ignore").copy()
-    left["_conc_key"] = _concentration_key(left[CONCENTRATION])
+    left["_conc_key"] = concentration_key(left[CONCENTRATION])
     joined = left.merge(moa[[COMPOUND, "_conc_key", MOA]], on=[COMPOUND, "_conc_key"],
                         how="left", validate="many_to_one")
     if joined[MOA].notna().sum() == 0:
