@@ -27,8 +27,8 @@ from cellprof.runner import Progress, commit_results, ordered_map, store_columns
 from cellprof.segment import SegmentConfig
 from cellprof.store import CropStoreWriter
 from cellprof.tables import (
-    CONCENTRATION, PLATE, SITE, WELL, canonical_columns, channels_of, join_moa,
-    object_centres, read_moa_table, read_table, site_from_filename,
+    PLATE, canonical_columns, channels_of, complete_metadata, join_moa, object_centres,
+    read_moa_table, read_table,
 )
 
 
@@ -103,7 +103,7 @@ def plan(image_table: str | Path, objects: str | Path | None, config: CropConfig
         dup = table["_key"][table["_key"].duplicated()].iloc[0]
         raise InputError(f"{image_table}: image {dup} appears twice (ImageNumber, with "
                          "TableNumber when present, must identify one row)")
-    table = _complete_metadata(table, channels[0])
+    table = complete_metadata(table, channels[0])
     if config.plates:
         missing = sorted(set(config.plates) - set(table[PLATE]))
         if missing:
@@ -197,25 +197,6 @@ def _expected_shape(rec: dict[str, Any], ch: str) -> tuple[int, int] | None:
     return int(h), int(w)
 
 
-def _complete_metadata(table: pd.DataFrame, first_channel: str) -> pd.DataFrame:
-    """Make plate, well and site present, with sites from file names when the table has none."""
-    table = table.copy()
-    for col in (PLATE, WELL):
-        table[col] = table[col].astype(str) if col in table.columns else ""
-    if SITE not in table.columns:
-        sites = table[f"FileName_{first_channel}"].map(site_from_filename)
-        if sites.isna().any():
-            sites = table.groupby([PLATE, WELL]).cumcount() + 1
-        table[SITE] = sites.astype(np.int64)
-    if CONCENTRATION in table.columns:
-        table[CONCENTRATION] = pd.to_numeric(table[CONCENTRATION], errors="coerce")
-    for col in table.columns:
-        if col.startswith("Metadata_") and col not in (SITE, CONCENTRATION) and \
-                not pd.api.types.is_numeric_dtype(table[col]):
-            table[col] = table[col].fillna("").astype(str)
-    return table
-
-
 def _store_dtype(tasks: list[FieldTask], illumination: bool) -> str:
     """uint16 for 8/16-bit sources (raw values kept exactly), float32 otherwise."""
     if illumination:
@@ -284,7 +265,7 @@ def crop_screen(
                          nucleus)
         commit_results(ordered_map(work, todo, workers), writer, strict=strict,
                        total=len(tasks), done=len(done), progress=progress)
-        return _finish(writer, out)
+        return finish_store(writer, out)
     finally:
         writer.close()
 
@@ -329,8 +310,9 @@ def _attach_illumination(tasks: list[FieldTask], writer: CropStoreWriter, worker
         t.illum = have.get(str(t.meta.get(PLATE, "")))
 
 
-def _finish(writer: CropStoreWriter, out: Path) -> CropSummary:
-    """Write the issue log beside the store, then complete and rename the store."""
+def finish_store(writer: CropStoreWriter, out: Path) -> CropSummary:
+    """Write the issue log beside the store, then complete and rename the store (every
+    way of making a crop store ends here, pre-cut imports included)."""
     issues = writer.issues()
     counts = {str(k): int(v) for k, v in issues["kind"].value_counts().items()} if len(issues) else {}
     issues_file = None

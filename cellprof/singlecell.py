@@ -20,10 +20,10 @@ from cellprof.images import intensity_stats
 from cellprof.runner import Progress, commit_results, ordered_map, store_columns
 from cellprof.store import CropStoreWriter
 from cellprof.tables import (
-    PLATE, SITE, canonical_columns, channels_of, join_moa, read_moa_table, read_table,
-    require_columns, site_from_filename,
+    PLATE, SITE, canonical_columns, channels_of, complete_metadata, join_moa, read_moa_table,
+    read_table, require_columns, site_from_filename,
 )
-from cellprof.crop import CropSummary, _complete_metadata, _finish
+from cellprof.crop import CropSummary, finish_store
 
 _PATH_COLUMNS = ("crop_path", "path", "file", "filename")
 
@@ -124,7 +124,7 @@ def import_singlecell(
     if SITE not in table.columns:
         src = table[f"FileName_{names[0]}"] if names else table["_dir"]
         table[SITE] = src.map(lambda s: site_from_filename(Path(str(s)).name) or 1)
-    table = _complete_metadata(table, names[0] if names else "")
+    table = complete_metadata(table, names[0] if names else "")
     if moa is not None:
         table = join_moa(table, read_moa_table(moa), moa)
     first = folder / str(table[path_col].iloc[0])
@@ -155,7 +155,7 @@ def import_singlecell(
         todo = [t for t in tasks if t.key not in done]
         commit_results(ordered_map(_LoadJob(shape, dtype, chans), todo, workers), writer,
                        strict=strict, total=len(tasks), done=len(done), progress=progress)
-        return _finish(writer, out)
+        return finish_store(writer, out)
     finally:
         writer.close()
 

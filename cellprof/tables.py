@@ -162,6 +162,25 @@ def join_moa(fields: pd.DataFrame, moa: pd.DataFrame, source: str | Path) -> pd.
     return joined.drop(columns=["_conc_key"])
 
 
+def complete_metadata(table: pd.DataFrame, first_channel: str) -> pd.DataFrame:
+    """Make plate, well and site present, with sites from file names when the table has none."""
+    table = table.copy()
+    for col in (PLATE, WELL):
+        table[col] = table[col].astype(str) if col in table.columns else ""
+    if SITE not in table.columns:
+        sites = table[f"FileName_{first_channel}"].map(site_from_filename)
+        if sites.isna().any():
+            sites = table.groupby([PLATE, WELL]).cumcount() + 1
+        table[SITE] = sites.astype(np.int64)
+    if CONCENTRATION in table.columns:
+        table[CONCENTRATION] = pd.to_numeric(table[CONCENTRATION], errors="coerce")
+    for col in table.columns:
+        if col.startswith("Metadata_") and col not in (SITE, CONCENTRATION) and \
+                not pd.api.types.is_numeric_dtype(table[col]):
+            table[col] = table[col].fillna("").astype(str)
+    return table
+
+
 def site_from_filename(name: str) -> int | None:
     """The site number in ImageXpress-style names (``B02_s3_w1….tif`` -> 3), else None."""
     m = re.search(r"_s(\d+)(?:_|\.|$)", str(name))
