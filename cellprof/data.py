@@ -160,7 +160,10 @@ class CropData:
         nbytes = int(np.prod(shape)) * self.info.dtype.itemsize
         self.in_memory = nbytes <= config.memory_limit_gb * 2**30
         self._all = store.read_crops(path) if self.in_memory else None
-        self._group_cache: tuple[tuple[int, int], tuple[np.ndarray, ...]] | None = None
+        # Each step reads two places of the stream (its batch, and the discriminator's half
+        # an epoch ahead), so the caches hold two entries: one would be evicted every call.
+        self._epoch_cache: dict[int, list[np.ndarray]] = {}
+        self._group_cache: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
         blocks = self.train_idx // store.CHUNK_CELLS
         starts = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1]])
         self._blocks = np.split(self.train_idx, starts[1:])  # train cells of each chunk
@@ -179,17 +182,20 @@ class CropData:
 
     # --- the deterministic stream -------------------------------------------------------
     def _epoch_groups(self, epoch: int) -> list[np.ndarray]:
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self._blocks))
-        per = len(order) if self.in_memory else max(1, self.config.group_blocks)
-        return [np.concatenate([self._blocks[b] for b in order[i:i + per]])
-                for i in range(0, len(order), per)]
+        if epoch not in self._epoch_cache:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self._blocks))
+            per = len(order) if self.in_memory else max(1, self.config.group_blocks)
+            _remember(self._epoch_cache, epoch, [
+                np.concatenate([self._blocks[b] for b in order[i:i + per]])
+                for i in range(0, len(order), per)])
+        return self._epoch_cache[epoch]
 
     def _group(self, epoch: int, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Group g of an epoch: its cells in shuffled order, an array holding their crops,
         and each cell's position in that array (the whole store in memory, else the
         group's chunks just read)."""
-        if self._group_cache is not None and self._group_cache[0] == (epoch, g):
-            return self._group_cache[1]
+        if (epoch, g) in self._group_cache:
+            return self._group_cache[(epoch, g)]
         cells = self._epoch_groups(epoch)[g]
         cells = cells[np.random.default_rng([self.seed, epoch, g]).permutation(len(cells))]
         if self._all is not None:
@@ -197,7 +203,7 @@ class CropData:
         else:
             want = np.sort(cells)
             group = (cells, self._read_sorted(want), np.searchsorted(want, cells))
-        self._group_cache = ((epoch, g), group)
+        _remember(self._group_cache, (epoch, g), group)
         return group
 
     def _read_sorted(self, idx: np.ndarray) -> np.ndarray:
@@ -263,3 +269,9 @@ class CropData:
         for i in range(0, len(idx), batch_size):
             yield self.normalized(idx[i:i + batch_size])
 
+
+def _remember(cache: dict, key: object, value: object, size: int = 2) -> None:
+    """Insert into a small cache, dropping the oldest entries beyond ``size``."""
+    cache[key] = value
+    while len(cache) > size:
+        del cache[next(iter(cache))]
