@@ -23,6 +23,7 @@ import json
 import math
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -133,7 +134,7 @@ class _Stop:
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _Stop:
-        if threading_main():
+        if threading.current_thread() is threading.main_thread():  # signals: main only
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
@@ -144,12 +145,6 @@ class _Stop:
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
-
-
-def threading_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def _agree(flags: list[bool], d: Dist) -> list[bool]:
@@ -329,7 +324,7 @@ def train(
 
     model.train()
     t0, cells_done, early, val = time.perf_counter(), 0, [], {}
-    status, saved_path = "complete", None
+    status = "complete"
     rate = 0.0
     with _Stop() as stop:
         while step < config.steps:
