@@ -83,8 +83,9 @@ def layer_weights(step: int, config: ModelConfig) -> list[float]:
     if config.variant == "vae-gan":
         return [1.0] * config.matched_layers
     weights = []
+    warmup = config.ramp_start if config.warmup is None else config.warmup
     for k in range(config.matched_layers):
-        start = config.ramp_start * (k + 1)
+        start = warmup + config.ramp_start * k
         if config.ramp_length == 0:
             weights.append(1.0 if step >= start else 0.0)
         else:
@@ -138,11 +139,14 @@ def compute_losses(model: nn.Module, x: Tensor, x_real_for_disc: Tensor | None,
     if x_real_for_disc is None:
         raise ValueError(f"variant {config.variant!r} needs x_real_for_disc, a batch of real crops")
     n_real, n = len(x_real_for_disc), len(x)
-    logits, feats = core.discriminator(torch.cat([x_real_for_disc, recon.detach()]),
-                                       x_match=torch.cat([x, recon]))
+    judged, matched = torch.cat([x_real_for_disc, recon.detach()]), torch.cat([x, recon])
+    if config.disc_padding:
+        pad = (config.disc_padding,) * 4
+        judged, matched = F.pad(judged, pad, mode="reflect"), F.pad(matched, pad, mode="reflect")
+    logits, feats = core.discriminator(judged, x_match=matched)
     out["disc"] = discriminator_loss(logits[:n_real], logits[n_real:])
     distances = feature_distances([f[:n] for f in feats], [f[n:] for f in feats], x[0].numel())
-    weights = layer_weights(step, config)
+    weights = [config.fm_weight * w for w in layer_weights(step, config)]
     out["fm"] = sum((w * d for w, d in zip(weights, distances)), distances[0].new_zeros(()))
     for k, d in enumerate(distances):
         out[f"fm_{k}"] = d.detach()

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from cellprof.errors import CheckpointError
 
 VARIANTS = ("vae", "vae-gan", "vae-gan-progressive")
+PADDINGS = ("zeros", "replicate")
 LEAK = 0.01  # LeakyReLU slope of every layer in the reference code
 
 
@@ -87,15 +88,28 @@ class ModelConfig:
     """Layer k's matching weight starts ramping at step ramp_start*(k+1)."""
     ramp_length: int = 2500
     """Steps over which a layer's matching weight rises linearly from 0 to 1."""
+    warmup: int | None = None
+    """Plain-VAE steps before layer 0 starts ramping; layer k then starts at
+    warmup + ramp_start*k. None: ramp_start, the paper's (layer k at ramp_start*(k+1))."""
+    decoder_padding: str = "zeros"
+    """How the decoder's "full" convolutions pad their input: 'zeros' (the reference) or
+    'replicate' (border pixels computed like interior ones; see docs/method.md)."""
+    disc_padding: int = 0
+    """Reflect-pad crops and reconstructions by this many px before the discriminator, so
+    its valid convolutions see border pixels as often as interior ones (0: the reference)."""
+    fm_weight: float = 1.0
+    """Multiplies every feature-matching term (1: the reference's scaling)."""
 
     def __post_init__(self) -> None:
         # Accept lists (JSON) and ints where a tuple / float is meant, so from_dict round-trips.
         if isinstance(self.disc_channels, (list, tuple)):
             object.__setattr__(self, "disc_channels", tuple(self.disc_channels))
-        if isinstance(self.beta, int) and not isinstance(self.beta, bool):
-            object.__setattr__(self, "beta", float(self.beta))
+        for name in ("beta", "fm_weight"):
+            if isinstance(getattr(self, name), int) and not isinstance(getattr(self, name), bool):
+                object.__setattr__(self, name, float(getattr(self, name)))
         for name in ("in_channels", "image_size", "latent_dim", "enc_filters", "kernel_size",
-                     "dec_filters", "matched_layers", "ramp_start", "ramp_length"):
+                     "dec_filters", "matched_layers", "ramp_start", "ramp_length",
+                     "disc_padding"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"ModelConfig.{name} must be an integer, got {value!r}")
@@ -119,9 +133,23 @@ class ModelConfig:
                              f"logit layer is not matched), got {self.matched_layers}")
         if not isinstance(self.beta, float) or not math.isfinite(self.beta) or self.beta < 0:
             raise ValueError(f"ModelConfig.beta must be a finite number >= 0, got {self.beta!r}")
-        for name in ("ramp_start", "ramp_length"):
+        for name in ("ramp_start", "ramp_length", "disc_padding"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ModelConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.warmup is not None and (not isinstance(self.warmup, int)
+                                        or isinstance(self.warmup, bool) or self.warmup < 0):
+            raise ValueError(f"ModelConfig.warmup must be None or an integer >= 0, "
+                             f"got {self.warmup!r}")
+        if self.decoder_padding not in PADDINGS:
+            raise ValueError(f"ModelConfig.decoder_padding must be one of {PADDINGS}, "
+                             f"got {self.decoder_padding!r}")
+        if self.disc_padding >= self.image_size:
+            raise ValueError(f"ModelConfig.disc_padding must be below image_size "
+                             f"({self.image_size}), got {self.disc_padding}")
+        if not isinstance(self.fm_weight, float) or not math.isfinite(self.fm_weight) \
+                or self.fm_weight < 0:
+            raise ValueError(f"ModelConfig.fm_weight must be a finite number >= 0, "
+                             f"got {self.fm_weight!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types (tuples become lists), safe for ``torch.load(weights_only=True)``."""
@@ -195,7 +223,11 @@ class Decoder(nn.Module):
         pre_pool, remaining = spatial_plan(config.image_size, k)
         layers: list[nn.Module] = []
         for i, (c_in, kernel) in enumerate(zip((config.latent_dim, f, f, f), (remaining, k, k, k))):
-            layers += [nn.Conv2d(c_in, f, kernel, padding=kernel - 1, bias=False),
+            # The first layer maps 1x1 to remaining x remaining: a dense layer, zero padding
+            # is its definition. The others may replicate their border instead.
+            mode = "zeros" if i == 0 else config.decoder_padding
+            layers += [nn.Conv2d(c_in, f, kernel, padding=kernel - 1, padding_mode=mode,
+                                 bias=False),
                        nn.BatchNorm2d(f), nn.LeakyReLU(LEAK)]
             if i < 3:
                 layers.append(nn.Upsample(size=pre_pool[2 - i], mode="nearest"))
@@ -220,7 +252,9 @@ class Discriminator(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        _, remaining = spatial_plan(config.image_size, config.kernel_size)
+        # It judges crops reflect-padded by disc_padding px on every side (see ModelConfig).
+        _, remaining = spatial_plan(config.image_size + 2 * config.disc_padding,
+                                    config.kernel_size)
         k, ch = config.kernel_size, config.disc_channels
         c_in = (config.in_channels,) + ch[:-1]
         kernels = (k, k, k, remaining, 1)

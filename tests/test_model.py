@@ -288,3 +288,69 @@ def test_config_is_frozen_and_smallest_image_is_accepted() -> None:
     assert spatial_plan(36, 5)[1] == 1
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.beta = 1.0  # type: ignore[misc]
+
+
+# --- border geometry and schedule options (issue 8) ---------------------------------------
+
+
+def test_warmup_delays_every_layer_by_the_same_steps() -> None:
+    config = ModelConfig(warmup=1000, ramp_start=100, ramp_length=100)
+    assert layer_weights(999, config) == [0, 0, 0, 0]
+    assert layer_weights(1050, config) == pytest.approx([0.5, 0, 0, 0])
+    assert layer_weights(1250, config) == pytest.approx([1, 1, 0.5, 0])
+    assert layer_weights(1400, config) == [1, 1, 1, 1]
+    # None keeps the paper's schedule: warm-up equals ramp_start
+    assert layer_weights(3750, ModelConfig(warmup=None)) == layer_weights(3750, ModelConfig())
+
+
+def test_replicate_padding_makes_the_decoder_translation_even_at_the_border() -> None:
+    """A decoder whose last maps are constant in space draws a constant image with
+    replicate padding; zero padding darkens or brightens its border bands (the frame)."""
+    for padding, flat in (("replicate", True), ("zeros", False)):
+        model = model_of(tiny(decoder_padding=padding, variant="vae")).eval()
+        # feed every decoder conv after the first a spatially constant map
+        body = model.decoder.body
+        h = torch.ones(1, 4, 6, 6)
+        with torch.no_grad():
+            for layer in list(body)[4:]:
+                h = layer(h)
+            out = model.decoder.to_image(h)[0]
+        spread = float((out - out[:, 18, 18, None, None]).abs().max())
+        assert (spread < 1e-5) == flat, (padding, spread)
+
+
+def test_disc_padding_judges_padded_crops_and_keeps_the_losses_wired() -> None:
+    config = tiny(variant="vae-gan", disc_padding=4)
+    model = model_of(config)
+    x, x_real = crops(4, config), crops(4, config, seed=1)
+    losses = compute_losses(model, x, x_real, step=0)
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["total"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+    # the discriminator's plan is that of a 44 px crop (36 + 2*4)
+    assert model.discriminator.convs[3].kernel_size == (spatial_plan(44, 5)[1],) * 2
+
+
+def test_fm_weight_scales_only_the_feature_matching_term() -> None:
+    config = tiny(variant="vae-gan")
+    x, x_real = crops(4, config), crops(4, config, seed=1)
+    a = compute_losses(model_of(config), x, x_real, step=0)
+    b = compute_losses(model_of(dataclasses.replace(config, fm_weight=0.25)), x, x_real, step=0)
+    assert float(b["fm"].detach()) == pytest.approx(0.25 * float(a["fm"].detach()), rel=1e-5)
+    assert float(b["pixel"].detach()) == pytest.approx(float(a["pixel"].detach()), rel=1e-6)
+
+
+@pytest.mark.parametrize("field, value", [("warmup", -1), ("decoder_padding", "reflect"),
+                                          ("disc_padding", -2), ("disc_padding", 68),
+                                          ("fm_weight", -1.0)])
+def test_invalid_border_options_name_the_field(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=f"ModelConfig.{field}"):
+        ModelConfig(**{field: value})
+
+
+def test_checkpoints_without_the_new_fields_load_with_the_old_behaviour() -> None:
+    old = {k: v for k, v in ModelConfig().to_dict().items()
+           if k not in ("warmup", "decoder_padding", "disc_padding", "fm_weight")}
+    config = ModelConfig.from_dict(old)
+    assert (config.warmup, config.decoder_padding, config.disc_padding,
+            config.fm_weight) == (None, "zeros", 0, 1.0)

@@ -1,0 +1,274 @@
+"""The 12-MOA benchmark on real BBBC021 single cells: which profiles match mechanisms?
+
+Run by hand from the repository root (needs ../shared/data/bbbc021/singlecell and
+singlecell_moa)::
+
+    python benchmarks/bbbc021_moa.py [--steps 1500] [--batch-size 32] [--seeds 0,1,2]
+        [--models vae,vae-gan,vae-gan-progressive] [--curve-every 250] [--work DIR]
+        [--set key=value ...] [--docs docs/benchmarks.md]
+
+Protocol (as in issue 8; unsupervised, as in the paper, which trains on the cells it profiles):
+
+1. Crop stores: ``singlecell_moa/`` (1,987 cells, all 103 treatments, 38 compounds, 12 MOAs
+   and DMSO, from all 55 plates) and ``singlecell/`` (5,873 cells, Week4, DMSO and
+   cycloheximide) imported with ``cellprof crop --singlecell`` and merged: 7,860 cells.
+2. Each model trains on the merged store, holding out 10% of its fields (``DataConfig``'s
+   default): the held-out cells give the reconstruction error and the frame score
+   (:mod:`cellprof.diagnostics`). The same steps, batch and data for every model; the
+   progressive model's schedule is :func:`cellprof.train.scaled_schedule` of the budget.
+   Checkpoints every ``--curve-every`` steps give the learning curve (training is resumed
+   segment by segment, which is bit-identical to one run).
+3. Every cell of ``singlecell_moa`` is embedded (posterior means, eval mode). Each feature
+   is z-scored against all DMSO cells of the screen (most plates hold one DMSO cell or
+   none, so plate-level statistics do not exist), then ``cellprof match --normalize none``:
+   cells -> wells -> treatment means, cosine, NSC and NSCB 1-NN accuracy (per treatment and
+   per compound) and same-MOA mAP over the 103 treatments.
+4. Beside them: hand-crafted features (:mod:`cellprof.classic`, the same z-scoring), an
+   untrained encoder (random weights, per seed) and chance: the expected NSC of a random
+   other-compound neighbour, computed from the labels.
+
+Prints a table (mean ± sd over seeds), writes ``curve.png`` and ``results.json`` into the work
+folder, and with ``--docs`` the table between ``<!-- bbbc021_moa:start/end -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, replace
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cellprof.checkpoint import initial_checkpoint, load_checkpoint, model_config_of
+from cellprof.classic import classical_features
+from cellprof.data import CropData, DataConfig, normalize
+from cellprof.diagnostics import frame_report
+from cellprof.match import MatchConfig, prepare
+from cellprof.merge import merge_stores
+from cellprof.model import ModelConfig, VAEPlus
+from cellprof.retrieval import accuracy, retrieve
+from cellprof.singlecell import import_singlecell
+from cellprof.store import read_cells, read_crops, read_info
+from cellprof.train import TrainConfig, scaled_schedule, train
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "data" / "bbbc021"
+CHANNELS = ("DNA", "Tubulin", "Actin")
+START, END = "<!-- bbbc021_moa:start -->", "<!-- bbbc021_moa:end -->"
+
+
+# --- data ------------------------------------------------------------------------------
+def stores(work: Path) -> tuple[Path, Path]:
+    """(the 12-MOA store, the merged training store), imported once into ``work``."""
+    work.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name in ("singlecell_moa", "singlecell"):
+        out = work / f"{name}.h5"
+        if not out.exists():
+            import_singlecell(DATA / name, DATA / name / "metadata.csv", out,
+                              moa=DATA / "BBBC021_v1_moa.csv", channels=CHANNELS)
+        paths[name] = out
+    merged = work / "train_all.h5"
+    if not merged.exists():
+        merge_stores([paths["singlecell"], paths["singlecell_moa"]], merged)
+    return paths["singlecell_moa"], merged
+
+
+# --- evaluation ------------------------------------------------------------------------
+def zscore_on_dmso(cells: pd.DataFrame, feats: np.ndarray) -> np.ndarray:
+    """Each feature against all DMSO cells of the screen (mean, sample sd)."""
+    ctrl = feats[(cells["Metadata_Compound"] == "DMSO").to_numpy()]
+    sd = ctrl.std(axis=0, ddof=1)
+    return (feats - ctrl.mean(axis=0)) / np.where(sd > 1e-12, sd, 1.0)
+
+
+def moa_metrics(cells: pd.DataFrame, feats: np.ndarray) -> dict[str, float]:
+    """NSC, NSCB (per treatment and per compound) and mAP of cell features (see module)."""
+    z = zscore_on_dmso(cells, feats)
+    names = [f"F_{i:04d}" for i in range(z.shape[1])]
+    meta = cells[[c for c in cells.columns if c.startswith("Metadata_")]].reset_index(drop=True)
+    table = pd.concat([meta, pd.DataFrame(z, columns=names)], axis=1)
+    treat, _ = prepare(table, MatchConfig(normalize="none"))
+    res = retrieve(treat, "cosine")
+    nsc, nsc_c = accuracy(res, "nsc_correct")
+    nscb, nscb_c = accuracy(res, "nscb_correct")
+    return {"nsc": nsc, "nsc_per_compound": nsc_c, "nscb": nscb, "nscb_per_compound": nscb_c,
+            "map": float(res.loc[res["query"], "ap"].mean()), "n_treatments": len(treat)}
+
+
+def chance(cells: pd.DataFrame) -> float:
+    """Expected NSC of a neighbour drawn at random among other compounds' treatments."""
+    t = cells[cells["Metadata_Compound"] != "DMSO"].drop_duplicates(
+        ["Metadata_Compound", "Metadata_Concentration"])
+    comp, moa = t["Metadata_Compound"].to_numpy(), t["Metadata_MOA"].to_numpy()
+    shares = [np.mean(moa[comp != c] == m) for c, m in zip(comp, moa)]
+    return float(np.mean(shares))
+
+
+def load_model(checkpoint: Path) -> tuple[VAEPlus, dict]:
+    ckpt = load_checkpoint(checkpoint)
+    model = VAEPlus(model_config_of(ckpt))
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
+@torch.no_grad()
+def encode(model: VAEPlus, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    return np.concatenate([model.encode(torch.from_numpy(x[i:i + batch]))[0].numpy()
+                           for i in range(0, len(x), batch)])
+
+
+@torch.no_grad()
+def reconstruct(model: VAEPlus, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    return np.concatenate([model(torch.from_numpy(x[i:i + batch]))[0].numpy()
+                           for i in range(0, len(x), batch)])
+
+
+class Evaluator:
+    """Everything a checkpoint is judged on, with the data loaded once."""
+
+    def __init__(self, moa_store: Path, train_store: Path, seed: int) -> None:
+        self.cells = read_cells(moa_store)
+        raw = read_crops(moa_store)
+        self.x_moa = normalize(raw, "max")
+        data = CropData(train_store, DataConfig(), seed=seed)
+        idx = data.val_indices()
+        self.x_val = data.normalized(idx)
+
+    def __call__(self, checkpoint: Path) -> dict[str, Any]:
+        model, ckpt = load_model(checkpoint)
+        out = moa_metrics(self.cells, encode(model, self.x_moa))
+        recon = reconstruct(model, self.x_val)
+        frame = frame_report(recon, self.x_val)
+        out.update(step=int(ckpt["step"]), val_mse=float(((recon - self.x_val) ** 2).mean()),
+                   frame=frame.recon, frame_original=frame.original, frame_ratio=frame.ratio,
+                   frame_worst_ring=frame.worst_ring)
+        return out
+
+
+# --- runs ------------------------------------------------------------------------------
+def parse_sets(items: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``key=value`` overrides, split into ModelConfig and TrainConfig fields."""
+    model_fields = set(ModelConfig.__dataclass_fields__)
+    train_fields = set(TrainConfig.__dataclass_fields__)
+    m, t = {}, {}
+    for item in items:
+        key, _, value = item.partition("=")
+        parsed: Any = json.loads(value) if value[:1] in "[{0123456789-tfn" else value
+        if key in model_fields:
+            m[key] = parsed
+        elif key in train_fields:
+            t[key] = parsed
+        else:
+            raise SystemExit(f"--set {item}: {key} is neither a ModelConfig nor a TrainConfig field")
+    return m, t
+
+
+def run(model: str, seed: int, steps: int, batch: int, curve_every: int, train_store: Path,
+        out: Path, evaluate: Evaluator, model_set: dict, train_set: dict) -> list[dict]:
+    """Train one model segment by segment, evaluating at each curve point."""
+    config = ModelConfig(variant=model, **model_set)
+    if model == "vae-gan-progressive":
+        config = scaled_schedule(steps, config)
+    points = list(range(curve_every, steps, curve_every)) + [steps] if curve_every else [steps]
+    tc = TrainConfig(steps=steps, batch_size=batch, seed=seed, log_every=25,
+                     val_every=max(points[0], 100), image_every=points[-1],
+                     checkpoint_every=10**9, device="cpu", **train_set)
+    rows, t0 = [], time.perf_counter()
+    for i, point in enumerate(points):
+        train(train_store, out, model_config=None if i else config,
+              config=replace(tc, steps=point), resume=i > 0, overwrite=i == 0)
+        ckpt = out / ("model.pt" if point == steps else "checkpoints/last.pt")
+        shutil.copy(out / "checkpoints" / "last.pt", out / "checkpoints" / f"step{point}.pt")
+        row = {"model": model, "seed": seed, **evaluate(ckpt),
+               "train_min": (time.perf_counter() - t0) / 60}
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                          for k, v in row.items()}), flush=True)
+        rows.append(row)
+    return rows
+
+
+def summarise(rows: list[dict], key: str) -> str:
+    v = np.array([r[key] for r in rows], float)
+    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--models", default="vae,vae-gan,vae-gan-progressive")
+    ap.add_argument("--curve-every", type=int, default=0,
+                    help="evaluate a checkpoint every N steps (first seed only); 0: at the end")
+    ap.add_argument("--work", type=Path, default=Path("bench-moa"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a ModelConfig or TrainConfig field for every model")
+    ap.add_argument("--tag", default="", help="name of this configuration in the results")
+    ap.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--docs", type=Path, default=None)
+    args = ap.parse_args()
+    if not (DATA / "singlecell_moa").is_dir():
+        raise SystemExit(f"needs {DATA / 'singlecell_moa'} (the shared real data)")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    moa_store, train_store = stores(args.work)
+    model_set, train_set = parse_sets(args.set)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results: list[dict] = []
+    cells = read_cells(moa_store)
+    if args.baselines:
+        hand = classical_features(read_crops(moa_store), CHANNELS).to_numpy()
+        results.append({"model": "hand-crafted", "seed": None, **moa_metrics(cells, hand)})
+        results.append({"model": "hand-crafted (max-normalised crops)", "seed": None,
+                        **moa_metrics(cells, classical_features(
+                            normalize(read_crops(moa_store), "max"), CHANNELS).to_numpy())})
+        ev0 = Evaluator(moa_store, train_store, seeds[0])
+        for seed in seeds:
+            path = initial_checkpoint(args.work / f"untrained_{seed}.pt",
+                                      ModelConfig(**model_set), CHANNELS, seed)
+            results.append({"model": "untrained encoder", "seed": seed, **ev0(path)})
+        results.append({"model": "chance", "seed": None, "nsc": chance(cells)})
+        for r in results:
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                              for k, v in r.items()}), flush=True)
+    for model in [m for m in args.models.split(",") if m]:
+        for seed in seeds:
+            ev = Evaluator(moa_store, train_store, seed)
+            out = args.work / f"{args.tag or 'run'}_{model}_s{seed}"
+            every = args.curve_every if seed == seeds[0] else 0
+            for row in run(model, seed, args.steps, args.batch_size, every, train_store, out,
+                           ev, model_set, train_set):
+                results.append({**row, "tag": args.tag, "final": row["step"] == args.steps})
+    (args.work / f"results{('_' + args.tag) if args.tag else ''}.json").write_text(
+        json.dumps({"date": str(date.today()), "machine": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "steps": args.steps, "batch_size": args.batch_size,
+                    "seeds": seeds, "set": args.set, "torch": torch.__version__,
+                    "results": results}, indent=1, default=str))
+    print(table(results))
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| profiles | NSC | NSC per compound | NSCB | mAP | held-out MSE | frame (ratio to cells) |",
+             "|---|---|---|---|---|---|---|"]
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        if r.get("final", True):
+            groups.setdefault(r["model"], []).append(r)
+    for name, rows in groups.items():
+        cols = [summarise(rows, k) if all(k in r and r[k] is not None for r in rows) else "–"
+                for k in ("nsc", "nsc_per_compound", "nscb", "map", "val_mse", "frame_ratio")]
+        lines.append(f"| {name} (n={len(rows)}) | " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
