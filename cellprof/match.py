@@ -1,7 +1,8 @@
 """``cellprof match``: profiles -> treatment profiles -> mechanism-of-action matching.
 
 A run reads profiles (a cellprof ``.h5`` or any cell-, site- or well-level feature table),
-averages cells to wells (or sites), normalises each plate against its control wells,
+averages cells to wells (or sites), normalises them against control wells (of their plate,
+batch or the whole screen),
 averages wells to treatments (compound x concentration), and asks of every treatment:
 is its nearest other-compound treatment of the same mechanism (NSC)? and, excluding
 treatments from its own batches too (NSCB)? and how well does similarity rank all
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from cellprof.errors import InputError
-from cellprof.normalize import METHODS, SPHERE_EPS, normalize
+from cellprof.normalize import SCOPES, SPHERE_EPS, method_name, normalize
 from cellprof.plots import save_confusion_matrix
 from cellprof.profiles import aggregate, feature_columns, profile_table, write_table
 from cellprof.retrieval import (
@@ -53,7 +54,11 @@ class MatchConfig:
     """Settings of a match run; defaults are the BBBC021 convention (Ljosa et al. 2013)."""
 
     normalize: str = "zscore"
-    """none | zscore | robust | sphere, per plate against its control wells (normalize.py)."""
+    """none | zscore | robust | sphere against control wells (normalize.py); pycytominer's
+    standardize, mad_robustize and spherize are accepted and stored as these names."""
+    scope: str = "plate"
+    """Whose control wells give the statistics: each plate's, each batch's (plate-name
+    prefix) or the whole screen's (for screens with too few controls per plate)."""
     aggregate: str = "mean"
     """How cells -> wells -> treatments are summarised: mean or median."""
     metric: str = "cosine"
@@ -70,7 +75,8 @@ class MatchConfig:
     """Ridge of the sphering (ZCA) whitening, in units of control correlation."""
 
     def __post_init__(self) -> None:
-        for name, allowed in (("normalize", METHODS), ("aggregate", ("mean", "median")),
+        object.__setattr__(self, "normalize", method_name(self.normalize))
+        for name, allowed in (("scope", SCOPES), ("aggregate", ("mean", "median")),
                               ("metric", METRICS), ("level", ("well", "site")),
                               ("nonfinite", NONFINITE)):
             if getattr(self, name) not in allowed:
@@ -248,7 +254,8 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
         raise InputError(f"no wells of control {config.control!r} in {COMPOUND}: set "
                          "--control to the negative-control compound or --normalize none")
     wells, zero = normalize(wells, features, method=config.normalize, controls=controls,
-                            strata=PLATE, eps=config.sphere_eps)
+                            strata=PLATE, scope=config.scope, eps=config.sphere_eps,
+                            unit=config.level)
     report["zero_spread_features"] = zero
     features = [f for f in features if f not in zero]
     if not features:
@@ -349,7 +356,7 @@ def run_match(profiles: str | Path | pd.DataFrame | Sequence[str | Path], out_di
                        asked["nsc_neighbour_moa"].map(index).to_numpy(int)), 1)
     paths["confusion"] = save_confusion_matrix(
         out / "confusion_nsc.png", labels, matrix,
-        title=f"NSC, {config.normalize} / {config.metric}")
+        title=f"NSC, {config.normalize} ({config.scope}) / {config.metric}")
     paths["metrics"] = _write_json(metrics, out / "metrics.json")
     return MatchResult(
         out_dir=out, **{k: nan if metrics[k] is None else metrics[k] for k in
@@ -365,7 +372,13 @@ def summary_rows(result: MatchResult) -> list[tuple[str, str]]:
     def pct(x: float) -> str:
         return "–" if not np.isfinite(x) else f"{x:.1%}"
     excluded = ", ".join(result.nscb_excluded_moas) or "none"
-    rows = [("treatments / compounds / MOAs",
+    cfg = m.get("config", {})
+    norm = cfg.get("normalize", "zscore")
+    rows = [("normalisation", "none" if norm == "none" else
+             f"{norm} against the control wells of "
+             + {"plate": "each plate", "batch": "each batch",
+                "screen": "the whole screen"}[cfg.get("scope", "plate")]),
+            ("treatments / compounds / MOAs",
              f"{result.n_treatments} / {result.n_compounds} / {result.n_moas}"),
             ("NSC (per treatment / per compound)",
              f"{pct(result.nsc)} / {pct(result.nsc_per_compound)}"),

@@ -219,8 +219,88 @@ def test_sphere_whitens_control_covariance_to_identity() -> None:
 
 def test_normalisation_needs_control_wells() -> None:
     t, ctrl = wells({"f": [1.0, 2, 3, 4]}, ["p1", "p1", "p2", "p2"], [True, False, True, True])
-    with pytest.raises(InputError, match="Metadata_Plate p1: 1 control well"):
+    with pytest.raises(InputError, match=r"plate p1 has 1 control well\(s\); zscore "
+                       r"normalisation needs at least 2 per plate: use --scope batch or "
+                       r"--scope screen"):
         normalize(t, ["f"], method="zscore", controls=ctrl)
+
+
+# two plates of one batch and one of another: known control means and sds per plate
+SCOPED = {"Metadata_Plate": ["Week1_a"] * 3 + ["Week1_b"] * 3 + ["Week2_a"] * 3,
+          "f": [1.0, 3, 10, 5, 9, 20, 100, 104, 50]}
+SCOPED_CTRL = np.array([True, True, False] * 3)
+
+
+@pytest.mark.parametrize("scope", ["plate", "batch", "screen"])
+def test_scope_takes_control_statistics_from_plate_batch_or_screen(scope: str) -> None:
+    t = pd.DataFrame(SCOPED)
+    x, plates = t["f"].to_numpy(), t["Metadata_Plate"].to_numpy()
+    group = {"plate": plates, "batch": np.array([p.split("_")[0] for p in plates]),
+             "screen": np.zeros(len(plates))}[scope]
+    expected = np.empty(len(x))
+    for g in np.unique(group):  # the definition, by hand: mean and sample sd of the controls
+        c = x[(group == g) & SCOPED_CTRL]
+        expected[group == g] = (x[group == g] - c.mean()) / c.std(ddof=1)
+    out, _ = normalize(t, ["f"], method="zscore", controls=SCOPED_CTRL, scope=scope)
+    np.testing.assert_allclose(out["f"], expected)
+    # and the figures themselves, for the treated wells (rows 2, 5, 8)
+    by_hand = {"plate": [(10 - 2) / 2 ** 0.5, (20 - 7) / 8 ** 0.5, (50 - 102) / 8 ** 0.5],
+               "batch": [(10 - 4.5) / np.std([1, 3, 5, 9], ddof=1),
+                         (20 - 4.5) / np.std([1, 3, 5, 9], ddof=1), (50 - 102) / 8 ** 0.5],
+               "screen": [(v - 37) / np.std([1, 3, 5, 9, 100, 104], ddof=1)
+                          for v in (10, 20, 50)]}[scope]
+    np.testing.assert_allclose(out["f"].to_numpy()[[2, 5, 8]], by_hand)
+
+
+def test_wider_scope_pools_controls_a_plate_lacks() -> None:
+    t = pd.DataFrame(SCOPED)
+    ctrl = SCOPED_CTRL.copy()
+    ctrl[[3, 4]] = False  # Week1_b keeps no control
+    with pytest.raises(InputError, match=r"plate Week1_b has 0 control well\(s\); zscore "
+                       r"normalisation needs at least 2 per plate: use --scope batch"):
+        normalize(t, ["f"], method="zscore", controls=ctrl)
+    out, _ = normalize(t, ["f"], method="zscore", controls=ctrl, scope="batch")
+    # Week1_b borrows Week1_a's controls (mean 2, sd sqrt 2): its wells are scaled by them
+    np.testing.assert_allclose(out["f"].to_numpy()[3:6], (np.array([5, 9, 20]) - 2) / 2 ** 0.5)
+    ctrl[[1, 6]] = False  # now one control per batch (1 and 104), 2 in the screen
+    with pytest.raises(InputError, match=r"batch Week1 \(2 plate\(s\): Week1_a, Week1_b\) "
+                       r"has 1 control well\(s\).*per batch: use --scope screen"):
+        normalize(t, ["f"], method="zscore", controls=ctrl, scope="batch")
+    with pytest.raises(InputError, match=r"batch Week2 .* has 1 control"):
+        normalize(t.iloc[6:], ["f"], method="robust", controls=ctrl[6:], scope="batch")
+    out, _ = normalize(t, ["f"], method="zscore", controls=ctrl, scope="screen")
+    np.testing.assert_allclose(out["f"], (t["f"] - 52.5) / np.std([1, 104], ddof=1))
+    with pytest.raises(InputError, match=r"the screen has 1 control well\(s\).*--control"):
+        normalize(t, ["f"], method="zscore", controls=np.eye(9, dtype=bool)[7], scope="screen")
+
+
+def test_sphere_at_screen_scope_centres_on_all_controls() -> None:
+    """One scope group: sphering is whitening by the controls' covariance about their
+    common mean (dof n - 1), not per-plate centring."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 2)) @ np.array([[2.0, 0.5], [0.0, 1.0]])
+    plates = np.repeat(["Week1_a", "Week2_a"], 20)
+    x[plates == "Week2_a"] += [3.0, -1.0]
+    t = pd.DataFrame({"Metadata_Plate": plates, "a": x[:, 0], "b": x[:, 1]})
+    ctrl = np.arange(40) % 4 != 0
+    out, _ = normalize(t, ["a", "b"], method="sphere", controls=ctrl, scope="screen")
+    z = out[["a", "b"]].to_numpy()[ctrl]
+    np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-9)
+    np.testing.assert_allclose(z.T @ z / (ctrl.sum() - 1), np.eye(2), atol=1e-5)
+
+
+def test_pycytominer_method_names_are_the_same_methods() -> None:
+    t = pd.DataFrame(SCOPED)
+    for alias, name in (("standardize", "zscore"), ("mad_robustize", "robust"),
+                        ("spherize", "sphere")):
+        a, _ = normalize(t, ["f"], method=alias, controls=SCOPED_CTRL, scope="screen")
+        b, _ = normalize(t, ["f"], method=name, controls=SCOPED_CTRL, scope="screen")
+        pd.testing.assert_frame_equal(a, b)
+        assert MatchConfig(normalize=alias).normalize == name
+    with pytest.raises(InputError, match="mad_robustize"):
+        MatchConfig(normalize="robustize")  # pycytominer's IQR method: not offered
+    with pytest.raises(InputError, match="--scope must be one of plate, batch, screen"):
+        MatchConfig(scope="well")
 
 
 # --- a synthetic cell-level screen through prepare / run_match ----------------------------
@@ -265,6 +345,24 @@ def test_prepare_aggregates_normalises_and_reports() -> None:
     assert report["n_wells"] == 36 and report["n_control_wells"] == 12
     assert (report["n_treatments"], report["n_compounds"], report["n_moas"]) == (12, 6, 3)
     assert report["identifier_columns"] == ["ObjectNumber"]
+
+
+def test_screen_without_controls_on_a_plate_matches_at_screen_scope(tmp_path: Path) -> None:
+    cells = screen()
+    no_dmso = (cells["Metadata_Plate"] == "Week1_2") & (cells["Metadata_Compound"] == "DMSO")
+    cells = cells[~no_dmso]
+    with pytest.raises(InputError, match=r"plate Week1_2 has 0 control well\(s\); zscore "
+                       r"normalisation needs at least 2 per plate: use --scope batch or "
+                       r"--scope screen"):
+        prepare(cells, MatchConfig())
+    for scope in ("batch", "screen"):
+        result = run_match(cells, tmp_path / scope, MatchConfig(scope=scope))
+        metrics = json.loads((tmp_path / scope / "metrics.json").read_text())
+        assert metrics["config"]["scope"] == scope and metrics["n_treatments"] == 12
+        assert result.nsc > 0.5  # chance is 2/10: each MOA has 2 of 10 other-compound treatments
+        assert ("normalisation", "zscore against the control wells of "
+                + ("each batch" if scope == "batch" else "the whole screen")) in \
+            summary_rows(result)
 
 
 def test_site_level_normalises_sites() -> None:
