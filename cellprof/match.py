@@ -66,7 +66,8 @@ class MatchConfig:
     control: str = "DMSO"
     """Compound name of the negative control: normalisation baseline, never a query."""
     level: str = "well"
-    """Intermediate level normalised against controls: "well" or "site"."""
+    """Level normalised against controls: "well", "site", or "cell" (each cell against the
+    control cells, then cells -> wells; the spread is then between cells, not wells)."""
     nonfinite: str = "error"
     """NaN/inf in features: error | drop-features | drop-rows (what is dropped is reported)."""
     allow_single_compound_moa: bool = False
@@ -77,7 +78,7 @@ class MatchConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "normalize", method_name(self.normalize))
         for name, allowed in (("scope", SCOPES), ("aggregate", ("mean", "median")),
-                              ("metric", METRICS), ("level", ("well", "site")),
+                              ("metric", METRICS), ("level", ("well", "site", "cell")),
                               ("nonfinite", NONFINITE)):
             if getattr(self, name) not in allowed:
                 raise InputError(f"--{name} must be one of {', '.join(allowed)}, "
@@ -245,7 +246,8 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
     wells = aggregate(table, keys + [COMPOUND, CONCENTRATION], config.aggregate, features)
     if (dup := wells.duplicated(keys, keep=False)).any():
         where = wells.loc[dup, keys].iloc[0].tolist()
-        raise InputError(f"{' '.join(map(str, where))}: one {config.level} holds several "
+        raise InputError(f"{' '.join(map(str, where))}: one "
+                         f"{'well' if config.level == 'cell' else config.level} holds several "
                          "treatments (compound/concentration differ between its rows)")
     wells = wells.drop(columns="Metadata_Count")
     controls = (wells[COMPOUND] == config.control).to_numpy()
@@ -253,9 +255,19 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
     if config.normalize != "none" and not controls.any():
         raise InputError(f"no wells of control {config.control!r} in {COMPOUND}: set "
                          "--control to the negative-control compound or --normalize none")
-    wells, zero = normalize(wells, features, method=config.normalize, controls=controls,
-                            strata=PLATE, scope=config.scope, eps=config.sphere_eps,
-                            unit=config.level)
+    if config.level == "cell":
+        # control statistics from the spread between control cells, then cells -> wells
+        cell_controls = (table[COMPOUND] == config.control).to_numpy()
+        report["n_cells"], report["n_control_cells"] = len(table), int(cell_controls.sum())
+        cells, zero = normalize(table, features, method=config.normalize,
+                                controls=cell_controls, strata=PLATE, scope=config.scope,
+                                eps=config.sphere_eps, unit="cell")
+        wells = aggregate(cells, keys + [COMPOUND, CONCENTRATION], config.aggregate,
+                          [f for f in features if f not in zero]).drop(columns="Metadata_Count")
+    else:
+        wells, zero = normalize(wells, features, method=config.normalize, controls=controls,
+                                strata=PLATE, scope=config.scope, eps=config.sphere_eps,
+                                unit=config.level)
     report["zero_spread_features"] = zero
     features = [f for f in features if f not in zero]
     if not features:

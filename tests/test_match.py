@@ -365,6 +365,25 @@ def test_screen_without_controls_on_a_plate_matches_at_screen_scope(tmp_path: Pa
             summary_rows(result)
 
 
+def test_cell_level_takes_the_spread_between_control_cells() -> None:
+    """level cell: every cell z-scored against all control cells (screen scope), then
+    cells -> wells -> treatments; by hand with numpy."""
+    cells = screen()
+    treat, report = prepare(cells, MatchConfig(level="cell", scope="screen"))
+    feats = ["f0", "f1", "f2"]
+    x = cells[feats].to_numpy()
+    ctrl = (cells["Metadata_Compound"] == "DMSO").to_numpy()
+    z = cells.assign(**dict(zip(feats, ((x - x[ctrl].mean(0)) / x[ctrl].std(0, ddof=1)).T)))
+    wells = z[~ctrl].groupby(["Metadata_Plate", "Metadata_Well", "Metadata_Compound",
+                              "Metadata_Concentration"])[feats].mean()
+    expected = wells.groupby(["Metadata_Compound", "Metadata_Concentration"]).mean()
+    got = treat.set_index(["Metadata_Compound", "Metadata_Concentration"])[feats]
+    np.testing.assert_allclose(got.loc[expected.index].to_numpy(), expected.to_numpy())
+    assert report["n_control_cells"] == 60 and report["n_control_wells"] == 12
+    well_level, _ = prepare(cells, MatchConfig(level="well", scope="screen"))
+    assert not np.allclose(well_level[feats].to_numpy(), treat[feats].to_numpy())
+
+
 def test_site_level_normalises_sites() -> None:
     _, report = prepare(screen(sites=2), MatchConfig(level="site"))
     assert report["n_wells"] == 72 and report["n_control_wells"] == 24

@@ -43,8 +43,9 @@ def match(
                                                 "median.")] = "mean",
     metric: Annotated[str, typer.Option(help="cosine, correlation or euclidean.")] = "cosine",
     control: Annotated[str, typer.Option(help="Compound name of the negative control.")] = "DMSO",
-    level: Annotated[str, typer.Option(help="Level normalised against controls: well or "
-                                            "site.")] = "well",
+    level: Annotated[str, typer.Option(
+        help="Level normalised against controls: well, site, or cell (each cell against "
+             "the control cells, then averaged into wells).")] = "well",
     nonfinite: Annotated[str, typer.Option(
         help="NaN/inf features: error, drop-features or drop-rows (reported).")] = "error",
     allow_single_compound_moa: Annotated[bool, typer.Option(
