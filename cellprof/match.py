@@ -29,7 +29,7 @@ from cellprof.normalize import SCOPES, SPHERE_EPS, method_name, normalize
 from cellprof.plots import save_confusion_matrix
 from cellprof.profiles import aggregate, feature_columns, profile_table, write_table
 from cellprof.retrieval import (
-    BATCHES, TREATMENT, accuracy, mean_average_precision, nsc, nscb, retrieve,
+    BATCHES, TREATMENT, accuracy, map_per_moa, mean_average_precision, nsc, nscb, retrieve,
     single_batch_moas,
 )
 from cellprof.tables import (
@@ -38,8 +38,8 @@ from cellprof.tables import (
 )
 
 __all__ = ["MatchConfig", "MatchResult", "load_profiles", "prepare", "nsc", "nscb",
-           "mean_average_precision", "single_batch_moas", "accuracy", "run_match",
-           "summary_rows"]
+           "mean_average_precision", "map_per_moa", "single_batch_moas", "accuracy",
+           "run_match", "summary_rows", "moa_rows"]
 
 METRICS = ("cosine", "correlation", "euclidean")
 # CellProfiler identifiers are numeric but not measurements (per-well means of them, as in
@@ -74,6 +74,10 @@ class MatchConfig:
     """Keep MOAs with one compound as candidates but never as queries (NSC undefined)."""
     sphere_eps: float = SPHERE_EPS
     """Ridge of the sphering (ZCA) whitening, in units of control correlation."""
+    permutations: int = 1000
+    """MOA-label shuffles behind each MOA's mAP p-value (0: no p-values)."""
+    seed: int = 0
+    """Seed of those shuffles: the same seed gives the same p-values."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "normalize", method_name(self.normalize))
@@ -85,6 +89,8 @@ class MatchConfig:
                                  f"got {getattr(self, name)!r}")
         if not self.sphere_eps > 0:
             raise InputError(f"sphere_eps must be positive, got {self.sphere_eps}")
+        if self.permutations < 0:
+            raise InputError(f"--permutations must be 0 or more, got {self.permutations}")
 
 
 @dataclass(frozen=True)
@@ -323,8 +329,9 @@ def _num(x: float) -> float | None:
 def run_match(profiles: str | Path | pd.DataFrame | Sequence[str | Path], out_dir: str | Path,
               config: MatchConfig = MatchConfig(), image_table: str | Path | None = None,
               moa: str | Path | None = None) -> MatchResult:
-    """Load, prepare, match; write metrics.json, treatments.csv, confusion_nsc.png and
-    treatment_profiles.parquet into ``out_dir`` (each atomically; metrics.json last)."""
+    """Load, prepare, match; write metrics.json, treatments.csv, map_per_moa.csv,
+    confusion_nsc.png and treatment_profiles.parquet into ``out_dir`` (each atomically;
+    metrics.json last)."""
     if isinstance(profiles, pd.DataFrame):
         table = profiles
     elif isinstance(profiles, (list, tuple)):  # shards, e.g. one profiles file per plate
@@ -335,6 +342,7 @@ def run_match(profiles: str | Path | pd.DataFrame | Sequence[str | Path], out_di
     treat, report = prepare(table, config)
     res = retrieve(treat, config.metric)
     excluded = single_batch_moas(treat)
+    per_moa, permutations = map_per_moa(treat, config.metric, config.permutations, config.seed)
     acc = {k: accuracy(res, f"{k}_correct") for k in ("nsc", "nscb")}
     queries = res["query"]
     metrics: dict[str, Any] = {
@@ -350,6 +358,9 @@ def run_match(profiles: str | Path | pd.DataFrame | Sequence[str | Path], out_di
         "nscb_no_candidate": res.loc[queries & ~res["nscb_excluded"]
                                      & res["nscb_neighbour"].isna(), "treatment"].tolist(),
         "map_no_positive": res.loc[queries & res["ap"].isna(), "treatment"].tolist(),
+        "map_per_moa": [{k: _num(v) if isinstance(v, float) else v for k, v in row.items()}
+                        for row in per_moa.to_dict("records")],
+        "map_permutations": permutations,
         **{k: v for k, v in report.items() if k not in ("n_treatments", "n_compounds", "n_moas")},
         "config": asdict(config),
         "inputs": {"profiles": None if isinstance(profiles, pd.DataFrame) else (
@@ -359,6 +370,7 @@ def run_match(profiles: str | Path | pd.DataFrame | Sequence[str | Path], out_di
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"treatments": write_table(res, out / "treatments.csv"),
+             "per_moa": write_table(per_moa, out / "map_per_moa.csv"),
              "profiles": write_table(treat, out / "treatment_profiles.parquet")}
     asked = res[res["nsc_correct"].notna()]
     labels = sorted(set(asked[MOA]) | set(asked["nsc_neighbour_moa"]))
@@ -397,7 +409,7 @@ def summary_rows(result: MatchResult) -> list[tuple[str, str]]:
             ("NSCB (per treatment / per compound)",
              f"{pct(result.nscb)} / {pct(result.nscb_per_compound)}"),
             ("NSCB excludes single-batch MOAs", excluded),
-            ("mAP (same MOA, other compounds)", "–" if not np.isfinite(result.map)
+            ("mAP (mean AP over query treatments)", "–" if not np.isfinite(result.map)
              else f"{result.map:.3f}")]
     for key, label in (("nsc_no_candidate", "NSC queries without a candidate"),
                        ("nscb_no_candidate", "NSCB queries without a candidate"),
@@ -410,5 +422,16 @@ def summary_rows(result: MatchResult) -> list[tuple[str, str]]:
                          + (" …" if len(m[key]) > 4 else "")))
     if m.get("dropped_rows"):
         rows.append(("rows dropped (NaN/inf)", str(m["dropped_rows"])))
+    if m.get("map_permutations", 0) < cfg.get("permutations", 0):
+        rows.append(("mAP p-values from", f"{m['map_permutations']} permutations (the "
+                     f"{cfg['permutations']} asked exceed the work limit)"))
     rows.append(("written to", str(result.out_dir)))
     return rows
+
+
+def moa_rows(result: MatchResult) -> list[tuple[str, str, str, str, str]]:
+    """(MOA, queries, mAP, p, q) rows of the per-MOA mAP table, best first."""
+    def num(x: float | None, fmt: str) -> str:
+        return "–" if x is None else format(x, fmt)
+    return [(r[MOA], str(r["n_queries"]), num(r["map"], ".3f"), num(r["p_value"], ".3g"),
+             num(r["q_value"], ".3g")) for r in result.metrics["map_per_moa"]]

@@ -13,11 +13,12 @@ import pytest
 from cellprof.errors import InputError
 from cellprof.match import (
     MatchConfig, accuracy, feature_names, load_profiles, mean_average_precision, nsc, nscb,
-    prepare, run_match, single_batch_moas, summary_rows,
+    moa_rows, prepare, run_match, single_batch_moas, summary_rows,
 )
 from cellprof.normalize import normalize, whitening_matrix
 from cellprof.profiles import ProfileWriter
-from cellprof.retrieval import average_precision, retrieve
+from cellprof import retrieval
+from cellprof.retrieval import average_precision, map_per_moa, retrieve
 from conftest import shared_or_skip
 
 COLS = ["Metadata_Treatment", "Metadata_Compound", "Metadata_Concentration",
@@ -153,6 +154,72 @@ def test_map_skips_queries_without_positives() -> None:
     t = treatments([("A", 1, "X", "W", 0.0), ("B", 1, "X", "W", 1.0), ("C", 1, "Y", "W", 3.0)])
     value, per = mean_average_precision(t, "euclidean")
     assert np.isnan(per["ap"][2]) and value == pytest.approx(1.0)
+
+
+def test_map_per_moa_by_hand() -> None:
+    """The table of test_mean_average_precision_by_hand, per MOA: X the mean AP of A@1, A@2,
+    B, D; Y of C and E."""
+    t = treatments([("A", 1, "X", "W", 0.0), ("A", 2, "X", "W", 0.1), ("B", 1, "X", "W", 2.0),
+                    ("C", 1, "Y", "W", 1.2), ("D", 1, "X", "W", 3.5), ("E", 1, "Y", "W", 5.2)])
+    table, used = map_per_moa(t, "euclidean", permutations=0)
+    x = ((1 / 2 + 2 / 3) / 2 * 2 + (1 / 2 + 2 / 3 + 3 / 4) / 3 + (1 + 2 / 4 + 3 / 5) / 3) / 4
+    assert used == 0 and table["Metadata_MOA"].tolist() == ["X", "Y"]
+    assert table["map"].tolist() == pytest.approx([x, (1 / 5 + 1 / 3) / 2])
+    assert table["n_queries"].tolist() == [4, 2] and table["n_compounds"].tolist() == [3, 2]
+    assert table["p_value"].isna().all()  # no permutation, no p-value
+
+
+def random_treatments(seed: int, moas: int = 4, compounds: int = 3, signal: float = 0.0
+                      ) -> pd.DataFrame:
+    """``moas`` x ``compounds`` x 2 concentrations; MOA m adds ``signal`` to feature m."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for m in range(moas):
+        for c in range(compounds):
+            for conc in (1, 2):
+                f = rng.normal(0, 1, moas)
+                f[m] += signal
+                rows.append((f"M{m}C{c}", conc, f"M{m}", "W", *f))
+    return treatments(rows)
+
+
+def test_map_per_moa_p_values_equal_a_brute_force_relabelling() -> None:
+    """The same shuffled labellings pushed through retrieve(): the same null mAPs, so the
+    same p-values (checks the vectorised AP, ties and query bookkeeping)."""
+    t = random_treatments(3, signal=1.5)
+    t.loc[t["Metadata_Compound"] == "M3C2", "Metadata_MOA"] = "single"  # a candidate-only MOA
+    t["Metadata_Query"] = t["Metadata_MOA"] != "single"
+    t.loc[[0, 5], ["f0", "f1", "f2", "f3"]] = t.loc[[1, 1], ["f0", "f1", "f2", "f3"]].to_numpy()
+    table, used = map_per_moa(t, "cosine", permutations=30, seed=7)
+    assert used == 30 and "single" not in set(table["Metadata_MOA"])
+    codes, names = pd.factorize(t["Metadata_MOA"])
+    rng = np.random.default_rng(7)
+    perms = [rng.permutation(codes) for _ in range(30)]
+    observed = retrieve(t, "cosine", nsc=False, nscb=False).groupby("Metadata_MOA")["ap"].mean()
+    for _, row in table.iterrows():
+        beaten = 0
+        for perm in perms:
+            s = t.assign(Metadata_MOA=names[perm])
+            s["Metadata_Query"] = s["Metadata_MOA"] != "single"
+            ap = retrieve(s, "cosine", nsc=False, nscb=False)
+            null = ap.loc[ap["Metadata_MOA"] == row["Metadata_MOA"], "ap"].mean()
+            beaten += null >= observed[row["Metadata_MOA"]] - 1e-12
+        assert row["map"] == pytest.approx(observed[row["Metadata_MOA"]])
+        assert row["p_value"] == pytest.approx((1 + beaten) / 31)
+
+
+def test_map_per_moa_p_values_separate_signal_from_noise(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    strong, used = map_per_moa(random_treatments(0, signal=6.0), permutations=200)
+    assert used == 200 and (strong["p_value"] == 1 / 201).all()  # no shuffle does as well
+    assert (strong["q_value"] <= 4 / 201 + 1e-12).all()
+    noise, _ = map_per_moa(random_treatments(0), permutations=200)
+    assert noise["p_value"].min() > 0.05
+    again, _ = map_per_moa(random_treatments(0), permutations=200)
+    pd.testing.assert_frame_equal(noise, again)  # fixed seed: the same p-values
+    monkeypatch.setattr(retrieval, "PERMUTATION_WORK", 24 * 24 * 11)
+    _, used = map_per_moa(random_treatments(0), permutations=200)
+    assert used == 10  # 24 treatments: the work limit allows 10 shuffles
 
 
 # --- normalisation -----------------------------------------------------------------------
@@ -393,7 +460,8 @@ def test_run_match_writes_everything(tmp_path: Path) -> None:
     result = run_match(screen(), tmp_path / "out", MatchConfig())
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == [
-        "confusion_nsc.png", "metrics.json", "treatment_profiles.parquet", "treatments.csv"]
+        "confusion_nsc.png", "map_per_moa.csv", "metrics.json", "treatment_profiles.parquet",
+        "treatments.csv"]
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("nsc", "nscb", "nsc_per_compound", "nscb_per_compound", "map", "n_treatments",
                 "n_compounds", "n_moas", "nscb_excluded_moas", "nsc_no_candidate",
@@ -407,6 +475,15 @@ def test_run_match_writes_everything(tmp_path: Path) -> None:
             "nsc_correct", "nscb_neighbour", "nscb_neighbour_moa", "nscb_correct",
             "ap"} <= set(per.columns)
     assert len(pd.read_parquet(out / "treatment_profiles.parquet")) == 12
+    per_moa = pd.read_csv(out / "map_per_moa.csv")
+    assert per_moa["Metadata_MOA"].tolist() == ["X", "Y", "Z"]  # all perfect: by name
+    assert per_moa["map"].tolist() == pytest.approx([1, 1, 1])
+    assert per_moa["n_queries"].tolist() == [4, 4, 4] and metrics["map_permutations"] == 1000
+    # 12 treatments, 4 per MOA: about 1 shuffle in 100 also ranks every query's positives
+    # first (mAP 1.0 again), so p is small but above the minimum 1/1001
+    assert (per_moa["p_value"] < 0.02).all() and (per_moa["p_value"] > 1 / 1001).all()
+    assert metrics["map_per_moa"][0]["Metadata_MOA"] == "X"
+    assert moa_rows(result)[0][:3] == ("X", "4", "1.000")
     rows = summary_rows(result)
     assert all(isinstance(a, str) and isinstance(b, str) for a, b in rows)
     assert ("NSC (per treatment / per compound)", "100.0% / 100.0%") in rows

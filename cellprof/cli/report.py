@@ -50,6 +50,9 @@ def match(
         help="NaN/inf features: error, drop-features or drop-rows (reported).")] = "error",
     allow_single_compound_moa: Annotated[bool, typer.Option(
         help="Keep MOAs with one compound as candidates, never as queries.")] = False,
+    permutations: Annotated[int, typer.Option(
+        help="MOA-label shuffles behind each MOA's mAP p-value (0: none).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the shuffles.")] = 0,
 ) -> None:
     """Match treatments by mechanism of action: NSC, NSCB and mAP.
 
@@ -57,15 +60,16 @@ def match(
     wells of each plate (or batch, or the screen: --scope), and for every treatment
     finds its nearest neighbour among treatments of other compounds (NSC) and also of
     other batches (NSCB; batch = plate-name prefix). Writes
-    OUT/metrics.json, OUT/treatments.csv, OUT/treatment_profiles.parquet and
-    OUT/confusion_nsc.png.
+    OUT/metrics.json, OUT/treatments.csv, OUT/map_per_moa.csv (each MOA's mAP with a
+    permutation p-value), OUT/treatment_profiles.parquet and OUT/confusion_nsc.png.
     """
-    from cellprof.match import MatchConfig, run_match, summary_rows
+    from cellprof.match import MatchConfig, moa_rows, run_match, summary_rows
 
     try:
         cfg = MatchConfig(normalize=normalize, scope=scope, aggregate=aggregate, metric=metric,
                           control=control, level=level, nonfinite=nonfinite,
-                          allow_single_compound_moa=allow_single_compound_moa)
+                          allow_single_compound_moa=allow_single_compound_moa,
+                          permutations=permutations, seed=seed)
         res = run_match(profiles[0] if len(profiles) == 1 else profiles, out, cfg,
                         image_table=image_table, moa=moa)
     except CellprofError as exc:
@@ -75,6 +79,11 @@ def match(
     for label, value in summary_rows(res):
         table.add_row(label, value)
     console.print(table)
+    per_moa = Table("MOA", "queries", "mAP", "p", "q (FDR)", title="mAP per MOA "
+                    f"(p: {res.metrics['map_permutations']} label shuffles)")
+    for row in moa_rows(res):
+        per_moa.add_row(*row)
+    console.print(per_moa)
 
 
 @app.command()
