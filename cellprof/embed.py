@@ -73,7 +73,8 @@ def embed(checkpoint: str | Path, crops: str | Path, out: str | Path, *,
     pct = plate_percentiles(crops, info.channels) if method == "percentile" else None
     d = model.config.latent_dim
     names = [f"VAE_{i:03d}" for i in range(d)]
-    attrs = {"checkpoint": str(Path(ckpt["path"]).resolve()), "checkpoint_step": ckpt["step"],
+    attrs = {"profile_kind": "learned",
+             "checkpoint": str(Path(ckpt["path"]).resolve()), "checkpoint_step": ckpt["step"],
              "store": str(Path(crops).resolve()), "normalization": method,
              "model_config": ckpt["model_config"], "channels": list(info.channels)}
     writer = ProfileWriter(out, cells, names, attrs, config.logvar)

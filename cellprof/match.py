@@ -1,7 +1,8 @@
 """``cellprof match``: profiles -> treatment profiles -> mechanism-of-action matching.
 
 A run reads profiles (a cellprof ``.h5`` or any cell-, site- or well-level feature table),
-averages cells to wells (or sites), normalises each plate against its control wells,
+averages cells to wells (or sites), normalises them against control wells (of their plate,
+batch or the whole screen),
 averages wells to treatments (compound x concentration), and asks of every treatment:
 is its nearest other-compound treatment of the same mechanism (NSC)? and, excluding
 treatments from its own batches too (NSCB)? and how well does similarity rank all
@@ -24,11 +25,11 @@ import numpy as np
 import pandas as pd
 
 from cellprof.errors import InputError
-from cellprof.normalize import METHODS, SPHERE_EPS, normalize
+from cellprof.normalize import SCOPES, SPHERE_EPS, method_name, normalize
 from cellprof.plots import save_confusion_matrix
 from cellprof.profiles import aggregate, feature_columns, profile_table, write_table
 from cellprof.retrieval import (
-    BATCHES, TREATMENT, accuracy, mean_average_precision, nsc, nscb, retrieve,
+    BATCHES, TREATMENT, accuracy, map_per_moa, mean_average_precision, nsc, nscb, retrieve,
     single_batch_moas,
 )
 from cellprof.tables import (
@@ -37,8 +38,8 @@ from cellprof.tables import (
 )
 
 __all__ = ["MatchConfig", "MatchResult", "load_profiles", "prepare", "nsc", "nscb",
-           "mean_average_precision", "single_batch_moas", "accuracy", "run_match",
-           "summary_rows"]
+           "mean_average_precision", "map_per_moa", "single_batch_moas", "accuracy",
+           "run_match", "summary_rows", "moa_rows"]
 
 METRICS = ("cosine", "correlation", "euclidean")
 # CellProfiler identifiers are numeric but not measurements (per-well means of them, as in
@@ -53,7 +54,11 @@ class MatchConfig:
     """Settings of a match run; defaults are the BBBC021 convention (Ljosa et al. 2013)."""
 
     normalize: str = "zscore"
-    """none | zscore | robust | sphere, per plate against its control wells (normalize.py)."""
+    """none | zscore | robust | sphere against control wells (normalize.py); pycytominer's
+    standardize, mad_robustize and spherize are accepted and stored as these names."""
+    scope: str = "plate"
+    """Whose control wells give the statistics: each plate's, each batch's (plate-name
+    prefix) or the whole screen's (for screens with too few controls per plate)."""
     aggregate: str = "mean"
     """How cells -> wells -> treatments are summarised: mean or median."""
     metric: str = "cosine"
@@ -61,23 +66,31 @@ class MatchConfig:
     control: str = "DMSO"
     """Compound name of the negative control: normalisation baseline, never a query."""
     level: str = "well"
-    """Intermediate level normalised against controls: "well" or "site"."""
+    """Level normalised against controls: "well", "site", or "cell" (each cell against the
+    control cells, then cells -> wells; the spread is then between cells, not wells)."""
     nonfinite: str = "error"
     """NaN/inf in features: error | drop-features | drop-rows (what is dropped is reported)."""
     allow_single_compound_moa: bool = False
     """Keep MOAs with one compound as candidates but never as queries (NSC undefined)."""
     sphere_eps: float = SPHERE_EPS
     """Ridge of the sphering (ZCA) whitening, in units of control correlation."""
+    permutations: int = 1000
+    """MOA-label shuffles behind each MOA's mAP p-value (0: no p-values)."""
+    seed: int = 0
+    """Seed of those shuffles: the same seed gives the same p-values."""
 
     def __post_init__(self) -> None:
-        for name, allowed in (("normalize", METHODS), ("aggregate", ("mean", "median")),
-                              ("metric", METRICS), ("level", ("well", "site")),
+        object.__setattr__(self, "normalize", method_name(self.normalize))
+        for name, allowed in (("scope", SCOPES), ("aggregate", ("mean", "median")),
+                              ("metric", METRICS), ("level", ("well", "site", "cell")),
                               ("nonfinite", NONFINITE)):
             if getattr(self, name) not in allowed:
                 raise InputError(f"--{name} must be one of {', '.join(allowed)}, "
                                  f"got {getattr(self, name)!r}")
         if not self.sphere_eps > 0:
             raise InputError(f"sphere_eps must be positive, got {self.sphere_eps}")
+        if self.permutations < 0:
+            raise InputError(f"--permutations must be 0 or more, got {self.permutations}")
 
 
 @dataclass(frozen=True)
@@ -239,7 +252,8 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
     wells = aggregate(table, keys + [COMPOUND, CONCENTRATION], config.aggregate, features)
     if (dup := wells.duplicated(keys, keep=False)).any():
         where = wells.loc[dup, keys].iloc[0].tolist()
-        raise InputError(f"{' '.join(map(str, where))}: one {config.level} holds several "
+        raise InputError(f"{' '.join(map(str, where))}: one "
+                         f"{'well' if config.level == 'cell' else config.level} holds several "
                          "treatments (compound/concentration differ between its rows)")
     wells = wells.drop(columns="Metadata_Count")
     controls = (wells[COMPOUND] == config.control).to_numpy()
@@ -247,8 +261,19 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
     if config.normalize != "none" and not controls.any():
         raise InputError(f"no wells of control {config.control!r} in {COMPOUND}: set "
                          "--control to the negative-control compound or --normalize none")
-    wells, zero = normalize(wells, features, method=config.normalize, controls=controls,
-                            strata=PLATE, eps=config.sphere_eps)
+    if config.level == "cell":
+        # control statistics from the spread between control cells, then cells -> wells
+        cell_controls = (table[COMPOUND] == config.control).to_numpy()
+        report["n_cells"], report["n_control_cells"] = len(table), int(cell_controls.sum())
+        cells, zero = normalize(table, features, method=config.normalize,
+                                controls=cell_controls, strata=PLATE, scope=config.scope,
+                                eps=config.sphere_eps, unit="cell")
+        wells = aggregate(cells, keys + [COMPOUND, CONCENTRATION], config.aggregate,
+                          [f for f in features if f not in zero]).drop(columns="Metadata_Count")
+    else:
+        wells, zero = normalize(wells, features, method=config.normalize, controls=controls,
+                                strata=PLATE, scope=config.scope, eps=config.sphere_eps,
+                                unit=config.level)
     report["zero_spread_features"] = zero
     features = [f for f in features if f not in zero]
     if not features:
@@ -304,8 +329,9 @@ def _num(x: float) -> float | None:
 def run_match(profiles: str | Path | pd.DataFrame | Sequence[str | Path], out_dir: str | Path,
               config: MatchConfig = MatchConfig(), image_table: str | Path | None = None,
               moa: str | Path | None = None) -> MatchResult:
-    """Load, prepare, match; write metrics.json, treatments.csv, confusion_nsc.png and
-    treatment_profiles.parquet into ``out_dir`` (each atomically; metrics.json last)."""
+    """Load, prepare, match; write metrics.json, treatments.csv, map_per_moa.csv,
+    confusion_nsc.png and treatment_profiles.parquet into ``out_dir`` (each atomically;
+    metrics.json last)."""
     if isinstance(profiles, pd.DataFrame):
         table = profiles
     elif isinstance(profiles, (list, tuple)):  # shards, e.g. one profiles file per plate
@@ -316,6 +342,7 @@ def run_match(profiles: str | Path | pd.DataFrame | Sequence[str | Path], out_di
     treat, report = prepare(table, config)
     res = retrieve(treat, config.metric)
     excluded = single_batch_moas(treat)
+    per_moa, permutations = map_per_moa(treat, config.metric, config.permutations, config.seed)
     acc = {k: accuracy(res, f"{k}_correct") for k in ("nsc", "nscb")}
     queries = res["query"]
     metrics: dict[str, Any] = {
@@ -331,6 +358,9 @@ def run_match(profiles: str | Path | pd.DataFrame | Sequence[str | Path], out_di
         "nscb_no_candidate": res.loc[queries & ~res["nscb_excluded"]
                                      & res["nscb_neighbour"].isna(), "treatment"].tolist(),
         "map_no_positive": res.loc[queries & res["ap"].isna(), "treatment"].tolist(),
+        "map_per_moa": [{k: _num(v) if isinstance(v, float) else v for k, v in row.items()}
+                        for row in per_moa.to_dict("records")],
+        "map_permutations": permutations,
         **{k: v for k, v in report.items() if k not in ("n_treatments", "n_compounds", "n_moas")},
         "config": asdict(config),
         "inputs": {"profiles": None if isinstance(profiles, pd.DataFrame) else (
@@ -340,6 +370,7 @@ def run_match(profiles: str | Path | pd.DataFrame | Sequence[str | Path], out_di
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"treatments": write_table(res, out / "treatments.csv"),
+             "per_moa": write_table(per_moa, out / "map_per_moa.csv"),
              "profiles": write_table(treat, out / "treatment_profiles.parquet")}
     asked = res[res["nsc_correct"].notna()]
     labels = sorted(set(asked[MOA]) | set(asked["nsc_neighbour_moa"]))
@@ -349,7 +380,7 @@ def run_match(profiles: str | Path | pd.DataFrame | Sequence[str | Path], out_di
                        asked["nsc_neighbour_moa"].map(index).to_numpy(int)), 1)
     paths["confusion"] = save_confusion_matrix(
         out / "confusion_nsc.png", labels, matrix,
-        title=f"NSC, {config.normalize} / {config.metric}")
+        title=f"NSC, {config.normalize} ({config.scope}) / {config.metric}")
     paths["metrics"] = _write_json(metrics, out / "metrics.json")
     return MatchResult(
         out_dir=out, **{k: nan if metrics[k] is None else metrics[k] for k in
@@ -365,14 +396,20 @@ def summary_rows(result: MatchResult) -> list[tuple[str, str]]:
     def pct(x: float) -> str:
         return "–" if not np.isfinite(x) else f"{x:.1%}"
     excluded = ", ".join(result.nscb_excluded_moas) or "none"
-    rows = [("treatments / compounds / MOAs",
+    cfg = m.get("config", {})
+    norm = cfg.get("normalize", "zscore")
+    rows = [("normalisation", "none" if norm == "none" else
+             f"{norm} against the control wells of "
+             + {"plate": "each plate", "batch": "each batch",
+                "screen": "the whole screen"}[cfg.get("scope", "plate")]),
+            ("treatments / compounds / MOAs",
              f"{result.n_treatments} / {result.n_compounds} / {result.n_moas}"),
             ("NSC (per treatment / per compound)",
              f"{pct(result.nsc)} / {pct(result.nsc_per_compound)}"),
             ("NSCB (per treatment / per compound)",
              f"{pct(result.nscb)} / {pct(result.nscb_per_compound)}"),
             ("NSCB excludes single-batch MOAs", excluded),
-            ("mAP (same MOA, other compounds)", "–" if not np.isfinite(result.map)
+            ("mAP (mean AP over query treatments)", "–" if not np.isfinite(result.map)
              else f"{result.map:.3f}")]
     for key, label in (("nsc_no_candidate", "NSC queries without a candidate"),
                        ("nscb_no_candidate", "NSCB queries without a candidate"),
@@ -385,5 +422,16 @@ def summary_rows(result: MatchResult) -> list[tuple[str, str]]:
                          + (" …" if len(m[key]) > 4 else "")))
     if m.get("dropped_rows"):
         rows.append(("rows dropped (NaN/inf)", str(m["dropped_rows"])))
+    if m.get("map_permutations", 0) < cfg.get("permutations", 0):
+        rows.append(("mAP p-values from", f"{m['map_permutations']} permutations (the "
+                     f"{cfg['permutations']} asked exceed the work limit)"))
     rows.append(("written to", str(result.out_dir)))
     return rows
+
+
+def moa_rows(result: MatchResult) -> list[tuple[str, str, str, str, str]]:
+    """(MOA, queries, mAP, p, q) rows of the per-MOA mAP table, best first."""
+    def num(x: float | None, fmt: str) -> str:
+        return "–" if x is None else format(x, fmt)
+    return [(r[MOA], str(r["n_queries"]), num(r["map"], ".3f"), num(r["p_value"], ".3g"),
+             num(r["q_value"], ".3g")) for r in result.metrics["map_per_moa"]]

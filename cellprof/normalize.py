@@ -12,7 +12,14 @@ each feature is re-expressed relative to the control wells (DMSO) of the same pl
   wells, so directions in which controls vary a lot — technical noise — are shrunk and
   a treatment's profile measures how atypical it is for DMSO.
 
-A feature whose control spread is zero (or numerically zero) on any plate cannot be
+Where the control statistics come from is the *scope*: the controls of each plate (the
+default, and the BBBC021 convention), of each batch (plates sharing a name prefix, see
+:func:`cellprof.tables.batch_of`), or of the whole screen. A plate-wide shift is removed
+only at plate scope; wider scopes exist for screens that hold too few controls per plate
+to estimate a spread (a sample of single cells may leave most plates with one DMSO cell
+or none), where pooling is the only estimate there is.
+
+A feature whose control spread is zero (or numerically zero) in any scope group cannot be
 scaled; it is dropped and named in the returned list rather than producing ``inf``.
 """
 
@@ -24,8 +31,13 @@ import numpy as np
 import pandas as pd
 
 from cellprof.errors import InputError
+from cellprof.tables import batch_of
 
 METHODS = ("none", "zscore", "robust", "sphere")
+ALIASES = {"standardize": "zscore", "mad_robustize": "robust", "spherize": "sphere"}
+"""pycytominer's names for the same methods. Note ``robust`` is ``mad_robustize``
+(median and 1.4826 MAD), not pycytominer's ``robustize`` (median and interquartile range)."""
+SCOPES = ("plate", "batch", "screen")
 MAD_TO_SD = 1.4826
 SPHERE_EPS = 1e-6
 """Ridge added to the eigenvalues of the control *correlation* matrix before whitening.
@@ -38,6 +50,49 @@ the same for any feature set (ZCA-cor, Kessy et al. 2018). 1e-6 is pycytominer's
 scaled by ``1/sqrt(eps)`` and dominate the whitened profiles, so matching then happens
 in the subspace DMSO never explores; a larger ``eps`` mixes that with the explored one.
 """
+
+
+def method_name(method: str) -> str:
+    """The cellprof name of a normalisation method given in cellprof's or pycytominer's
+    naming (``standardize`` -> ``zscore``); unknown names raise :class:`InputError`."""
+    name = ALIASES.get(method, method)
+    if name not in METHODS:
+        raise InputError(f"--normalize must be one of {', '.join(METHODS)} (or pycytominer's "
+                         f"{', '.join(ALIASES)}), got {method!r}")
+    return name
+
+
+def scope_groups(plates: pd.Series | np.ndarray, scope: str) -> np.ndarray:
+    """The group each row's control statistics come from: its plate, its batch (plate-name
+    prefix) or one group for the whole screen.
+
+    >>> scope_groups(np.array(["Week1_a", "Week1_b", "Week2_a"]), "batch").tolist()
+    ['Week1', 'Week1', 'Week2']
+    """
+    plates = np.asarray(plates).astype(str)
+    if scope == "plate":
+        return plates
+    if scope == "batch":
+        return np.array([batch_of(p) for p in plates], dtype=object).astype(str)
+    if scope == "screen":
+        return np.full(len(plates), "screen")
+    raise InputError(f"--scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+
+
+def _too_few(scope: str, group: str, plates: np.ndarray, n: int, minimum: int, method: str,
+             unit: str) -> InputError:
+    """The error for a scope group with fewer controls than ``method`` needs: which group,
+    how many it has and needs, and the wider scope that would pool more controls."""
+    wider = {"plate": "use --scope batch or --scope screen to pool the controls of the "
+                      "plate's batch or of the whole screen",
+             "batch": "use --scope screen to pool the controls of the whole screen",
+             "screen": "check --control"}[scope]
+    where = {"plate": f"plate {group}",
+             "batch": f"batch {group} ({len(plates)} plate(s): "
+                      f"{', '.join(plates[:3])}{' …' if len(plates) > 3 else ''})",
+             "screen": "the screen"}[scope]
+    return InputError(f"{where} has {n} control {unit}(s); {method} normalisation needs at "
+                      f"least {minimum} per {scope}: {wider}, or --normalize none")
 
 
 def _zero_spread(center: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -72,9 +127,9 @@ def whitening_matrix(centred: np.ndarray, dof: int, eps: float = SPHERE_EPS) -> 
 
 
 def normalize(table: pd.DataFrame, features: Sequence[str], *, method: str,
-              controls: np.ndarray, strata: str = "Metadata_Plate",
-              eps: float = SPHERE_EPS) -> tuple[pd.DataFrame, list[str]]:
-    """Normalise ``features`` of ``table`` per ``strata`` against the rows ``controls``.
+              controls: np.ndarray, strata: str = "Metadata_Plate", scope: str = "plate",
+              eps: float = SPHERE_EPS, unit: str = "well") -> tuple[pd.DataFrame, list[str]]:
+    """Normalise ``features`` of ``table`` per scope group against the rows ``controls``.
 
     Parameters
     ----------
@@ -83,12 +138,18 @@ def normalize(table: pd.DataFrame, features: Sequence[str], *, method: str,
     features : sequence of str
         Feature columns to normalise; other columns pass through.
     method : {"none", "zscore", "robust", "sphere"}
+        Or pycytominer's names for them (:data:`ALIASES`).
     controls : (N,) bool array
         Which rows are negative-control wells.
     strata : str
-        Column grouping rows that share a control baseline (the plate).
+        The plate column.
+    scope : {"plate", "batch", "screen"}
+        Whose controls give a row its statistics: its plate's, its batch's (plates with the
+        same name prefix) or the whole screen's.
     eps : float
         Sphering ridge, see :data:`SPHERE_EPS`.
+    unit : str
+        What a row is ("well", "site"), for error messages.
 
     Returns
     -------
@@ -101,24 +162,23 @@ def normalize(table: pd.DataFrame, features: Sequence[str], *, method: str,
     >>> normalize(t, ["f"], method="zscore", controls=np.array([1, 1, 0], bool))[0]["f"].tolist()
     [-0.7071067811865475, 0.7071067811865475, 2.1213203435596424]
     """
-    if method not in METHODS:
-        raise InputError(f"--normalize must be one of {', '.join(METHODS)}, got {method!r}")
+    method = method_name(method)
     features = list(features)
     if method == "none":
         return table, []
     controls = np.asarray(controls, dtype=bool)
     x = table[features].to_numpy(np.float64)
-    plates = table[strata].to_numpy()
+    plate_of = table[strata].to_numpy().astype(str)
+    groups = scope_groups(plate_of, scope)
     out = np.empty_like(x)
     zero = np.zeros(len(features), bool)
     minimum = 1 if method == "sphere" else 2
-    for plate in pd.unique(plates):
-        rows = plates == plate
+    for group in pd.unique(groups):
+        rows = groups == group
         ctrl = x[rows & controls]
         if len(ctrl) < minimum:
-            raise InputError(f"{strata} {plate}: {len(ctrl)} control well(s); {method} "
-                             f"normalisation needs at least {minimum} per plate (check "
-                             "--control, or use --normalize none)")
+            raise _too_few(scope, group, pd.unique(plate_of[rows]), len(ctrl), minimum,
+                           method, unit)
         if method == "robust":
             center, scale = robust_params(ctrl)
         elif method == "zscore":
@@ -129,10 +189,11 @@ def normalize(table: pd.DataFrame, features: Sequence[str], *, method: str,
         out[rows] = (x[rows] - center) / np.where(scale > 0, scale, 1.0)
     if method == "sphere":
         ctrl = out[controls]
-        dof = len(ctrl) - len(pd.unique(plates[controls]))
+        dof = len(ctrl) - len(pd.unique(groups[controls]))
         if dof < 1:
-            raise InputError("sphere normalisation needs more control wells than plates "
-                             f"(has {len(ctrl)} on {len(ctrl) - dof} plate(s))")
+            raise InputError(f"sphere normalisation needs more control {unit}s than "
+                             f"{scope}s (has {len(ctrl)} in {len(ctrl) - dof} {scope}(s))"
+                             + ("; use a wider --scope" if scope != "screen" else ""))
         sd = np.sqrt((ctrl ** 2).sum(axis=0) / dof)
         zero |= _zero_spread(np.abs(x[controls]).max(axis=0), sd)
         keep = ~zero

@@ -235,6 +235,10 @@ def _decode(s: _Screen, z: np.ndarray | torch.Tensor) -> np.ndarray:
 def _profile_features(s: _Screen, profiles: str | Path) -> np.ndarray:
     """Features of a profiles file, after checking it holds this store's cells and model."""
     attrs = profile_attrs(profiles)
+    if attrs.get("profile_kind") == "hand-crafted":
+        raise StoreError(f"{profiles}: hand-crafted features (cellprof measure), not latents "
+                         "of a model: they cannot be decoded into images; give a "
+                         "cellprof embed file or leave out --profiles")
     meta, feats, _ = read_profiles(profiles)
     if len(meta) != len(s.cells) or not all(
             np.array_equal(meta[k].to_numpy(), s.cells[k].to_numpy())

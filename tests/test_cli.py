@@ -85,6 +85,18 @@ def test_match_cli_on_a_feature_table(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["nsc"] == 1.0 and metrics["n_treatments"] == 4
     assert (tmp_path / "r" / "confusion_nsc.png").stat().st_size > 1000
+    # a plate without DMSO: refused at plate scope, with the way out; matched at screen scope
+    pd.DataFrame([r for r in rows if not (r["Metadata_Plate"] == "Week2_1" and r[
+        "Metadata_Compound"] == "DMSO")]).to_csv(tmp_path / "few.csv", index=False)
+    res = runner.invoke(app, ["match", str(tmp_path / "few.csv"), "--out", str(tmp_path / "f")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "plate Week2_1 has 0 control well(s)" in res.output and "--scope screen" in res.output
+    res = runner.invoke(app, ["match", str(tmp_path / "few.csv"), "--out", str(tmp_path / "f"),
+                              "--scope", "screen", "--normalize", "standardize"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "f" / "metrics.json").read_text())
+    assert metrics["config"]["scope"] == "screen" and metrics["config"]["normalize"] == "zscore"
+    assert metrics["n_control_wells"] == 3 and metrics["nsc"] == 1.0
     pd.DataFrame(rows).drop(columns=["Metadata_MOA"]).to_csv(tmp_path / "nomoa.csv", index=False)
     res = runner.invoke(app, ["match", str(tmp_path / "nomoa.csv"), "--out", str(tmp_path / "s")])
     assert res.exit_code == 1 and "--moa" in res.output and "Traceback" not in res.output

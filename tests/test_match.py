@@ -13,11 +13,12 @@ import pytest
 from cellprof.errors import InputError
 from cellprof.match import (
     MatchConfig, accuracy, feature_names, load_profiles, mean_average_precision, nsc, nscb,
-    prepare, run_match, single_batch_moas, summary_rows,
+    moa_rows, prepare, run_match, single_batch_moas, summary_rows,
 )
 from cellprof.normalize import normalize, whitening_matrix
 from cellprof.profiles import ProfileWriter
-from cellprof.retrieval import average_precision, retrieve
+from cellprof import retrieval
+from cellprof.retrieval import average_precision, map_per_moa, retrieve
 from conftest import shared_or_skip
 
 COLS = ["Metadata_Treatment", "Metadata_Compound", "Metadata_Concentration",
@@ -155,6 +156,72 @@ def test_map_skips_queries_without_positives() -> None:
     assert np.isnan(per["ap"][2]) and value == pytest.approx(1.0)
 
 
+def test_map_per_moa_by_hand() -> None:
+    """The table of test_mean_average_precision_by_hand, per MOA: X the mean AP of A@1, A@2,
+    B, D; Y of C and E."""
+    t = treatments([("A", 1, "X", "W", 0.0), ("A", 2, "X", "W", 0.1), ("B", 1, "X", "W", 2.0),
+                    ("C", 1, "Y", "W", 1.2), ("D", 1, "X", "W", 3.5), ("E", 1, "Y", "W", 5.2)])
+    table, used = map_per_moa(t, "euclidean", permutations=0)
+    x = ((1 / 2 + 2 / 3) / 2 * 2 + (1 / 2 + 2 / 3 + 3 / 4) / 3 + (1 + 2 / 4 + 3 / 5) / 3) / 4
+    assert used == 0 and table["Metadata_MOA"].tolist() == ["X", "Y"]
+    assert table["map"].tolist() == pytest.approx([x, (1 / 5 + 1 / 3) / 2])
+    assert table["n_queries"].tolist() == [4, 2] and table["n_compounds"].tolist() == [3, 2]
+    assert table["p_value"].isna().all()  # no permutation, no p-value
+
+
+def random_treatments(seed: int, moas: int = 4, compounds: int = 3, signal: float = 0.0
+                      ) -> pd.DataFrame:
+    """``moas`` x ``compounds`` x 2 concentrations; MOA m adds ``signal`` to feature m."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for m in range(moas):
+        for c in range(compounds):
+            for conc in (1, 2):
+                f = rng.normal(0, 1, moas)
+                f[m] += signal
+                rows.append((f"M{m}C{c}", conc, f"M{m}", "W", *f))
+    return treatments(rows)
+
+
+def test_map_per_moa_p_values_equal_a_brute_force_relabelling() -> None:
+    """The same shuffled labellings pushed through retrieve(): the same null mAPs, so the
+    same p-values (checks the vectorised AP, ties and query bookkeeping)."""
+    t = random_treatments(3, signal=1.5)
+    t.loc[t["Metadata_Compound"] == "M3C2", "Metadata_MOA"] = "single"  # a candidate-only MOA
+    t["Metadata_Query"] = t["Metadata_MOA"] != "single"
+    t.loc[[0, 5], ["f0", "f1", "f2", "f3"]] = t.loc[[1, 1], ["f0", "f1", "f2", "f3"]].to_numpy()
+    table, used = map_per_moa(t, "cosine", permutations=30, seed=7)
+    assert used == 30 and "single" not in set(table["Metadata_MOA"])
+    codes, names = pd.factorize(t["Metadata_MOA"])
+    rng = np.random.default_rng(7)
+    perms = [rng.permutation(codes) for _ in range(30)]
+    observed = retrieve(t, "cosine", nsc=False, nscb=False).groupby("Metadata_MOA")["ap"].mean()
+    for _, row in table.iterrows():
+        beaten = 0
+        for perm in perms:
+            s = t.assign(Metadata_MOA=names[perm])
+            s["Metadata_Query"] = s["Metadata_MOA"] != "single"
+            ap = retrieve(s, "cosine", nsc=False, nscb=False)
+            null = ap.loc[ap["Metadata_MOA"] == row["Metadata_MOA"], "ap"].mean()
+            beaten += null >= observed[row["Metadata_MOA"]] - 1e-12
+        assert row["map"] == pytest.approx(observed[row["Metadata_MOA"]])
+        assert row["p_value"] == pytest.approx((1 + beaten) / 31)
+
+
+def test_map_per_moa_p_values_separate_signal_from_noise(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    strong, used = map_per_moa(random_treatments(0, signal=6.0), permutations=200)
+    assert used == 200 and (strong["p_value"] == 1 / 201).all()  # no shuffle does as well
+    assert (strong["q_value"] <= 4 / 201 + 1e-12).all()
+    noise, _ = map_per_moa(random_treatments(0), permutations=200)
+    assert noise["p_value"].min() > 0.05
+    again, _ = map_per_moa(random_treatments(0), permutations=200)
+    pd.testing.assert_frame_equal(noise, again)  # fixed seed: the same p-values
+    monkeypatch.setattr(retrieval, "PERMUTATION_WORK", 24 * 24 * 11)
+    _, used = map_per_moa(random_treatments(0), permutations=200)
+    assert used == 10  # 24 treatments: the work limit allows 10 shuffles
+
+
 # --- normalisation -----------------------------------------------------------------------
 
 def wells(values: dict[str, list[float]], plates: list[str], control: list[bool]) -> tuple:
@@ -219,8 +286,88 @@ def test_sphere_whitens_control_covariance_to_identity() -> None:
 
 def test_normalisation_needs_control_wells() -> None:
     t, ctrl = wells({"f": [1.0, 2, 3, 4]}, ["p1", "p1", "p2", "p2"], [True, False, True, True])
-    with pytest.raises(InputError, match="Metadata_Plate p1: 1 control well"):
+    with pytest.raises(InputError, match=r"plate p1 has 1 control well\(s\); zscore "
+                       r"normalisation needs at least 2 per plate: use --scope batch or "
+                       r"--scope screen"):
         normalize(t, ["f"], method="zscore", controls=ctrl)
+
+
+# two plates of one batch and one of another: known control means and sds per plate
+SCOPED = {"Metadata_Plate": ["Week1_a"] * 3 + ["Week1_b"] * 3 + ["Week2_a"] * 3,
+          "f": [1.0, 3, 10, 5, 9, 20, 100, 104, 50]}
+SCOPED_CTRL = np.array([True, True, False] * 3)
+
+
+@pytest.mark.parametrize("scope", ["plate", "batch", "screen"])
+def test_scope_takes_control_statistics_from_plate_batch_or_screen(scope: str) -> None:
+    t = pd.DataFrame(SCOPED)
+    x, plates = t["f"].to_numpy(), t["Metadata_Plate"].to_numpy()
+    group = {"plate": plates, "batch": np.array([p.split("_")[0] for p in plates]),
+             "screen": np.zeros(len(plates))}[scope]
+    expected = np.empty(len(x))
+    for g in np.unique(group):  # the definition, by hand: mean and sample sd of the controls
+        c = x[(group == g) & SCOPED_CTRL]
+        expected[group == g] = (x[group == g] - c.mean()) / c.std(ddof=1)
+    out, _ = normalize(t, ["f"], method="zscore", controls=SCOPED_CTRL, scope=scope)
+    np.testing.assert_allclose(out["f"], expected)
+    # and the figures themselves, for the treated wells (rows 2, 5, 8)
+    by_hand = {"plate": [(10 - 2) / 2 ** 0.5, (20 - 7) / 8 ** 0.5, (50 - 102) / 8 ** 0.5],
+               "batch": [(10 - 4.5) / np.std([1, 3, 5, 9], ddof=1),
+                         (20 - 4.5) / np.std([1, 3, 5, 9], ddof=1), (50 - 102) / 8 ** 0.5],
+               "screen": [(v - 37) / np.std([1, 3, 5, 9, 100, 104], ddof=1)
+                          for v in (10, 20, 50)]}[scope]
+    np.testing.assert_allclose(out["f"].to_numpy()[[2, 5, 8]], by_hand)
+
+
+def test_wider_scope_pools_controls_a_plate_lacks() -> None:
+    t = pd.DataFrame(SCOPED)
+    ctrl = SCOPED_CTRL.copy()
+    ctrl[[3, 4]] = False  # Week1_b keeps no control
+    with pytest.raises(InputError, match=r"plate Week1_b has 0 control well\(s\); zscore "
+                       r"normalisation needs at least 2 per plate: use --scope batch"):
+        normalize(t, ["f"], method="zscore", controls=ctrl)
+    out, _ = normalize(t, ["f"], method="zscore", controls=ctrl, scope="batch")
+    # Week1_b borrows Week1_a's controls (mean 2, sd sqrt 2): its wells are scaled by them
+    np.testing.assert_allclose(out["f"].to_numpy()[3:6], (np.array([5, 9, 20]) - 2) / 2 ** 0.5)
+    ctrl[[1, 6]] = False  # now one control per batch (1 and 104), 2 in the screen
+    with pytest.raises(InputError, match=r"batch Week1 \(2 plate\(s\): Week1_a, Week1_b\) "
+                       r"has 1 control well\(s\).*per batch: use --scope screen"):
+        normalize(t, ["f"], method="zscore", controls=ctrl, scope="batch")
+    with pytest.raises(InputError, match=r"batch Week2 .* has 1 control"):
+        normalize(t.iloc[6:], ["f"], method="robust", controls=ctrl[6:], scope="batch")
+    out, _ = normalize(t, ["f"], method="zscore", controls=ctrl, scope="screen")
+    np.testing.assert_allclose(out["f"], (t["f"] - 52.5) / np.std([1, 104], ddof=1))
+    with pytest.raises(InputError, match=r"the screen has 1 control well\(s\).*--control"):
+        normalize(t, ["f"], method="zscore", controls=np.eye(9, dtype=bool)[7], scope="screen")
+
+
+def test_sphere_at_screen_scope_centres_on_all_controls() -> None:
+    """One scope group: sphering is whitening by the controls' covariance about their
+    common mean (dof n - 1), not per-plate centring."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 2)) @ np.array([[2.0, 0.5], [0.0, 1.0]])
+    plates = np.repeat(["Week1_a", "Week2_a"], 20)
+    x[plates == "Week2_a"] += [3.0, -1.0]
+    t = pd.DataFrame({"Metadata_Plate": plates, "a": x[:, 0], "b": x[:, 1]})
+    ctrl = np.arange(40) % 4 != 0
+    out, _ = normalize(t, ["a", "b"], method="sphere", controls=ctrl, scope="screen")
+    z = out[["a", "b"]].to_numpy()[ctrl]
+    np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-9)
+    np.testing.assert_allclose(z.T @ z / (ctrl.sum() - 1), np.eye(2), atol=1e-5)
+
+
+def test_pycytominer_method_names_are_the_same_methods() -> None:
+    t = pd.DataFrame(SCOPED)
+    for alias, name in (("standardize", "zscore"), ("mad_robustize", "robust"),
+                        ("spherize", "sphere")):
+        a, _ = normalize(t, ["f"], method=alias, controls=SCOPED_CTRL, scope="screen")
+        b, _ = normalize(t, ["f"], method=name, controls=SCOPED_CTRL, scope="screen")
+        pd.testing.assert_frame_equal(a, b)
+        assert MatchConfig(normalize=alias).normalize == name
+    with pytest.raises(InputError, match="mad_robustize"):
+        MatchConfig(normalize="robustize")  # pycytominer's IQR method: not offered
+    with pytest.raises(InputError, match="--scope must be one of plate, batch, screen"):
+        MatchConfig(scope="well")
 
 
 # --- a synthetic cell-level screen through prepare / run_match ----------------------------
@@ -267,6 +414,43 @@ def test_prepare_aggregates_normalises_and_reports() -> None:
     assert report["identifier_columns"] == ["ObjectNumber"]
 
 
+def test_screen_without_controls_on_a_plate_matches_at_screen_scope(tmp_path: Path) -> None:
+    cells = screen()
+    no_dmso = (cells["Metadata_Plate"] == "Week1_2") & (cells["Metadata_Compound"] == "DMSO")
+    cells = cells[~no_dmso]
+    with pytest.raises(InputError, match=r"plate Week1_2 has 0 control well\(s\); zscore "
+                       r"normalisation needs at least 2 per plate: use --scope batch or "
+                       r"--scope screen"):
+        prepare(cells, MatchConfig())
+    for scope in ("batch", "screen"):
+        result = run_match(cells, tmp_path / scope, MatchConfig(scope=scope))
+        metrics = json.loads((tmp_path / scope / "metrics.json").read_text())
+        assert metrics["config"]["scope"] == scope and metrics["n_treatments"] == 12
+        assert result.nsc > 0.5  # chance is 2/10: each MOA has 2 of 10 other-compound treatments
+        assert ("normalisation", "zscore against the control wells of "
+                + ("each batch" if scope == "batch" else "the whole screen")) in \
+            summary_rows(result)
+
+
+def test_cell_level_takes_the_spread_between_control_cells() -> None:
+    """level cell: every cell z-scored against all control cells (screen scope), then
+    cells -> wells -> treatments; by hand with numpy."""
+    cells = screen()
+    treat, report = prepare(cells, MatchConfig(level="cell", scope="screen"))
+    feats = ["f0", "f1", "f2"]
+    x = cells[feats].to_numpy()
+    ctrl = (cells["Metadata_Compound"] == "DMSO").to_numpy()
+    z = cells.assign(**dict(zip(feats, ((x - x[ctrl].mean(0)) / x[ctrl].std(0, ddof=1)).T)))
+    wells = z[~ctrl].groupby(["Metadata_Plate", "Metadata_Well", "Metadata_Compound",
+                              "Metadata_Concentration"])[feats].mean()
+    expected = wells.groupby(["Metadata_Compound", "Metadata_Concentration"]).mean()
+    got = treat.set_index(["Metadata_Compound", "Metadata_Concentration"])[feats]
+    np.testing.assert_allclose(got.loc[expected.index].to_numpy(), expected.to_numpy())
+    assert report["n_control_cells"] == 60 and report["n_control_wells"] == 12
+    well_level, _ = prepare(cells, MatchConfig(level="well", scope="screen"))
+    assert not np.allclose(well_level[feats].to_numpy(), treat[feats].to_numpy())
+
+
 def test_site_level_normalises_sites() -> None:
     _, report = prepare(screen(sites=2), MatchConfig(level="site"))
     assert report["n_wells"] == 72 and report["n_control_wells"] == 24
@@ -276,7 +460,8 @@ def test_run_match_writes_everything(tmp_path: Path) -> None:
     result = run_match(screen(), tmp_path / "out", MatchConfig())
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == [
-        "confusion_nsc.png", "metrics.json", "treatment_profiles.parquet", "treatments.csv"]
+        "confusion_nsc.png", "map_per_moa.csv", "metrics.json", "treatment_profiles.parquet",
+        "treatments.csv"]
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("nsc", "nscb", "nsc_per_compound", "nscb_per_compound", "map", "n_treatments",
                 "n_compounds", "n_moas", "nscb_excluded_moas", "nsc_no_candidate",
@@ -290,6 +475,15 @@ def test_run_match_writes_everything(tmp_path: Path) -> None:
             "nsc_correct", "nscb_neighbour", "nscb_neighbour_moa", "nscb_correct",
             "ap"} <= set(per.columns)
     assert len(pd.read_parquet(out / "treatment_profiles.parquet")) == 12
+    per_moa = pd.read_csv(out / "map_per_moa.csv")
+    assert per_moa["Metadata_MOA"].tolist() == ["X", "Y", "Z"]  # all perfect: by name
+    assert per_moa["map"].tolist() == pytest.approx([1, 1, 1])
+    assert per_moa["n_queries"].tolist() == [4, 4, 4] and metrics["map_permutations"] == 1000
+    # 12 treatments, 4 per MOA: about 1 shuffle in 100 also ranks every query's positives
+    # first (mAP 1.0 again), so p is small but above the minimum 1/1001
+    assert (per_moa["p_value"] < 0.02).all() and (per_moa["p_value"] > 1 / 1001).all()
+    assert metrics["map_per_moa"][0]["Metadata_MOA"] == "X"
+    assert moa_rows(result)[0][:3] == ("X", "4", "1.000")
     rows = summary_rows(result)
     assert all(isinstance(a, str) and isinstance(b, str) for a, b in rows)
     assert ("NSC (per treatment / per compound)", "100.0% / 100.0%") in rows

@@ -1,4 +1,4 @@
-"""Commands that train and apply the model: ``train``, ``embed``."""
+"""Commands that make profiles: ``train`` and ``embed`` (learned), ``measure`` (hand-crafted)."""
 
 from __future__ import annotations
 
@@ -125,21 +125,71 @@ def embed(
     Writes OUT (HDF5: /features, /cells/<column>, provenance attributes; docs/formats.md),
     resumably (OUT.partial until complete), and optionally a Parquet/CSV table.
     """
-    from cellprof.embed import EmbedConfig, export
+    from cellprof.embed import EmbedConfig
     from cellprof.embed import embed as run_embed
 
     t0 = time.perf_counter()
     try:
-        if format not in (None, "parquet", "csv"):
-            raise CellprofError(f"--format must be parquet or csv, got {format!r}")
+        _check_format(format, level)
         with _progress() as bar:
             res = run_embed(checkpoint, crops, out, config=EmbedConfig(
                 batch_size=batch_size, logvar=logvar, device=device), overwrite=overwrite,
                 progress=bar)
-        table = export(res.out, res.out.with_suffix(f".{level}.{format}"), level) \
-            if format else None
+        _done("embedded", res, format, level, t0)
     except CellprofError as exc:
         _fail(exc)
-    console.print(f"embedded {res.n_cells} cells x {res.n_features} features -> {res.out}"
+
+
+def _check_format(format: str | None, level: str) -> None:
+    """Refuse a bad table option before the long run, not after it."""
+    if format not in (None, "parquet", "csv"):
+        raise CellprofError(f"--format must be parquet or csv, got {format!r}")
+    if level not in ("cell", "well"):
+        raise CellprofError(f"--level must be cell or well, got {level!r}")
+
+
+def _done(verb: str, res: object, format: str | None, level: str, t0: float) -> None:
+    """Write the optional table of a profiles file and say what was made."""
+    from cellprof.embed import export
+
+    table = export(res.out, res.out.with_suffix(f".{level}.{format}"), level) \
+        if format else None
+    console.print(f"{verb} {res.n_cells} cells x {res.n_features} features -> {res.out}"
                   + (f" (resumed at cell {res.resumed_from})" if res.resumed_from else "")
                   + f" in {time.perf_counter() - t0:.1f} s" + (f"; table: {table}" if table else ""))
+
+
+@app.command()
+def measure(
+    crops: Annotated[Path, typer.Argument(help="Crop store from `cellprof crop`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Profiles file to write (.h5).")] = ...,
+    nucleus_channel: Annotated[Optional[str], typer.Option(
+        help="Channel the nucleus is segmented on (default: the store's first).",
+        show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(help="Crops measured at once.")] = 256,
+    format: Annotated[Optional[str], typer.Option(
+        "--format", help="Also write a table: parquet or csv (Metadata_ columns, then "
+                         "features) as OUT.<level>.<format>.", show_default=False)] = None,
+    level: Annotated[str, typer.Option(help="Table level: cell, or well (mean).")] = "cell",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+) -> None:
+    """Hand-crafted features of every cell: the classical baseline beside `embed`.
+
+    Nucleus shape, intensity, texture and channel correlation (cellprof.classic, named
+    CellProfiler-style) of the store's raw crops, written in the same profiles format as
+    `cellprof embed` (profile_kind "hand-crafted", feature_names AreaShape_Area ...), so
+    `cellprof match` takes it as it is. Resumable (OUT.partial until complete).
+    """
+    from cellprof.measure import MeasureConfig
+    from cellprof.measure import measure as run_measure
+
+    t0 = time.perf_counter()
+    try:
+        _check_format(format, level)
+        with _progress() as bar:
+            res = run_measure(crops, out, config=MeasureConfig(
+                batch_size=batch_size, nucleus_channel=nucleus_channel),
+                overwrite=overwrite, progress=bar)
+        _done("measured", res, format, level, t0)
+    except CellprofError as exc:
+        _fail(exc)

@@ -31,41 +31,59 @@ def match(
     moa: Annotated[Optional[Path], typer.Option(
         help="Table of compound, concentration, moa.", show_default=False)] = None,
     normalize: Annotated[str, typer.Option(
-        help="none, zscore or robust (per plate against its control wells), or sphere "
-             "(typical-variation normalisation fitted on controls).")] = "zscore",
+        help="none; zscore (mean, sd) or robust (median, 1.4826 MAD) against the control "
+             "wells; or sphere (typical-variation normalisation fitted on controls). "
+             "pycytominer's names work too: standardize = zscore, mad_robustize = robust "
+             "(not robustize, which uses the IQR), spherize = sphere.")] = "zscore",
+    scope: Annotated[str, typer.Option(
+        help="Where the control statistics come from: plate (each plate's controls), "
+             "batch (each batch's: plate-name prefix) or screen (all controls; for screens "
+             "with too few controls per plate).")] = "plate",
     aggregate: Annotated[str, typer.Option(help="Cells -> wells -> treatments: mean or "
                                                 "median.")] = "mean",
     metric: Annotated[str, typer.Option(help="cosine, correlation or euclidean.")] = "cosine",
     control: Annotated[str, typer.Option(help="Compound name of the negative control.")] = "DMSO",
-    level: Annotated[str, typer.Option(help="Level normalised against controls: well or "
-                                            "site.")] = "well",
+    level: Annotated[str, typer.Option(
+        help="Level normalised against controls: well, site, or cell (each cell against "
+             "the control cells, then averaged into wells).")] = "well",
     nonfinite: Annotated[str, typer.Option(
         help="NaN/inf features: error, drop-features or drop-rows (reported).")] = "error",
     allow_single_compound_moa: Annotated[bool, typer.Option(
         help="Keep MOAs with one compound as candidates, never as queries.")] = False,
+    permutations: Annotated[int, typer.Option(
+        help="MOA-label shuffles behind each MOA's mAP p-value (0: none).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the shuffles.")] = 0,
 ) -> None:
     """Match treatments by mechanism of action: NSC, NSCB and mAP.
 
-    Aggregates cells -> wells (or sites) -> treatments, normalises per plate against the
-    control, and for every treatment finds its nearest neighbour among treatments of other
-    compounds (NSC) and also of other batches (NSCB; batch = plate-name prefix). Writes
-    OUT/metrics.json, OUT/treatments.csv, OUT/treatment_profiles.parquet and
-    OUT/confusion_nsc.png.
+    Aggregates cells -> wells (or sites) -> treatments, normalises against the control
+    wells of each plate (or batch, or the screen: --scope), and for every treatment
+    finds its nearest neighbour among treatments of other compounds (NSC) and also of
+    other batches (NSCB; batch = plate-name prefix). Writes
+    OUT/metrics.json, OUT/treatments.csv, OUT/map_per_moa.csv (each MOA's mAP with a
+    permutation p-value), OUT/treatment_profiles.parquet and OUT/confusion_nsc.png.
     """
-    from cellprof.match import MatchConfig, run_match, summary_rows
+    from cellprof.match import MatchConfig, moa_rows, run_match, summary_rows
 
     try:
-        cfg = MatchConfig(normalize=normalize, aggregate=aggregate, metric=metric,
+        cfg = MatchConfig(normalize=normalize, scope=scope, aggregate=aggregate, metric=metric,
                           control=control, level=level, nonfinite=nonfinite,
-                          allow_single_compound_moa=allow_single_compound_moa)
+                          allow_single_compound_moa=allow_single_compound_moa,
+                          permutations=permutations, seed=seed)
         res = run_match(profiles[0] if len(profiles) == 1 else profiles, out, cfg,
                         image_table=image_table, moa=moa)
     except CellprofError as exc:
         _fail(exc)
-    table = Table(title=f"cellprof match ({normalize}, {metric})", show_header=False)
+    table = Table(title=f"cellprof match ({cfg.normalize}, {scope}, {metric})",
+                  show_header=False)
     for label, value in summary_rows(res):
         table.add_row(label, value)
     console.print(table)
+    per_moa = Table("MOA", "queries", "mAP", "p", "q (FDR)", title="mAP per MOA "
+                    f"(p: {res.metrics['map_permutations']} label shuffles)")
+    for row in moa_rows(res):
+        per_moa.add_row(*row)
+    console.print(per_moa)
 
 
 @app.command()
