@@ -67,8 +67,8 @@ START, END = "<!-- bbbc021_moa:start -->", "<!-- bbbc021_moa:end -->"
 
 
 # --- data ------------------------------------------------------------------------------
-def stores(work: Path) -> tuple[Path, Path]:
-    """(the 12-MOA store, the merged training store), imported once into ``work``."""
+def stores(work: Path) -> tuple[Path, Path, Path]:
+    """(the 12-MOA store, the Week4 store, the merged training store), imported once."""
     work.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name in ("singlecell_moa", "singlecell"):
@@ -80,7 +80,7 @@ def stores(work: Path) -> tuple[Path, Path]:
     merged = work / "train_all.h5"
     if not merged.exists():
         merge_stores([paths["singlecell"], paths["singlecell_moa"]], merged)
-    return paths["singlecell_moa"], merged
+    return paths["singlecell_moa"], paths["singlecell"], merged
 
 
 # --- evaluation ------------------------------------------------------------------------
@@ -114,6 +114,57 @@ def chance(cells: pd.DataFrame) -> float:
     return float(np.mean(shares))
 
 
+def _logistic(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1e-2
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression (L2 on weights, full-batch L-BFGS) on standardised x."""
+    xt, yt = torch.from_numpy(x).double(), torch.from_numpy(y).long()
+    w = torch.zeros(x.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(xt @ w + b, yt) + l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return w.detach().numpy(), b.detach().numpy()
+
+
+def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties counted half)."""
+    from scipy.stats import rankdata
+    r = rankdata(scores)
+    n1, n0 = positive.sum(), (~positive).sum()
+    return float((r[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def cell_level(cells: pd.DataFrame, feats: np.ndarray,
+               plates: tuple[str, str] = ("Week4_27801", "Week4_27821")) -> dict[str, float]:
+    """Cell-level transfer between the two plates holding DMSO and cycloheximide: fit on one
+    plate's cells, test on the other's, both ways. AUC of cycloheximide (any dose) against
+    DMSO, and macro-F1 of the dose (DMSO, 5, 15, 50 uM; over the doses the test plate has)."""
+    dose = cells["Metadata_Concentration"].to_numpy(float)
+    doses = np.unique(dose[cells["Metadata_Plate"].isin(plates).to_numpy()])
+    label = np.searchsorted(doses, dose)
+    aucs, f1s = [], []
+    for train_p, test_p in (plates, plates[::-1]):
+        tr = (cells["Metadata_Plate"] == train_p).to_numpy()
+        te = (cells["Metadata_Plate"] == test_p).to_numpy()
+        mu, sd = feats[tr].mean(0), feats[tr].std(0) + 1e-8
+        xtr, xte = (feats[tr] - mu) / sd, (feats[te] - mu) / sd
+        w, b = _logistic(xtr, (label[tr] > 0).astype(int), 2)
+        aucs.append(_auc((xte @ w + b) @ np.array([-1.0, 1.0]), label[te] > 0))
+        w, b = _logistic(xtr, label[tr], len(doses))
+        pred, true = (xte @ w + b).argmax(1), label[te]
+        f1 = []
+        for c in np.unique(true):
+            tp = np.sum((pred == c) & (true == c))
+            f1.append(2 * tp / max(np.sum(pred == c) + np.sum(true == c), 1))
+        f1s.append(float(np.mean(f1)))
+    return {"cell_auc": float(np.mean(aucs)), "cell_dose_f1": float(np.mean(f1s))}
+
+
 def load_model(checkpoint: Path) -> tuple[VAEPlus, dict]:
     ckpt = load_checkpoint(checkpoint)
     model = VAEPlus(model_config_of(ckpt))
@@ -136,10 +187,17 @@ def reconstruct(model: VAEPlus, x: np.ndarray, batch: int = 256) -> np.ndarray:
 class Evaluator:
     """Everything a checkpoint is judged on, with the data loaded once."""
 
-    def __init__(self, moa_store: Path, train_store: Path, seed: int) -> None:
+    def __init__(self, moa_store: Path, train_store: Path, seed: int,
+                 week4_store: Path | None = None) -> None:
         self.cells = read_cells(moa_store)
         raw = read_crops(moa_store)
         self.x_moa = normalize(raw, "max")
+        self.week4 = None
+        if week4_store is not None:
+            w4 = read_cells(week4_store)
+            keep = w4["Metadata_Plate"].isin(["Week4_27801", "Week4_27821"]).to_numpy()
+            self.week4 = (w4[keep].reset_index(drop=True),
+                          normalize(read_crops(week4_store)[keep], "max"))
         data = CropData(train_store, DataConfig(), seed=seed)
         idx = data.val_indices()
         self.x_val = data.normalized(idx)
@@ -147,6 +205,8 @@ class Evaluator:
     def __call__(self, checkpoint: Path) -> dict[str, Any]:
         model, ckpt = load_model(checkpoint)
         out = moa_metrics(self.cells, encode(model, self.x_moa))
+        if self.week4 is not None:
+            out.update(cell_level(self.week4[0], encode(model, self.week4[1])))
         recon = reconstruct(model, self.x_val)
         frame = frame_report(recon, self.x_val)
         out.update(step=int(ckpt["step"]), val_mse=float(((recon - self.x_val) ** 2).mean()),
@@ -178,7 +238,10 @@ def run(model: str, seed: int, steps: int, batch: int, curve_every: int, train_s
     """Train one model segment by segment, evaluating at each curve point."""
     config = ModelConfig(variant=model, **model_set)
     if model == "vae-gan-progressive":
-        config = scaled_schedule(steps, config)
+        # the budget's schedule, unless --set fixes it explicitly
+        config = replace(scaled_schedule(steps, config),
+                         **{k: v for k, v in model_set.items()
+                            if k in ("warmup", "ramp_start", "ramp_length")})
     points = list(range(curve_every, steps, curve_every)) + [steps] if curve_every else [steps]
     tc = TrainConfig(steps=steps, batch_size=batch, seed=seed, log_every=25,
                      val_every=max(points[0], 100), image_every=points[-1],
@@ -216,22 +279,32 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="name of this configuration in the results")
     ap.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--docs", type=Path, default=None)
+    ap.add_argument("--label", default="", help="model name in the results (default: the variant)")
+    ap.add_argument("--report", type=Path, nargs="+", default=None, metavar="RESULTS_JSON",
+                    help="only combine earlier results files into a table, curve.png and --docs")
     args = ap.parse_args()
+    if args.report:
+        report(args.report, args.work, args.docs)
+        return
     if not (DATA / "singlecell_moa").is_dir():
         raise SystemExit(f"needs {DATA / 'singlecell_moa'} (the shared real data)")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
-    moa_store, train_store = stores(args.work)
+    moa_store, week4_store, train_store = stores(args.work)
     model_set, train_set = parse_sets(args.set)
     seeds = [int(s) for s in args.seeds.split(",")]
     results: list[dict] = []
     cells = read_cells(moa_store)
     if args.baselines:
+        ev0 = Evaluator(moa_store, train_store, seeds[0], week4_store)
         hand = classical_features(read_crops(moa_store), CHANNELS).to_numpy()
-        results.append({"model": "hand-crafted", "seed": None, **moa_metrics(cells, hand)})
+        w4 = ev0.week4
+        w4_raw = read_crops(week4_store)[read_cells(week4_store)["Metadata_Plate"].isin(
+            ["Week4_27801", "Week4_27821"]).to_numpy()]
+        results.append({"model": "hand-crafted", "seed": None, **moa_metrics(cells, hand),
+                        **cell_level(w4[0], classical_features(w4_raw, CHANNELS).to_numpy())})
         results.append({"model": "hand-crafted (max-normalised crops)", "seed": None,
                         **moa_metrics(cells, classical_features(
                             normalize(read_crops(moa_store), "max"), CHANNELS).to_numpy())})
-        ev0 = Evaluator(moa_store, train_store, seeds[0])
         for seed in seeds:
             path = initial_checkpoint(args.work / f"untrained_{seed}.pt",
                                       ModelConfig(**model_set), CHANNELS, seed)
@@ -242,12 +315,13 @@ def main() -> None:
                               for k, v in r.items()}), flush=True)
     for model in [m for m in args.models.split(",") if m]:
         for seed in seeds:
-            ev = Evaluator(moa_store, train_store, seed)
+            ev = Evaluator(moa_store, train_store, seed, week4_store)
             out = args.work / f"{args.tag or 'run'}_{model}_s{seed}"
             every = args.curve_every if seed == seeds[0] else 0
             for row in run(model, seed, args.steps, args.batch_size, every, train_store, out,
                            ev, model_set, train_set):
-                results.append({**row, "tag": args.tag, "final": row["step"] == args.steps})
+                results.append({**row, "tag": args.tag, "label": args.label,
+                                "final": row["step"] == args.steps})
     (args.work / f"results{('_' + args.tag) if args.tag else ''}.json").write_text(
         json.dumps({"date": str(date.today()), "machine": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "steps": args.steps, "batch_size": args.batch_size,
@@ -256,16 +330,84 @@ def main() -> None:
     print(table(results))
 
 
+def curve_plot(results: list[dict], path: Path, baselines: dict[str, float]) -> Path:
+    """NSC against training steps, one line per model (its curve seed), baselines dashed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    names = dict.fromkeys(r["model"] for r in results if "step" in r and r.get("curve"))
+    for name in names:
+        rows = sorted((r for r in results if r["model"] == name and r.get("curve")),
+                      key=lambda r: r["step"])
+        ax.plot([r["step"] for r in rows], [r["nsc"] for r in rows], marker="o", label=name)
+    for (name, value), style in zip(baselines.items(), ("--", ":", "-.")):
+        ax.axhline(value, color="grey", linestyle=style, label=name)
+    ax.set_xlabel("training step (batch 32)")
+    ax.set_ylabel("NSC (103 treatments)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("BBBC021 12-MOA benchmark: NSC along training")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def report(files: list[Path], out: Path, docs: Path | None) -> None:
+    """Combine results files into one table, curve.png and (optionally) the docs block."""
+    runs = [json.loads(f.read_text()) for f in files]
+    results: list[dict] = []
+    for run_ in runs:
+        for r in run_["results"]:
+            tag = r.get("tag") or ""
+            label = r.get("label") or (f"{r['model']} [{tag}]" if tag not in ("", "final")
+                                       else r["model"])
+            results.append({**r, "model": label})
+    # the curve of a model is its first seed's checkpoints (flagged when trained)
+    first = {}
+    for r in results:
+        if "step" in r and r.get("seed") is not None and r["model"] not in (
+                "untrained encoder",):
+            first.setdefault(r["model"], r["seed"])
+            r["curve"] = r["seed"] == first[r["model"]]
+    base = {f"{r['model']} ({r['nsc']:.2f})": r["nsc"] for r in results
+            if r["model"] in ("hand-crafted", "chance")}
+    untrained = [r["nsc"] for r in results if r["model"] == "untrained encoder"]
+    if untrained:
+        base[f"untrained encoder ({np.mean(untrained):.2f})"] = float(np.mean(untrained))
+    out.mkdir(parents=True, exist_ok=True)
+    plot = curve_plot(results, out / "curve.png", base)
+    text = table(results)
+    print(text)
+    print(f"curve: {plot}")
+    if docs is not None:
+        meta = runs[-1]
+        block = "\n".join([
+            START,
+            f"Measured {meta['date']} on {meta['cpus']} CPU cores ({meta['machine'] or 'x86_64'}), "
+            f"torch {meta['torch']}, fp32; {meta['steps']} steps x batch {meta['batch_size']} "
+            f"per run; seeds {', '.join(map(str, sorted({r['seed'] for r in results if isinstance(r.get('seed'), int)})))}; "
+            "mean ± sd over seeds (n = runs).", "", text, "", END])
+        doc = docs.read_text()
+        if START in doc and END in doc:
+            doc = doc[:doc.index(START)] + block + doc[doc.index(END) + len(END):]
+        else:
+            doc = doc.rstrip() + "\n\n" + block + "\n"
+        docs.write_text(doc)
+
+
 def table(results: list[dict]) -> str:
-    lines = ["| profiles | NSC | NSC per compound | NSCB | mAP | held-out MSE | frame (ratio to cells) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| profiles | NSC | NSC per compound | NSCB | mAP | cell AUC | cell dose F1 "
+             "| held-out MSE | frame (ratio to cells) |", "|---|---|---|---|---|---|---|---|---|"]
     groups: dict[str, list[dict]] = {}
     for r in results:
         if r.get("final", True):
             groups.setdefault(r["model"], []).append(r)
     for name, rows in groups.items():
         cols = [summarise(rows, k) if all(k in r and r[k] is not None for r in rows) else "–"
-                for k in ("nsc", "nsc_per_compound", "nscb", "map", "val_mse", "frame_ratio")]
+                for k in ("nsc", "nsc_per_compound", "nscb", "map", "cell_auc", "cell_dose_f1",
+                          "val_mse", "frame_ratio")]
         lines.append(f"| {name} (n={len(rows)}) | " + " | ".join(cols) + " |")
     return "\n".join(lines)
 

@@ -93,6 +93,20 @@ def layer_weights(step: int, config: ModelConfig) -> list[float]:
     return weights
 
 
+def adaptive_scale(pixel: Tensor, fm: Tensor, last_weight: Tensor,
+                   max_scale: float = 1e4) -> Tensor:
+    """||d pixel / d W|| / ||d fm / d W|| on the decoder's output layer ``W``, detached.
+
+    Multiplying the feature-matching term by this gives it the pixel term's gradient size
+    where both act on the same weights, whatever the relative scale of the two losses; the
+    schedule's ramp weights (already in ``fm``) still switch it on gradually. Computed with
+    ``autograd.grad``, which leaves ``.grad`` and DDP's gradient hooks untouched.
+    """
+    g_pix, = torch.autograd.grad(pixel, last_weight, retain_graph=True)
+    g_fm, = torch.autograd.grad(fm, last_weight, retain_graph=True)
+    return (g_pix.norm() / (g_fm.norm() + 1e-8)).clamp(max=max_scale).detach()
+
+
 def discriminator_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
     """Binary cross-entropy of real (target 1) and fake (target 0) logits, mean over both."""
     logits = torch.cat([logits_real, logits_fake])
@@ -148,6 +162,10 @@ def compute_losses(model: nn.Module, x: Tensor, x_real_for_disc: Tensor | None,
     distances = feature_distances([f[:n] for f in feats], [f[n:] for f in feats], x[0].numel())
     weights = [config.fm_weight * w for w in layer_weights(step, config)]
     out["fm"] = sum((w * d for w, d in zip(weights, distances)), distances[0].new_zeros(()))
+    if (config.fm_balance == "adaptive" and any(weights) and out["fm"].requires_grad
+            and torch.is_grad_enabled()):
+        out["fm_scale"] = adaptive_scale(out["pixel"], out["fm"], core.decoder.output_weight)
+        out["fm"] = out["fm"] * out["fm_scale"]
     for k, d in enumerate(distances):
         out[f"fm_{k}"] = d.detach()
     out["encoder"] = out["fm"] + out["pixel"] + config.beta * out["kl"]

@@ -34,6 +34,10 @@ from cellprof.errors import CheckpointError
 
 VARIANTS = ("vae", "vae-gan", "vae-gan-progressive")
 PADDINGS = ("zeros", "replicate")
+BALANCES = ("fixed", "adaptive")
+LEGACY_DEFAULTS = {"decoder_padding": "zeros"}
+"""Fields whose default changed, with the value checkpoints saved before the field existed
+were trained with (those checkpoints lack the field)."""
 LEAK = 0.01  # LeakyReLU slope of every layer in the reference code
 
 
@@ -91,14 +95,20 @@ class ModelConfig:
     warmup: int | None = None
     """Plain-VAE steps before layer 0 starts ramping; layer k then starts at
     warmup + ramp_start*k. None: ramp_start, the paper's (layer k at ramp_start*(k+1))."""
-    decoder_padding: str = "zeros"
-    """How the decoder's "full" convolutions pad their input: 'zeros' (the reference) or
-    'replicate' (border pixels computed like interior ones; see docs/method.md)."""
+    decoder_padding: str = "replicate"
+    """How the decoder's "full" convolutions pad their input: 'replicate' (the border band is
+    computed like the interior) or 'zeros' (the reference's, which draws a frame about 8 px in
+    from the edge that the full model never unlearns; docs/method.md, "The frame")."""
     disc_padding: int = 0
     """Reflect-pad crops and reconstructions by this many px before the discriminator, so
     its valid convolutions see border pixels as often as interior ones (0: the reference)."""
     fm_weight: float = 1.0
     """Multiplies every feature-matching term (1: the reference's scaling)."""
+    fm_balance: str = "fixed"
+    """'fixed': feature matching weighs fm_weight x the ramp (the reference). 'adaptive': it
+    is also scaled, each step, so that its gradient on the decoder's output layer is as large
+    as the pixel term's (VQGAN's adaptive weight, Esser et al. 2021): at the reference's
+    scale it is 40-70x larger, which leaves the pixel term no say (docs/method.md)."""
 
     def __post_init__(self) -> None:
         # Accept lists (JSON) and ints where a tuple / float is meant, so from_dict round-trips.
@@ -140,6 +150,9 @@ class ModelConfig:
                                         or isinstance(self.warmup, bool) or self.warmup < 0):
             raise ValueError(f"ModelConfig.warmup must be None or an integer >= 0, "
                              f"got {self.warmup!r}")
+        if self.fm_balance not in BALANCES:
+            raise ValueError(f"ModelConfig.fm_balance must be one of {BALANCES}, "
+                             f"got {self.fm_balance!r}")
         if self.decoder_padding not in PADDINGS:
             raise ValueError(f"ModelConfig.decoder_padding must be one of {PADDINGS}, "
                              f"got {self.decoder_padding!r}")
@@ -160,7 +173,9 @@ class ModelConfig:
         """Inverse of :meth:`to_dict`; raises :class:`CheckpointError` naming the bad field.
 
         Missing fields take their defaults, so checkpoints survive a new field whose default
-        keeps the old behaviour; unknown fields are refused (a newer or foreign checkpoint).
+        keeps the old behaviour, except where the default changed: those take the value
+        older checkpoints were trained with (:data:`LEGACY_DEFAULTS`). Unknown fields are
+        refused (a newer or foreign checkpoint).
         """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
@@ -168,7 +183,7 @@ class ModelConfig:
             raise CheckpointError(f"model config has unknown field(s) {unknown}; "
                                   f"expected only {sorted(known)}")
         try:
-            return cls(**d)
+            return cls(**{**LEGACY_DEFAULTS, **d})
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"model config is invalid: {err}") from err
 
@@ -234,6 +249,12 @@ class Decoder(nn.Module):
         self.body = nn.Sequential(*layers)
         self.to_image = nn.Sequential(nn.Conv2d(f, config.in_channels, 1, bias=False),
                                       nn.BatchNorm2d(config.in_channels), nn.LeakyReLU(LEAK))
+
+    @property
+    def output_weight(self) -> nn.Parameter:
+        """Kernel of the 1x1 convolution that makes the image (the last layer with weights
+        before batch norm; where :func:`cellprof.losses.adaptive_scale` compares terms)."""
+        return self.to_image[0].weight
 
     def forward(self, z: Tensor) -> Tensor:
         return self.to_image(self.body(z[:, :, None, None]))

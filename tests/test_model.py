@@ -352,5 +352,32 @@ def test_checkpoints_without_the_new_fields_load_with_the_old_behaviour() -> Non
     old = {k: v for k, v in ModelConfig().to_dict().items()
            if k not in ("warmup", "decoder_padding", "disc_padding", "fm_weight")}
     config = ModelConfig.from_dict(old)
+    # they were trained with the reference's zero padding, whatever today's default
     assert (config.warmup, config.decoder_padding, config.disc_padding,
             config.fm_weight) == (None, "zeros", 0, 1.0)
+    assert ModelConfig().decoder_padding == "replicate"
+    assert ModelConfig.from_dict(ModelConfig().to_dict()) == ModelConfig()
+
+
+def test_adaptive_balance_gives_feature_matching_the_pixel_terms_gradient() -> None:
+    config = tiny(variant="vae-gan", fm_balance="adaptive")
+    model = model_of(config)
+    x, x_real = crops(4, config), crops(4, config, seed=1)
+    losses = compute_losses(model, x, x_real, step=0)
+    w = model.decoder.output_weight
+    assert w.grad is None  # the scale is measured without touching .grad (DDP hooks)
+    g_pix, = torch.autograd.grad(losses["pixel"], w, retain_graph=True)
+    g_fm, = torch.autograd.grad(losses["fm"], w, retain_graph=True)
+    assert float(g_fm.norm()) == pytest.approx(float(g_pix.norm()), rel=1e-4)
+    assert 0 < float(losses["fm_scale"]) < 1  # at the reference's scale fm is the larger
+    losses["total"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_adaptive_balance_is_off_in_eval_and_without_feature_matching() -> None:
+    config = tiny(fm_balance="adaptive")  # progressive: no layer on at step 0
+    model = model_of(config)
+    x, x_real = crops(4, config), crops(4, config, seed=1)
+    assert "fm_scale" not in compute_losses(model, x, x_real, step=0)
+    with torch.no_grad():
+        assert "fm_scale" not in compute_losses(model.eval(), x, x_real, step=10**6)
