@@ -21,7 +21,7 @@ from cellprof.data import DataConfig, normalize, plate_percentiles
 from cellprof.errors import InputError
 from cellprof.model import VAEPlus
 from cellprof.profiles import ProfileWriter, aggregate, profile_table, write_table
-from cellprof.train import setup
+from cellprof.device import setup
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from torch import nn
 
 from cellprof.checkpoint import check_fits, load_checkpoint, save_checkpoint, versions
 from cellprof.data import CropData, DataConfig
+from cellprof.device import PRECISIONS, Compute, Dist, setup, to_device
 from cellprof.errors import CellprofError, CheckpointError, InputError
 from cellprof.losses import compute_losses, layer_weights, pixel_loss
 from cellprof.model import ModelConfig, VAEPlus
@@ -66,8 +66,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``."""
-    amp: bool = True
-    """bf16 autocast on CUDA; never used on the CPU."""
+    precision: str = "auto"
+    """``auto``, ``fp32`` or ``bf16`` (see :mod:`cellprof.device`): auto is bf16 autocast
+    with channels-last on CUDA and on CPUs with native bf16, fp32 elsewhere. Losses and
+    validation are float32 either way."""
     log_every: int = 25
     val_every: int = 500
     image_every: int = 1000
@@ -81,6 +83,9 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, "
                                  f"got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, "
+                             f"got {self.precision!r}")
         if self.batch_size < 2:
             raise InputError("--batch-size must be at least 2 (batch norm needs two crops)")
 
@@ -93,37 +98,6 @@ class TrainResult:
     checkpoint: Path | None
     val: dict[str, float] = field(default_factory=dict)
     cells_per_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup(device: str) -> Dist:
-    """Rank, world size and device from torchrun's environment (one process without it)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    cuda = torch.cuda.is_available() and device != "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: no CUDA device is available here")
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise InputError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    if cuda:
-        dev = torch.device(device if ":" in device else f"cuda:{local if world > 1 else 0}")
-        torch.cuda.set_device(dev)
-    else:
-        dev = torch.device("cpu")
-    return Dist(rank, world, dev)
 
 
 class _Stop:
@@ -156,21 +130,13 @@ def _agree(flags: list[bool], d: Dist) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
-def _to_device(x: np.ndarray, d: Dist) -> torch.Tensor:
-    t = torch.from_numpy(x)
-    if d.device.type == "cuda":
-        return t.pin_memory().to(d.device, non_blocking=True).to(
-            memory_format=torch.channels_last)
-    return t
-
-
 def _validate(model: VAEPlus, data: CropData, d: Dist, batch_size: int) -> dict[str, float]:
     """Held-out reconstruction error with z = mu: ½·sum of squares per cell and per-pixel MSE."""
     model.eval()
     total, sq, n, numel = 0.0, 0.0, 0, 1
     with torch.no_grad():
         for x in data.val_batches(batch_size):
-            xt = _to_device(x, d)
+            xt = to_device(x, d.device)
             recon = model.decode(model.encode(xt)[0]).float()
             total += float(pixel_loss(recon, xt.float())) * len(x)
             sq += float((recon - xt).pow(2).sum())
@@ -188,7 +154,7 @@ def _images(model: VAEPlus, data: CropData, d: Dist, out: Path, step: int) -> No
     x = data.normalized(np.sort(idx))
     model.eval()
     with torch.no_grad():
-        recon = model.decode(model.encode(_to_device(x, d))[0]).float().cpu().numpy()
+        recon = model.decode(model.encode(to_device(x, d.device))[0]).float().cpu().numpy()
         gen = torch.Generator(device=d.device).manual_seed(1234)
         samples = model.sample(16, generator=gen).float().cpu().numpy()
     model.train()
@@ -254,8 +220,10 @@ def train(
                                   f"latent {saved.latent_dim}); resume without model options")
         model_config = saved
         data_config = DataConfig(**ckpt["data_config"])
-        config = TrainConfig(**{**ckpt["train_config"], "steps": config.steps,
-                                "device": config.device})
+        saved_train = dict(ckpt["train_config"])
+        if "amp" in saved_train:  # before --precision: amp=True meant bf16 where supported
+            saved_train.setdefault("precision", "auto" if saved_train.pop("amp") else "fp32")
+        config = TrainConfig(**{**saved_train, "steps": config.steps, "device": config.device})
 
     data = CropData(store_path, data_config, seed=config.seed, rank=d.rank, world=d.world)
     model_config = ModelConfig.from_dict({**(model_config or ModelConfig()).to_dict(),
@@ -265,9 +233,8 @@ def train(
         check_fits(ckpt, data.channels, data.info.crop_size, store_path)
 
     torch.manual_seed(config.seed)
-    model = VAEPlus(model_config).to(d.device)
-    if d.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    compute = Compute.of(d.device, config.precision)
+    model = compute.prepare(VAEPlus(model_config))
     opt_vae = torch.optim.Adam(model.vae_parameters(), lr=config.lr)
     opt_disc = torch.optim.SGD(model.discriminator.parameters(), lr=config.disc_lr,
                                momentum=config.disc_momentum) \
@@ -289,8 +256,6 @@ def train(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     conv_weights = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) \
-        if d.device.type == "cuda" and config.amp else nullcontext()
 
     described = {"model_config": model_config.to_dict(), "train_config": asdict(config),
                  "data_config": asdict(data_config), "data": data.describe()}
@@ -306,7 +271,8 @@ def train(
             for old in (last, out / "model.pt", *(out / "images").glob("*.png")):
                 old.unlink(missing_ok=True)
         _write_json(out / "config.json", {**described, "world_size": d.world,
-                                          "device": str(d.device), "versions": versions()})
+                                          "device": str(d.device), "precision": compute.precision,
+                                          "versions": versions()})
         log = _Log(out / "losses.csv", ["step", "epoch", *terms, "total", *weights_cols,
                                         "val_pixel", "val_mse", "cells_per_s", "elapsed_s"],
                    step if ckpt is not None else None)
@@ -328,10 +294,11 @@ def train(
     rate = 0.0
     with _Stop() as stop:
         while step < config.steps:
-            x = _to_device(data.train_batch(step, config.batch_size), d)
-            x_real = _to_device(data.disc_batch(step, config.batch_size), d) \
+            x = compute.layout(to_device(data.train_batch(step, config.batch_size), d.device))
+            x_real = compute.layout(to_device(data.disc_batch(step, config.batch_size),
+                                              d.device)) \
                 if model.discriminator is not None else None
-            with amp:
+            with compute.autocast():
                 losses = compute_losses(net, x, x_real, step)
             total = losses["total"].float()
             value = float(total.detach())
