@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from cellprof.errors import InputError
+from cellprof.errors import CellprofError, InputError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -124,3 +124,24 @@ def to_device(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tenso
             t = t.pin_memory()
         return t.to(device, non_blocking=True)
     return t.to(device)
+
+
+def agree(flags: list[bool], d: Dist) -> list[bool]:
+    """Any rank's flag becomes every rank's (so all stop or all go on together)."""
+    if d.world == 1:
+        return flags
+    t = torch.tensor([float(f) for f in flags], device=d.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def check_replicas(model: torch.nn.Module, d: Dist) -> None:
+    """DDP keeps replicas identical; verify it rather than assume it."""
+    if d.world == 1:
+        return
+    s = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    got = [torch.zeros_like(s) for _ in range(d.world)]
+    dist.all_gather(got, s)
+    if any(not torch.equal(g, got[0]) for g in got):
+        raise CellprofError("DDP replicas diverged: parameters differ between ranks")
+    dist.barrier()
