@@ -116,6 +116,13 @@ def normalize(crops: np.ndarray, method: str, plates: np.ndarray | None = None,
     return np.maximum(x, 0.0, out=x)
 
 
+def percentile_scale(plates: np.ndarray, percentiles: dict[str, np.ndarray]) -> np.ndarray:
+    """(2, N, C) float32: each crop's offset (its plate's p1) and divisor (p99 - p1, at
+    least 1e-6), the numbers :func:`normalize` uses for ``percentile``."""
+    lohi = np.stack([percentiles[str(p)] for p in plates], axis=1)
+    return np.stack([lohi[0], np.maximum(lohi[1] - lohi[0], 1e-6)])
+
+
 def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random flip and quarter turn per crop (the 8 symmetries of a square)."""
     turns, flips = draw_orientations(rng, len(x))
@@ -295,8 +302,7 @@ class CropData:
         """(2, N, C) percentile offset and divisor of cells ``idx``; None for ``max``."""
         if self.percentiles is None:
             return None
-        lohi = np.stack([self.percentiles[p] for p in self.plates[idx]], axis=1)
-        return np.stack([lohi[0], np.maximum(lohi[1] - lohi[0], 1e-6)])
+        return percentile_scale(self.plates[idx], self.percentiles)
 
     def train_batch(self, step: int, batch_size: int) -> np.ndarray:
         """This rank's ``(batch_size, C, H, W)`` float32 batch of step ``step``."""

@@ -132,6 +132,9 @@ def embed(
     logvar: Annotated[bool, typer.Option(
         help="Also keep each cell's posterior log-variance.")] = _E["logvar"],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = _E["device"],
+    precision: Annotated[str, typer.Option(
+        help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16.")
+    ] = _E["precision"],
     format: Annotated[Optional[str], typer.Option(
         "--format", help="Also write a table: parquet or csv (Metadata_ columns, then "
                          "features) as OUT.<level>.<format>.", show_default=False)] = None,
@@ -152,7 +155,8 @@ def embed(
             raise CellprofError(f"--format must be parquet or csv, got {format!r}")
         with _progress() as bar:
             res = run_embed(checkpoint, crops, out, config=EmbedConfig(
-                batch_size=batch_size, logvar=logvar, device=device), overwrite=overwrite,
+                batch_size=batch_size, logvar=logvar, device=device, precision=precision),
+                overwrite=overwrite,
                 progress=bar)
         table = export(res.out, res.out.with_suffix(f".{level}.{format}"), level) \
             if format else None
