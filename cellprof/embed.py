@@ -139,7 +139,7 @@ def embed(checkpoint: str | Path, crops: str | Path, out: str | Path, *,
                     ahead = reader.submit(_read_block, ds, *blocks[i + 1])
                 scale = None if pct is None else \
                     to_device(percentile_scale(plates[lo:hi], pct), device)
-                x = model_input(to_device(as_tensor(raw), device), scale, None, None)
+                x = model_input(to_device(as_tensor(raw), device), scale, None)
                 with compute.autocast():
                     mu, logvar = encoder(compute.layout(x))
                 writer.write(lo, mu.float().cpu().numpy(),

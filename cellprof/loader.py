@@ -47,37 +47,54 @@ def to_float(raw: Tensor) -> Tensor:
     return raw.to(torch.float32)
 
 
-def model_input(raw: Tensor, scale: Tensor | None, turns: Tensor | None,
-                flips: Tensor | None) -> Tensor:
+Groups = list[tuple[int, bool, Tensor]]
+"""(quarter turns, mirrored, indices of the crops oriented so): crops grouped by orientation."""
+
+
+def orientation_groups(turns: np.ndarray, flips: np.ndarray) -> Groups:
+    """The crops of each of the 8 orientations, as index tensors on the host.
+
+    Computed where the orientations are drawn, so the device never has to find them
+    (a ``nonzero`` on a GPU would make the CPU wait for the GPU's queue to drain).
+    """
+    groups = []
+    for k in range(4):
+        for f in (False, True):
+            idx = np.flatnonzero((turns == k) & (flips == f))
+            if len(idx):
+                groups.append((k, f, torch.from_numpy(idx)))
+    return groups
+
+
+def model_input(raw: Tensor, scale: Tensor | None, groups: Groups | None) -> Tensor:
     """(N, C, H, W) raw crops -> float32 model input, on their device.
 
     ``scale`` None: each crop and channel divided by its own maximum (``max``); else
-    ``(x - scale[0]) / scale[1]`` clipped at 0 (``percentile``). Then crop i is turned
-    ``turns[i]`` quarter turns and mirrored when ``flips[i]``, as :func:`cellprof.data.orient`.
+    ``(x - scale[0]) / scale[1]`` clipped at 0 (``percentile``). Then the crops of each
+    group ``(k, f, idx)`` are turned ``k`` quarter turns and mirrored when ``f``, as
+    :func:`cellprof.data.orient` does.
     """
     x = to_float(raw)
     if scale is None:
         x = x / x.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
     else:
         x = ((x - scale[0][:, :, None, None]) / scale[1][:, :, None, None]).clamp_min(0.0)
-    if turns is None:
+    if groups is None:
         return x.contiguous()
     out = torch.empty_like(x)
-    for k in range(4):
-        for f in (False, True):
-            sel = torch.nonzero((turns == k) & (flips == f)).flatten()
-            if len(sel):
-                y = torch.rot90(x[sel], k, dims=(2, 3))
-                out[sel] = y.flip(-1) if f else y
+    for k, f, idx in groups:
+        y = torch.rot90(x[idx], k, dims=(2, 3))
+        out[idx] = y.flip(-1) if f else y
     return out
 
 
 @dataclass
 class _Host:
-    """A step's batches on the host, ready to copy."""
+    """A step's batches on the host, ready to copy: per batch its raw crops (or, for a
+    store on the device, its cell indices), its percentile scale and orientation groups."""
 
     step: int
-    parts: list[tuple[Tensor | None, Tensor, Tensor | None, Tensor | None, Tensor | None]]
+    parts: list[tuple[Tensor | None, Tensor | None, Tensor | None, Groups | None]]
 
 
 class Loader:
@@ -126,21 +143,21 @@ class Loader:
             free, _ = torch.cuda.mem_get_info(self.device)
             if raw.nbytes > RESIDENT_SHARE * free:
                 return None
-        return to_device(as_tensor(raw), self.device)
+        return as_tensor(raw).to(self.device)  # once, blocking: no pinned copy of it all
 
     # --- producer ----------------------------------------------------------------------
     def _host(self, step: int) -> _Host:
         steps = [step] + ([self.data.disc_step(step, self.batch_size)] if self.disc else [])
+        pin = (lambda t: t.pin_memory()) if self.device.type == "cuda" else (lambda t: t)
         parts = []
         for s in steps:
             b: RawBatch = self.data.raw_batch(s, self.batch_size, gather=self.resident is None)
-            tensors = [as_tensor(b.crops) if b.crops is not None else torch.from_numpy(b.cells)]
-            tensors += [None if a is None else torch.from_numpy(np.ascontiguousarray(a))
-                        for a in (b.scale, b.turns, b.flips)]
-            if self.device.type == "cuda":
-                tensors = [t.pin_memory() if t is not None else None for t in tensors]
-            parts.append((tensors[0] if b.crops is not None else None,
-                          tensors[0] if b.crops is None else None, *tensors[1:]))
+            crops = pin(as_tensor(b.crops)) if b.crops is not None else None
+            cells = pin(torch.from_numpy(b.cells)) if b.crops is None else None
+            scale = pin(torch.from_numpy(b.scale)) if b.scale is not None else None
+            groups = None if b.turns is None else [
+                (k, f, pin(idx)) for k, f, idx in orientation_groups(b.turns, b.flips)]
+            parts.append((crops, cells, scale, groups))
         return _Host(step, parts)
 
     def _put(self, item: _Host | BaseException | None) -> bool:
@@ -165,14 +182,15 @@ class Loader:
 
     # --- consumer ----------------------------------------------------------------------
     def _finish(self, host: _Host) -> tuple[int, Tensor, Tensor | None]:
+        def dev(t: Tensor) -> Tensor:
+            return to_device(t, self.device)
+
         out = []
-        for crops, cells, scale, turns, flips in host.parts:
-            if crops is not None:
-                raw = to_device(crops, self.device)
-            else:
-                raw = self.resident[to_device(cells, self.device)]
-            out.append(model_input(raw, *(None if t is None else to_device(t, self.device)
-                                          for t in (scale, turns, flips))))
+        for crops, cells, scale, groups in host.parts:
+            raw = dev(crops) if crops is not None else self.resident[dev(cells)]
+            out.append(model_input(raw, None if scale is None else dev(scale),
+                                   None if groups is None else
+                                   [(k, f, dev(idx)) for k, f, idx in groups]))
         return host.step, out[0], out[1] if self.disc else None
 
     def __iter__(self) -> Iterator[tuple[int, Tensor, Tensor | None]]:

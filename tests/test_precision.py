@@ -23,12 +23,7 @@ TINY = dict(latent_dim=8, enc_filters=8, dec_filters=8, disc_channels=(8, 8, 8, 
 FAST = dict(batch_size=8, log_every=1, val_every=1000, image_every=1000, checkpoint_every=1000)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bf16_trains_on_the_cpu_with_finite_falling_loss(synthetic_store: Path,

@@ -26,6 +26,7 @@ _T = defaults("cellprof.train", "TrainConfig")
 _D = defaults("cellprof.data", "DataConfig")
 _M = defaults("cellprof.model", "ModelConfig")
 _E = defaults("cellprof.embed", "EmbedConfig")
+_PRECISION_HELP = "auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16."
 
 
 @app.command()
@@ -57,9 +58,7 @@ def train(
         help="GiB: load the store into memory when it fits, else stream it.")
     ] = _D["memory_limit_gb"],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = _T["device"],
-    precision: Annotated[str, typer.Option(
-        help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16.")
-    ] = _T["precision"],
+    precision: Annotated[str, typer.Option(help=_PRECISION_HELP)] = _T["precision"],
     seed: Annotated[int, typer.Option(
         help="Seed of weights, split, order, augmentation.")] = _T["seed"],
     log_every: Annotated[int, typer.Option(help="Steps between losses.csv rows.")] = _T["log_every"],
@@ -132,9 +131,7 @@ def embed(
     logvar: Annotated[bool, typer.Option(
         help="Also keep each cell's posterior log-variance.")] = _E["logvar"],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = _E["device"],
-    precision: Annotated[str, typer.Option(
-        help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16.")
-    ] = _E["precision"],
+    precision: Annotated[str, typer.Option(help=_PRECISION_HELP)] = _E["precision"],
     format: Annotated[Optional[str], typer.Option(
         "--format", help="Also write a table: parquet or csv (Metadata_ columns, then "
                          "features) as OUT.<level>.<format>.", show_default=False)] = None,
