@@ -15,6 +15,10 @@ Two properties drive the design:
 
 Under DDP every rank walks the same stream, and rank ``r`` takes its own slice of each
 global batch, so the ranks together see each cell once per epoch.
+
+:meth:`CropData.raw_batch` is a step's raw crops with their scaling and orientations;
+:meth:`CropData.train_batch` finishes it in numpy, the reference definition. Training
+finishes it in torch on its device instead (:mod:`cellprof.loader`), to the same bits.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from cellprof import store
+from cellprof import chunks, store
 from cellprof.errors import InputError, StoreError
 
 NORMALIZATIONS = ("max", "percentile")
@@ -112,18 +116,56 @@ def normalize(crops: np.ndarray, method: str, plates: np.ndarray | None = None,
     return np.maximum(x, 0.0, out=x)
 
 
+def percentile_scale(plates: np.ndarray, percentiles: dict[str, np.ndarray]) -> np.ndarray:
+    """(2, N, C) float32: each crop's offset (its plate's p1) and divisor (p99 - p1, at
+    least 1e-6), the numbers :func:`normalize` uses for ``percentile``."""
+    lohi = np.stack([percentiles[str(p)] for p in plates], axis=1)
+    return np.stack([lohi[0], np.maximum(lohi[1] - lohi[0], 1e-6)])
+
+
 def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random flip and quarter turn per crop (the 8 symmetries of a square)."""
-    k = rng.integers(0, 4, size=len(x))
-    flip = rng.integers(0, 2, size=len(x)).astype(bool)
+    turns, flips = draw_orientations(rng, len(x))
+    return orient(x, turns, flips)
+
+
+def draw_orientations(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Quarter turns (0-3) and flips of ``n`` crops, drawn in this order from ``rng``."""
+    turns = rng.integers(0, 4, size=n)
+    flips = rng.integers(0, 2, size=n).astype(bool)
+    return turns, flips
+
+
+def orient(x: np.ndarray, turns: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    """Crop i turned ``turns[i]`` quarter turns (axis 2 towards 3), then mirrored left-right
+    when ``flips[i]``."""
     out = np.empty_like(x)
     for kk in range(4):
         for ff in (False, True):
-            sel = (k == kk) & (flip == ff)
+            sel = (turns == kk) & (flips == ff)
             if sel.any():
                 y = np.rot90(x[sel], kk, axes=(2, 3))
                 out[sel] = y[..., ::-1] if ff else y
     return out
+
+
+@dataclass(frozen=True)
+class RawBatch:
+    """One step's crops before they become model input: what the loader hands to the device,
+    which normalises and orients them there (:func:`cellprof.loader.model_input`)."""
+
+    cells: np.ndarray
+    """(N,) store rows."""
+    crops: np.ndarray | None
+    """(N, C, H, W) raw crops in the store's dtype; None when the caller gathers them
+    itself (a store held in device memory)."""
+    scale: np.ndarray | None
+    """(2, N, C) float32 offset and divisor per crop and channel (percentile
+    normalisation); None for per-crop max normalisation."""
+    turns: np.ndarray | None
+    """(N,) quarter turns, None without augmentation."""
+    flips: np.ndarray | None
+    """(N,) mirror flags, None without augmentation."""
 
 
 class CropData:
@@ -207,19 +249,23 @@ class CropData:
         return group
 
     def _read_sorted(self, idx: np.ndarray) -> np.ndarray:
+        """Crops of the sorted cells ``idx``, read by whole chunks, decompressed in
+        parallel (:mod:`cellprof.chunks`)."""
         with h5py.File(self.path, "r") as f:
             ds = f[store.CROPS]
             out = np.empty((len(idx),) + ds.shape[1:], dtype=ds.dtype)
             blocks = idx // store.CHUNK_CELLS
-            for b in np.unique(blocks):
-                lo = int(b) * store.CHUNK_CELLS
-                chunk = ds[lo:lo + store.CHUNK_CELLS]
+            wanted = np.unique(blocks)
+            for b, chunk in zip(wanted, chunks.read_chunks(
+                    ds, (int(b) * store.CHUNK_CELLS for b in wanted))):
                 sel = blocks == b
-                out[sel] = chunk[idx[sel] - lo]
+                out[sel] = chunk[idx[sel] - int(b) * store.CHUNK_CELLS]
         return out
 
-    def _stream(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """Cells at stream positions [start, start + count): indices and raw crops."""
+    def _stream(self, start: int, count: int, gather: bool = True
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Cells at stream positions [start, start + count): indices and raw crops (None
+        when ``gather`` is off and the store is in memory: the caller indexes it)."""
         n = len(self.train_idx)
         idx_parts, raw_parts = [], []
         pos = start
@@ -232,25 +278,48 @@ class CropData:
             lo = int(offset - sizes[g])
             take = min(count, len(cells) - lo)
             idx_parts.append(cells[lo:lo + take])
-            raw_parts.append(source[where[lo:lo + take]])
+            if gather or self._all is None:
+                raw_parts.append(source[where[lo:lo + take]])
             pos += take
             count -= take
-        return np.concatenate(idx_parts), np.concatenate(raw_parts)
+        return np.concatenate(idx_parts), np.concatenate(raw_parts) if raw_parts else None
+
+    def raw_batch(self, step: int, batch_size: int, gather: bool = True) -> RawBatch:
+        """This rank's cells of step ``step``, raw, with what turns them into model input.
+
+        ``train_batch`` is this batch normalised and oriented on the CPU; the training loop
+        does the same on its device (:mod:`cellprof.loader`), with the same result.
+        """
+        start = (step * self.world + self.rank) * batch_size
+        idx, raw = self._stream(start, batch_size, gather)
+        turns = flips = None
+        if self.config.augment:
+            turns, flips = draw_orientations(
+                np.random.default_rng([self.seed, step, self.rank, 1]), len(idx))
+        return RawBatch(idx, raw, self.scale(idx), turns, flips)
+
+    def scale(self, idx: np.ndarray) -> np.ndarray | None:
+        """(2, N, C) percentile offset and divisor of cells ``idx``; None for ``max``."""
+        if self.percentiles is None:
+            return None
+        return percentile_scale(self.plates[idx], self.percentiles)
 
     def train_batch(self, step: int, batch_size: int) -> np.ndarray:
         """This rank's ``(batch_size, C, H, W)`` float32 batch of step ``step``."""
-        start = (step * self.world + self.rank) * batch_size
-        idx, raw = self._stream(start, batch_size)
-        x = normalize(raw, self.config.normalization, self.plates[idx], self.percentiles)
-        if self.config.augment:
-            x = augment(x, np.random.default_rng([self.seed, step, self.rank, 1]))
+        b = self.raw_batch(step, batch_size)
+        x = normalize(b.crops, self.config.normalization, self.plates[b.cells], self.percentiles)
+        if b.turns is not None:
+            x = orient(x, b.turns, b.flips)
         return np.ascontiguousarray(x)
+
+    def disc_step(self, step: int, batch_size: int) -> int:
+        """The stream step whose batch is the discriminator's real crops at ``step``."""
+        return step + max(1, len(self.train_idx) // (2 * batch_size * self.world))
 
     def disc_batch(self, step: int, batch_size: int) -> np.ndarray:
         """An independent batch of real crops for the discriminator (the reference draws a
         second batch each step); taken from the stream half an epoch ahead."""
-        return self.train_batch(step + max(1, len(self.train_idx) // (2 * batch_size * self.world)),
-                                batch_size)
+        return self.train_batch(self.disc_step(step, batch_size), batch_size)
 
     def normalized(self, idx: np.ndarray) -> np.ndarray:
         """Model input for the cells ``idx`` (sorted), without augmentation."""

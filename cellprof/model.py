@@ -211,7 +211,7 @@ class Encoder(nn.Module):
                                   nn.BatchNorm2d(2 * config.latent_dim))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        mu, logvar = self.head(self.trunk(x)).flatten(1).chunk(2, dim=1)
+        mu, logvar = self.head(self.trunk(x)).flatten(1).float().chunk(2, dim=1)
         return mu, logvar
 
 
@@ -257,7 +257,7 @@ class Decoder(nn.Module):
         return self.to_image[0].weight
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.to_image(self.body(z[:, :, None, None]))
+        return self.to_image(self.body(z[:, :, None, None])).float()
 
 
 class Discriminator(nn.Module):
@@ -304,7 +304,11 @@ class Discriminator(nn.Module):
             y = conv(h)
             if g is not None:
                 if self.training:
-                    mean, var = y.detach().mean((0, 2, 3)), y.detach().var((0, 2, 3), unbiased=False)
+                    # Statistics in float32 (a no-op in fp32): under bf16 autocast the conv
+                    # output is bf16, and the CPU's batch norm takes bf16 input only with
+                    # float32 statistics and affine parameters.
+                    stats = y.detach().float()
+                    mean, var = stats.mean((0, 2, 3)), stats.var((0, 2, 3), unbiased=False)
                 else:
                     mean, var = norm.running_mean, norm.running_var
                 g = F.batch_norm(F.conv2d(g, conv.weight.detach()), mean, var,
@@ -312,8 +316,9 @@ class Discriminator(nn.Module):
                 g = self._after_norm(layer, g)
             h = self._after_norm(layer, norm(y))
             if layer < self.matched_layers:
-                features.append(h if g is None else g)
-        return h.flatten(), features
+                features.append((h if g is None else g).float())
+        # Outputs leave in float32 (no-op without autocast) so the losses are float32 sums.
+        return h.flatten().float(), features
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -45,7 +45,7 @@ from cellprof.model import VAEPlus
 from cellprof.plots import save_grid, save_strip
 from cellprof.profiles import profile_attrs, read_profiles
 from cellprof.tables import COMPOUND, CONCENTRATION, MOA
-from cellprof.train import setup
+from cellprof.device import setup
 
 PAGE_TREATMENTS = 8  # treatments per reconstructions page: 16 rows of crops stay legible
 BATCH_CHUNKS = 8  # store chunks (of 64 cells) read and encoded together

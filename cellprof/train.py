@@ -1,46 +1,36 @@
 """``cellprof train``: the adversarial progressive VAE on a crop store.
 
-One loop, read top to bottom: draw this step's batch (a pure function of seed and step,
-:mod:`cellprof.data`), one forward and one backward (:func:`cellprof.losses.compute_losses`
-wires each network to its own loss), step both optimisers, decay conv kernels, then log,
-validate, draw and checkpoint at their intervals. The same command under
-``torchrun --nproc-per-node N`` trains on N processes (DDP: NCCL on GPUs, gloo on CPU);
-only rank 0 writes.
-
-Run folder::
-
-    config.json            every setting, seed, versions, store channels and normalisation
-    losses.csv             step, each loss term, schedule weights, validation error, cells/s
-    images/recon_*.png     held-out cells and their reconstructions
-    images/samples_*.png   cells decoded from random latents
-    checkpoints/last.pt    newest checkpoint (atomic); model.pt when training completes
+:func:`train` reads top to bottom: resume or start the run folder, build the data, model
+and optimisers, then one loop: take this step's batch (prepared ahead by
+:class:`cellprof.loader.Loader`, a pure function of seed and step), one forward and one
+backward (:func:`cellprof.losses.compute_losses` wires each network to its own loss), step
+both optimisers, decay conv kernels, then log, validate, draw and checkpoint at their
+intervals. The same command under ``torchrun --nproc-per-node N`` trains on N processes
+(DDP: NCCL on GPUs, gloo on CPU; :mod:`cellprof.device`); only rank 0 writes the run
+folder (:mod:`cellprof.runfolder`).
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
-import signal
-import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 
-from cellprof.checkpoint import check_fits, load_checkpoint, save_checkpoint, versions
+from cellprof.checkpoint import check_fits
 from cellprof.data import CropData, DataConfig
+from cellprof.device import PRECISIONS, Compute, agree, check_replicas, setup
 from cellprof.errors import CellprofError, CheckpointError, InputError
-from cellprof.losses import compute_losses, layer_weights, pixel_loss
+from cellprof.loader import Loader
+from cellprof.losses import compute_losses, layer_weights
 from cellprof.model import ModelConfig, VAEPlus
+from cellprof.runfolder import RunFolder, StopRequest, validate
 
 
 class TrainingDiverged(CellprofError):
@@ -66,8 +56,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``."""
-    amp: bool = True
-    """bf16 autocast on CUDA; never used on the CPU."""
+    precision: str = "auto"
+    """``auto``, ``fp32`` or ``bf16`` (see :mod:`cellprof.device`): auto is bf16 autocast
+    with channels-last on CUDA and on CPUs with native bf16, fp32 elsewhere. Losses and
+    validation are float32 either way."""
     log_every: int = 25
     val_every: int = 500
     image_every: int = 1000
@@ -81,6 +73,9 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, "
                                  f"got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, "
+                             f"got {self.precision!r}")
         if self.batch_size < 2:
             raise InputError("--batch-size must be at least 2 (batch norm needs two crops)")
 
@@ -93,131 +88,8 @@ class TrainResult:
     checkpoint: Path | None
     val: dict[str, float] = field(default_factory=dict)
     cells_per_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup(device: str) -> Dist:
-    """Rank, world size and device from torchrun's environment (one process without it)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    cuda = torch.cuda.is_available() and device != "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: no CUDA device is available here")
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise InputError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    if cuda:
-        dev = torch.device(device if ":" in device else f"cuda:{local if world > 1 else 0}")
-        torch.cuda.set_device(dev)
-    else:
-        dev = torch.device("cpu")
-    return Dist(rank, world, dev)
-
-
-class _Stop:
-    """Ctrl-C / SIGTERM set a flag; the loop checkpoints and leaves at the next step."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _Stop:
-        if threading.current_thread() is threading.main_thread():  # signals: main only
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def _agree(flags: list[bool], d: Dist) -> list[bool]:
-    """Any rank's flag becomes every rank's (so all stop or all go on together)."""
-    if d.world == 1:
-        return flags
-    t = torch.tensor([float(f) for f in flags], device=d.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in t.tolist()]
-
-
-def _to_device(x: np.ndarray, d: Dist) -> torch.Tensor:
-    t = torch.from_numpy(x)
-    if d.device.type == "cuda":
-        return t.pin_memory().to(d.device, non_blocking=True).to(
-            memory_format=torch.channels_last)
-    return t
-
-
-def _validate(model: VAEPlus, data: CropData, d: Dist, batch_size: int) -> dict[str, float]:
-    """Held-out reconstruction error with z = mu: ½·sum of squares per cell and per-pixel MSE."""
-    model.eval()
-    total, sq, n, numel = 0.0, 0.0, 0, 1
-    with torch.no_grad():
-        for x in data.val_batches(batch_size):
-            xt = _to_device(x, d)
-            recon = model.decode(model.encode(xt)[0]).float()
-            total += float(pixel_loss(recon, xt.float())) * len(x)
-            sq += float((recon - xt).pow(2).sum())
-            n += len(x)
-            numel = x[0].size
-    model.train()
-    return {"val_pixel": total / n, "val_mse": sq / (n * numel)} if n else {}
-
-
-def _images(model: VAEPlus, data: CropData, d: Dist, out: Path, step: int) -> None:
-    """Reconstructions of 8 held-out cells and 16 random samples, as PNG grids."""
-    from cellprof.plots import save_grid
-
-    idx = data.val_indices()[:8] if len(data.val_idx) else data.train_idx[:8]
-    x = data.normalized(np.sort(idx))
-    model.eval()
-    with torch.no_grad():
-        recon = model.decode(model.encode(_to_device(x, d))[0]).float().cpu().numpy()
-        gen = torch.Generator(device=d.device).manual_seed(1234)
-        samples = model.sample(16, generator=gen).float().cpu().numpy()
-    model.train()
-    save_grid(out / "images" / f"recon_{step:07d}.png", [x, recon], list(data.channels),
-              row_labels=["held-out cells", "reconstruction"], title=f"step {step}")
-    save_grid(out / "images" / f"samples_{step:07d}.png", [samples[:8], samples[8:]],
-              list(data.channels), title=f"random samples, step {step}")
-
-
-class _Log:
-    """losses.csv, appended row by row; on resume rows past the checkpoint are dropped."""
-
-    def __init__(self, path: Path, columns: list[str], resume_step: int | None) -> None:
-        self.path, self.columns = path, columns
-        rows = []
-        if resume_step is not None and path.exists():
-            with open(path, newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
-        tmp = path.with_name(path.name + ".partial")
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, columns, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, path)
-
-    def write(self, row: dict[str, Any]) -> None:
-        with open(self.path, "a", newline="") as fh:
-            csv.DictWriter(fh, self.columns, extrasaction="ignore").writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    data_wait: float = 0.0
+    """Share of the loop's wall time spent waiting for batches."""
 
 
 def train(
@@ -237,26 +109,11 @@ def train(
     TrainingDiverged
         The loss became non-finite or exploded (the last good checkpoint is kept).
     """
-    out = Path(out)
     d = setup(config.device)
-    last = out / "checkpoints" / "last.pt"
-    if not resume and (last.exists() or (out / "model.pt").exists()) and not overwrite:
-        raise InputError(f"{out}: holds a training run; pass --resume to continue it or "
-                         "--overwrite to start over")
-    ckpt = None
-    if resume:
-        if not last.exists():
-            raise CheckpointError(f"{out}: nothing to resume (no checkpoints/last.pt)")
-        ckpt = load_checkpoint(last, map_location=d.device)
-        saved = ModelConfig.from_dict(ckpt["model_config"])
-        if model_config is not None and model_config != saved:
-            raise CheckpointError(f"{last}: was trained with another model ({saved.variant}, "
-                                  f"latent {saved.latent_dim}); resume without model options")
-        model_config = saved
-        data_config = DataConfig(**ckpt["data_config"])
-        config = TrainConfig(**{**ckpt["train_config"], "steps": config.steps,
-                                "device": config.device})
-
+    run = RunFolder(out, main=d.main)
+    ckpt = run.resume_point(d.device) if resume else run.check_fresh(overwrite)
+    if ckpt is not None:
+        model_config, data_config, config = _resumed_configs(ckpt, model_config, config, run)
     data = CropData(store_path, data_config, seed=config.seed, rank=d.rank, world=d.world)
     model_config = ModelConfig.from_dict({**(model_config or ModelConfig()).to_dict(),
                                           "in_channels": len(data.channels),
@@ -265,93 +122,51 @@ def train(
         check_fits(ckpt, data.channels, data.info.crop_size, store_path)
 
     torch.manual_seed(config.seed)
-    model = VAEPlus(model_config).to(d.device)
-    if d.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    compute = Compute.of(d.device, config.precision)
+    model = compute.prepare(VAEPlus(model_config))
+    gan = model.discriminator is not None
     opt_vae = torch.optim.Adam(model.vae_parameters(), lr=config.lr)
     opt_disc = torch.optim.SGD(model.discriminator.parameters(), lr=config.disc_lr,
-                               momentum=config.disc_momentum) \
-        if model.discriminator is not None else None
-    step = 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt_vae.load_state_dict(ckpt["opt_vae"])
-        if opt_disc is not None:
-            opt_disc.load_state_dict(ckpt["opt_disc"])
-        step = int(ckpt["step"])
-        torch.set_rng_state(ckpt["rng_torch"].cpu())
-        if d.device.type == "cuda" and ckpt.get("rng_cuda"):
-            torch.cuda.set_rng_state(ckpt["rng_cuda"][0].cpu(), d.device)
-    else:
+                               momentum=config.disc_momentum) if gan else None
+    step = _restore(ckpt, model, opt_vae, opt_disc, d.device) if ckpt is not None else 0
+    if ckpt is None:
         torch.manual_seed(config.seed + 1000 * d.rank)  # latent noise differs per rank
-    net: nn.Module = model
-    if d.world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    net = nn.parallel.DistributedDataParallel(
+        model, device_ids=[d.device.index] if d.device.type == "cuda" else None) \
+        if d.world > 1 else model
     conv_weights = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) \
-        if d.device.type == "cuda" and config.amp else nullcontext()
-
     described = {"model_config": model_config.to_dict(), "train_config": asdict(config),
                  "data_config": asdict(data_config), "data": data.describe()}
-    terms = ["pixel", "kl"] + ([] if model.discriminator is None else
-                               ["fm"] + [f"fm_{k}" for k in range(model_config.matched_layers)]
-                               + ["disc"])
-    weights_cols = [f"w_{k}" for k in range(model_config.matched_layers)] \
-        if model.discriminator is not None else []
-    log = None
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        if ckpt is None:  # a fresh start: nothing of an overwritten run may be resumed or shown
-            for old in (last, out / "model.pt", *(out / "images").glob("*.png")):
-                old.unlink(missing_ok=True)
-        _write_json(out / "config.json", {**described, "world_size": d.world,
-                                          "device": str(d.device), "versions": versions()})
-        log = _Log(out / "losses.csv", ["step", "epoch", *terms, "total", *weights_cols,
-                                        "val_pixel", "val_mse", "cells_per_s", "elapsed_s"],
-                   step if ckpt is not None else None)
+    terms, weight_cols = _columns(model_config, gan)
+    run.start({**described, "world_size": d.world, "device": str(d.device),
+               "precision": compute.precision},
+              ["step", "epoch", *terms, "total", *weight_cols, "val_pixel", "val_mse",
+               "cells_per_s", "elapsed_s"], step if ckpt is not None else None)
 
-    def checkpoint(path: Path, status: str) -> Path | None:
-        if not d.main:
-            return None
-        return save_checkpoint(path, {
-            **described, "step": step, "status": status, "model": model.state_dict(),
-            "opt_vae": opt_vae.state_dict(),
-            "opt_disc": opt_disc.state_dict() if opt_disc is not None else None,
-            "rng_torch": torch.get_rng_state(),
-            "rng_cuda": [torch.cuda.get_rng_state(d.device)] if d.device.type == "cuda" else [],
-        })
+    def state(status: str) -> dict[str, Any]:
+        return {**described, "step": step, "status": status, "model": model.state_dict(),
+                "opt_vae": opt_vae.state_dict(),
+                "opt_disc": opt_disc.state_dict() if opt_disc is not None else None,
+                "rng_torch": torch.get_rng_state(),
+                "rng_cuda": [torch.cuda.get_rng_state(d.device)]
+                if d.device.type == "cuda" else []}
 
     model.train()
-    t0, cells_done, early, val = time.perf_counter(), 0, [], {}
-    status = "complete"
-    rate = 0.0
-    with _Stop() as stop:
-        while step < config.steps:
-            x = _to_device(data.train_batch(step, config.batch_size), d)
-            x_real = _to_device(data.disc_batch(step, config.batch_size), d) \
-                if model.discriminator is not None else None
-            with amp:
-                losses = compute_losses(net, x, x_real, step)
-            total = losses["total"].float()
-            value = float(total.detach())
-            bad = not math.isfinite(value)
-            if len(early) < 20 and not bad:
-                early.append(value)
-            exploded = len(early) >= 20 and value > config.explode_factor * float(np.median(early))
-            bad, exploded, stop_now = _agree([bad, exploded, stop.requested], d)
+    watch, status, val, rate = _Watch(config.explode_factor), "complete", {}, 0.0
+    t0 = time.perf_counter()
+    batches = Loader(data, config.batch_size, range(step, config.steps), d.device, disc=gan)
+    with StopRequest() as stop, batches:
+        for step, x, x_real in batches:
+            with compute.autocast():
+                losses = compute_losses(net, compute.layout(x),
+                                        compute.layout(x_real) if gan else None, step)
+            bad, exploded, stop_now = agree([*watch(losses["total"]), stop.requested], d)
             if bad or exploded:
-                what = "became non-finite" if bad else "exploded"
-                good = f"last good checkpoint: {last}" if last.exists() else \
-                    "no checkpoint was written yet"
-                raise TrainingDiverged(
-                    f"loss {what} at step {step} (" + ", ".join(
-                        f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-                    + f"); {good}. Try a lower --lr or --disc-lr.")
+                raise watch.diverged(bad, step, losses, run.last)
             opt_vae.zero_grad(set_to_none=True)
             if opt_disc is not None:
                 opt_disc.zero_grad(set_to_none=True)
-            total.backward()
+            losses["total"].backward()
             opt_vae.step()
             if opt_disc is not None:
                 opt_disc.step()
@@ -359,51 +174,93 @@ def train(
                 for w in conv_weights:
                     w.mul_(1.0 - config.weight_decay)
             step += 1
-            cells_done += len(x) * d.world
-            rate = cells_done / max(time.perf_counter() - t0, 1e-9)
+            elapsed = time.perf_counter() - t0
+            rate = (step - batches.steps.start) * len(x) * d.world / max(elapsed, 1e-9)
             row: dict[str, Any] = {}
             if step % config.val_every == 0 or step == config.steps:
-                val = _validate(model, data, d, config.batch_size)
+                val = validate(model, data, d.device, config.batch_size)
                 row.update(val)
             if step % config.log_every == 0 or row or step == config.steps:
-                row.update({k: float(losses[k].detach()) for k in terms}, step=step, total=value,
+                row.update({k: float(losses[k].detach()) for k in terms}, step=step,
+                           total=float(losses["total"].detach()), cells_per_s=rate,
                            epoch=step * config.batch_size * d.world / len(data.train_idx),
-                           cells_per_s=rate, elapsed_s=time.perf_counter() - t0,
-                           **dict(zip(weights_cols, layer_weights(step, model_config))))
-                if log is not None:
-                    log.write(row)
+                           elapsed_s=elapsed, **dict(zip(weight_cols,
+                                                         layer_weights(step, model_config))))
+                run.log(row)
                 if progress is not None and d.main:
                     progress(step, config.steps, {**row, **val})
-            if d.main and (step % config.image_every == 0 or step == config.steps):
-                _images(model, data, d, out, step)
+            if step % config.image_every == 0 or step == config.steps:
+                run.images(model, data, d.device, step)
             if step % config.checkpoint_every == 0 and step < config.steps:
-                checkpoint(last, "running")
+                run.checkpoint(False, state("running"))
             if stop_now:
                 status = "interrupted"
                 break
-    saved_path = checkpoint(last, status)
-    if status == "complete":
-        saved_path = checkpoint(out / "model.pt", status)
-    _check_replicas(model, d)
-    return TrainResult(out, step, status, saved_path, val, rate)
+    saved = run.checkpoint(status == "complete", state(status))
+    check_replicas(model, d)
+    wait = batches.wait_s / max(time.perf_counter() - t0, 1e-9)
+    return TrainResult(run.out, step, status, saved, val, rate, wait)
 
 
-def _check_replicas(model: nn.Module, d: Dist) -> None:
-    """DDP keeps replicas identical; verify it rather than assume it."""
-    if d.world == 1:
-        return
-    s = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
-    got = [torch.zeros_like(s) for _ in range(d.world)]
-    dist.all_gather(got, s)
-    if any(not torch.equal(g, got[0]) for g in got):
-        raise CellprofError("DDP replicas diverged: parameters differ between ranks")
-    dist.barrier()
+def _resumed_configs(ckpt: dict[str, Any], model_config: ModelConfig | None,
+                     config: TrainConfig, run: RunFolder
+                     ) -> tuple[ModelConfig, DataConfig, TrainConfig]:
+    """The saved run's configs; only ``steps`` and ``device`` may change on resume."""
+    saved = ModelConfig.from_dict(ckpt["model_config"])
+    if model_config is not None and model_config != saved:
+        raise CheckpointError(f"{run.last}: was trained with another model ({saved.variant}, "
+                              f"latent {saved.latent_dim}); resume without model options")
+    train_config = dict(ckpt["train_config"])
+    if "amp" in train_config:  # saved before --precision: amp meant bf16 where supported
+        train_config.setdefault("precision", "auto" if train_config.pop("amp") else "fp32")
+    return saved, DataConfig(**ckpt["data_config"]), TrainConfig(
+        **{**train_config, "steps": config.steps, "device": config.device})
 
 
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+def _restore(ckpt: dict[str, Any], model: VAEPlus, opt_vae: torch.optim.Optimizer,
+             opt_disc: torch.optim.Optimizer | None, device: torch.device) -> int:
+    """Weights, optimiser and random states from ``ckpt``; returns its step."""
+    model.load_state_dict(ckpt["model"])
+    opt_vae.load_state_dict(ckpt["opt_vae"])
+    if opt_disc is not None:
+        opt_disc.load_state_dict(ckpt["opt_disc"])
+    torch.set_rng_state(ckpt["rng_torch"].cpu())
+    if device.type == "cuda" and ckpt.get("rng_cuda"):
+        torch.cuda.set_rng_state(ckpt["rng_cuda"][0].cpu(), device)
+    return int(ckpt["step"])
+
+
+def _columns(config: ModelConfig, gan: bool) -> tuple[list[str], list[str]]:
+    """losses.csv's loss terms and schedule-weight columns."""
+    if not gan:
+        return ["pixel", "kl"], []
+    layers = range(config.matched_layers)
+    return (["pixel", "kl", "fm", *(f"fm_{k}" for k in layers), "disc"],
+            [f"w_{k}" for k in layers])
+
+
+class _Watch:
+    """Flags a loss that became non-finite or exceeds ``factor`` x its early median."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor, self.early = factor, []
+
+    def __call__(self, total: Tensor) -> tuple[bool, bool]:
+        value = float(total.detach())
+        bad = not math.isfinite(value)
+        if len(self.early) < 20 and not bad:
+            self.early.append(value)
+        return bad, len(self.early) >= 20 and value > self.factor * float(np.median(self.early))
+
+    @staticmethod
+    def diverged(bad: bool, step: int, losses: dict[str, Tensor], last: Path) -> TrainingDiverged:
+        what = "became non-finite" if bad else "exploded"
+        good = f"last good checkpoint: {last}" if last.exists() else \
+            "no checkpoint was written yet"
+        return TrainingDiverged(
+            f"loss {what} at step {step} ("
+            + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+            + f"); {good}. Try a lower --lr or --disc-lr.")
 
 
 def scaled_schedule(steps: int, config: ModelConfig) -> ModelConfig:

@@ -100,3 +100,27 @@ def test_match_cli_on_a_feature_table(tmp_path: Path) -> None:
     pd.DataFrame(rows).drop(columns=["Metadata_MOA"]).to_csv(tmp_path / "nomoa.csv", index=False)
     res = runner.invoke(app, ["match", str(tmp_path / "nomoa.csv"), "--out", str(tmp_path / "s")])
     assert res.exit_code == 1 and "--moa" in res.output and "Traceback" not in res.output
+
+
+def test_train_and_embed_defaults_are_the_librarys() -> None:
+    """Every option that sets a config field shows that field's own default in --help."""
+    import typer.main
+
+    from cellprof.data import DataConfig
+    from cellprof.embed import EmbedConfig
+    from cellprof.model import ModelConfig
+    from cellprof.train import TrainConfig
+
+    group = typer.main.get_command(app)
+    owners = {"train": [TrainConfig(), DataConfig(), ModelConfig()], "embed": [EmbedConfig()]}
+    alias = {"memory_limit": "memory_limit_gb", "model": "variant", "filters": "enc_filters"}
+    for command, configs in owners.items():
+        checked = 0
+        for param in group.commands[command].params:
+            name = alias.get(param.name, param.name)
+            for cfg in configs:
+                if hasattr(cfg, name):
+                    assert param.default == getattr(cfg, name), (command, param.name)
+                    checked += 1
+        assert checked >= (15 if command == "train" else 3)
+    assert ModelConfig().dec_filters == ModelConfig().enc_filters  # --filters sets both

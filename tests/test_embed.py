@@ -26,7 +26,8 @@ def trained(tiny_model: tuple[Path, Path]) -> tuple[Path, Path]:
 
 def test_profiles_are_posterior_means_aligned_with_the_store(trained, tmp_path: Path) -> None:
     ckpt, crops = trained
-    res = embed(ckpt, crops, tmp_path / "p.h5", config=EmbedConfig(batch_size=64, logvar=True))
+    res = embed(ckpt, crops, tmp_path / "p.h5",
+                config=EmbedConfig(batch_size=64, logvar=True, precision="fp32"))
     meta, feats, names = read_profiles(res.out)
     cells = store.read_cells(crops)
     assert feats.shape == (len(cells), 8) and feats.dtype == np.float32
@@ -104,3 +105,21 @@ def test_cli_embed(trained, tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["embed", str(tmp_path), str(crops), "--out",
                                    str(tmp_path / "q.h5")])
     assert res.exit_code == 1 and "model.pt" in res.output
+
+
+def test_bf16_profiles_agree_with_fp32(trained, tmp_path: Path) -> None:
+    """bf16 autocast changes a profile in about its third significant digit, no more: each
+    cell's bf16 profile is nearer its own fp32 profile than any other cell's is."""
+    ckpt, crops = trained
+    exact = read_profiles(embed(ckpt, crops, tmp_path / "fp32.h5",
+                                config=EmbedConfig(precision="fp32")).out)[1]
+    res = embed(ckpt, crops, tmp_path / "bf16.h5", config=EmbedConfig(precision="bf16",
+                                                                        batch_size=64))
+    low = read_profiles(res.out)[1]
+    assert low.dtype == np.float32 and np.isfinite(low).all()
+    scale = np.abs(exact).max()
+    assert np.abs(low - exact).max() < 0.02 * scale
+    dist = ((low[:, None, :] - exact[None, :, :]) ** 2).sum(-1)
+    assert (dist.argmin(1) == np.arange(len(low))).mean() > 0.95
+    with pytest.raises(InputError, match="--precision"):
+        embed(ckpt, crops, tmp_path / "x.h5", config=EmbedConfig(precision="half"))

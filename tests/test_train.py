@@ -34,12 +34,7 @@ def store_path(synthetic_store: Path) -> Path:
     return synthetic_store
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def state(path: Path) -> dict[str, torch.Tensor]:

@@ -16,7 +16,17 @@ from cellprof.cli._app import (
     app,
     console,
 )
+from cellprof.cli._defaults import defaults
 from cellprof.errors import CellprofError
+
+
+# Every default below is the library's own (see cellprof.cli._defaults), so `--help` and
+# the library cannot drift apart.
+_T = defaults("cellprof.train", "TrainConfig")
+_D = defaults("cellprof.data", "DataConfig")
+_M = defaults("cellprof.model", "ModelConfig")
+_E = defaults("cellprof.embed", "EmbedConfig")
+_PRECISION_HELP = "auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16."
 
 
 @app.command()
@@ -26,38 +36,44 @@ def train(
                                       "images/, checkpoints/, model.pt).")] = ...,
     model: Annotated[str, typer.Option(
         help="vae (plain beta-VAE), vae-gan (feature matching on all layers from the "
-             "start) or vae-gan-progressive (the paper's full model).")] = "vae-gan-progressive",
-    steps: Annotated[int, typer.Option(help="Optimisation steps (the paper's 80,000).")] = 80_000,
-    batch_size: Annotated[int, typer.Option(help="Crops per step per process.")] = 104,
-    lr: Annotated[float, typer.Option(help="Adam learning rate, encoder and decoder.")] = 1e-3,
-    disc_lr: Annotated[float, typer.Option(help="SGD learning rate, discriminator.")] = 1e-2,
-    latent_dim: Annotated[int, typer.Option(help="Latent dimensions (profile length).")] = 256,
-    filters: Annotated[int, typer.Option(help="Encoder and decoder conv filters.")] = 32,
-    beta: Annotated[float, typer.Option(help="Weight of the KL term.")] = 2.0,
+             "start) or vae-gan-progressive (the paper's full model).")] = _M["variant"],
+    steps: Annotated[int, typer.Option(help="Optimisation steps (the paper's 80,000).")] = _T["steps"],
+    batch_size: Annotated[int, typer.Option(help="Crops per step per process.")] = _T["batch_size"],
+    lr: Annotated[float, typer.Option(help="Adam learning rate, encoder and decoder.")] = _T["lr"],
+    disc_lr: Annotated[float, typer.Option(help="SGD learning rate, discriminator.")] = _T["disc_lr"],
+    latent_dim: Annotated[int, typer.Option(
+        help="Latent dimensions (profile length).")] = _M["latent_dim"],
+    filters: Annotated[int, typer.Option(help="Encoder and decoder conv filters.")] = _M["enc_filters"],
+    beta: Annotated[float, typer.Option(help="Weight of the KL term.")] = _M["beta"],
     schedule: Annotated[str, typer.Option(
         help="Progressive schedule: paper (layer k from step 2,500(k+1), over 2,500 steps) "
              "or scaled (the same proportions of --steps, for short runs).")] = "paper",
     normalization: Annotated[str, typer.Option(
         help="max (each crop / its per-channel max, the paper's) or percentile "
-             "(per-plate 1st-99th percentile scaling).")] = "max",
-    augment: Annotated[bool, typer.Option(help="Random flips and 90-degree rotations.")] = True,
-    val_fraction: Annotated[float, typer.Option(help="Share of fields held out.")] = 0.1,
+             "(per-plate 1st-99th percentile scaling).")] = _D["normalization"],
+    augment: Annotated[bool, typer.Option(
+        help="Random flips and 90-degree rotations.")] = _D["augment"],
+    val_fraction: Annotated[float, typer.Option(help="Share of fields held out.")] = _D["val_fraction"],
     memory_limit: Annotated[float, typer.Option(
-        help="GiB: load the store into memory when it fits, else stream it.")] = 4.0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    amp: Annotated[bool, typer.Option(help="bf16 mixed precision (CUDA only).")] = True,
-    seed: Annotated[int, typer.Option(help="Seed of weights, split, order, augmentation.")] = 0,
-    log_every: Annotated[int, typer.Option(help="Steps between losses.csv rows.")] = 25,
-    val_every: Annotated[int, typer.Option(help="Steps between validation errors.")] = 500,
-    image_every: Annotated[int, typer.Option(help="Steps between PNG grids.")] = 1000,
-    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
+        help="GiB: load the store into memory when it fits, else stream it.")
+    ] = _D["memory_limit_gb"],
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = _T["device"],
+    precision: Annotated[str, typer.Option(help=_PRECISION_HELP)] = _T["precision"],
+    seed: Annotated[int, typer.Option(
+        help="Seed of weights, split, order, augmentation.")] = _T["seed"],
+    log_every: Annotated[int, typer.Option(help="Steps between losses.csv rows.")] = _T["log_every"],
+    val_every: Annotated[int, typer.Option(help="Steps between validation errors.")] = _T["val_every"],
+    image_every: Annotated[int, typer.Option(help="Steps between PNG grids.")] = _T["image_every"],
+    checkpoint_every: Annotated[int, typer.Option(
+        help="Steps between checkpoints.")] = _T["checkpoint_every"],
     resume: Annotated[bool, typer.Option(
         help="Continue the run in --out from its last checkpoint (exactly).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Start over in an --out holding a run.")] = False,
 ) -> None:
     """Train the adversarial progressive VAE on a crop store.
 
-    On CUDA when present (bf16 autocast, channels-last), else the CPU. Multi-GPU or
+    On CUDA when present, else the CPU; bf16 autocast with channels-last where the
+    hardware has bf16 (--precision). Multi-GPU or
     multi-node: the same command under `torchrun --nproc-per-node N cellprof train ...`
     (DDP; only rank 0 writes). Ctrl-C saves a checkpoint; `--resume` continues exactly.
     """
@@ -83,7 +99,7 @@ def train(
                               "never switches on every discriminator layer; "
                               "--schedule scaled keeps its proportions")
         tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, disc_lr=disc_lr, seed=seed,
-                           device=device, amp=amp, log_every=log_every, val_every=val_every,
+                           device=device, precision=precision, log_every=log_every, val_every=val_every,
                            image_every=image_every, checkpoint_every=checkpoint_every)
         dcfg = DataConfig(normalization=normalization, augment=augment,
                           val_fraction=val_fraction, memory_limit_gb=memory_limit)
@@ -111,9 +127,11 @@ def embed(
     checkpoint: Annotated[Path, typer.Argument(help="model.pt, checkpoints/last.pt or a run folder.")],
     crops: Annotated[Path, typer.Argument(help="Crop store to embed (any plates, same channels).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Profiles file to write (.h5).")] = ...,
-    batch_size: Annotated[int, typer.Option(help="Cells per forward pass.")] = 512,
-    logvar: Annotated[bool, typer.Option(help="Also keep each cell's posterior log-variance.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Cells per forward pass.")] = _E["batch_size"],
+    logvar: Annotated[bool, typer.Option(
+        help="Also keep each cell's posterior log-variance.")] = _E["logvar"],
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = _E["device"],
+    precision: Annotated[str, typer.Option(help=_PRECISION_HELP)] = _E["precision"],
     format: Annotated[Optional[str], typer.Option(
         "--format", help="Also write a table: parquet or csv (Metadata_ columns, then "
                          "features) as OUT.<level>.<format>.", show_default=False)] = None,
@@ -133,7 +151,8 @@ def embed(
         _check_format(format, level)
         with _progress() as bar:
             res = run_embed(checkpoint, crops, out, config=EmbedConfig(
-                batch_size=batch_size, logvar=logvar, device=device), overwrite=overwrite,
+                batch_size=batch_size, logvar=logvar, device=device, precision=precision),
+                overwrite=overwrite,
                 progress=bar)
         _done("embedded", res, format, level, t0)
     except CellprofError as exc:

@@ -1,0 +1,107 @@
+"""HDF5 chunks of the crop store encoded and decoded outside HDF5, so many cores share it.
+
+``/crops`` is stored in chunks of 64 cells, each passed through HDF5's byte-shuffle filter and
+then deflate (gzip) at level 1. HDF5 runs those filters in the calling thread while holding
+h5py's global lock, so reading or writing through h5py uses one core however many threads
+ask. Here the same two filters are applied with numpy and :mod:`zlib` (which releases the GIL),
+and the bytes pass through ``read_direct_chunk`` / ``write_direct_chunk``: the file is
+byte-for-byte what HDF5's own filters would give a reader, so any HDF5 tool reads it.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import h5py
+import numpy as np
+
+LEVEL = 1
+"""Deflate level of the store's crops (``compression_opts=1``)."""
+
+
+def direct_ok(ds: h5py.Dataset) -> bool:
+    """True when ``ds`` uses exactly shuffle + gzip, the pipeline these functions implement."""
+    return (ds.chunks is not None and ds.compression == "gzip" and bool(ds.shuffle)
+            and not ds.fletcher32 and ds.scaleoffset is None)
+
+
+def encode(chunk: np.ndarray, level: int = LEVEL) -> bytes:
+    """A full chunk's bytes as HDF5 stores them: byte-shuffled, then zlib-deflated."""
+    a = np.ascontiguousarray(chunk)
+    size = a.dtype.itemsize
+    shuffled = a.view(np.uint8).reshape(-1, size).T.tobytes() if size > 1 else a.tobytes()
+    return zlib.compress(shuffled, level)
+
+
+def decode(raw: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Inverse of :func:`encode`: a ``shape`` array of ``dtype``."""
+    data = np.frombuffer(zlib.decompress(raw), dtype=np.uint8)
+    size = np.dtype(dtype).itemsize
+    if size > 1:
+        data = data.reshape(size, -1).T
+    return np.ascontiguousarray(data).view(dtype).reshape(shape)
+
+
+def workers() -> int:
+    """Threads to spread chunk (de)compression over: the cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def pool() -> ThreadPoolExecutor:
+    """One shared thread pool (created on first use; threads idle cost nothing)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="cellprof-chunks")
+    return _POOL
+
+
+def read_chunks(ds: h5py.Dataset, first_cells: Iterable[int]) -> Iterator[np.ndarray]:
+    """The chunks starting at cells ``first_cells`` (multiples of the chunk length), each
+    cut to the dataset's end, decompressed in parallel; in the order asked."""
+    starts = list(first_cells)
+    rows = ds.chunks[0]
+    if not direct_ok(ds):
+        for lo in starts:
+            yield ds[lo:lo + rows]
+        return
+    raws = []
+    for lo in starts:
+        mask, raw = ds.id.read_direct_chunk((lo,) + (0,) * (ds.ndim - 1))
+        raws.append((lo, mask, raw))
+    shape = ds.chunks
+
+    def one(item: tuple[int, int, bytes]) -> np.ndarray:
+        lo, mask, raw = item
+        if mask:  # HDF5 skipped a filter for this chunk: let it decode the chunk itself
+            return ds[lo:lo + rows]
+        return decode(raw, shape, ds.dtype)[:max(0, min(rows, ds.shape[0] - lo))]
+
+    if any(mask for _, mask, _ in raws):
+        yield from map(one, raws)  # h5py itself is not to be called from pool threads here
+    else:
+        yield from pool().map(one, raws)
+
+
+def write_chunks(ds: h5py.Dataset, first_cell: int, data: np.ndarray) -> None:
+    """Write ``data`` (whole chunks, ``first_cell`` chunk-aligned, the dataset already
+    resized to hold them) with the chunks compressed in parallel."""
+    rows = ds.chunks[0]
+    if first_cell % rows or len(data) % rows:
+        raise ValueError(f"write_chunks needs whole chunks of {rows} cells at a chunk "
+                         f"boundary, got {len(data)} cells at {first_cell}")
+    if not direct_ok(ds):
+        ds[first_cell:first_cell + len(data)] = data
+        return
+    level = ds.compression_opts if ds.compression_opts is not None else LEVEL
+    pieces = [data[i:i + rows] for i in range(0, len(data), rows)]
+    for i, raw in enumerate(pool().map(lambda c: encode(c, level), pieces)):
+        ds.id.write_direct_chunk((first_cell + i * rows,) + (0,) * (ds.ndim - 1), raw)

@@ -1,0 +1,140 @@
+"""The input pipeline: batches prepared ahead on a thread, finished in torch on the device,
+equal to the reference numpy batches bit for bit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from cellprof import chunks, store
+from cellprof.data import CropData, DataConfig, normalize, orient
+from cellprof.loader import Loader, as_tensor, model_input, orientation_groups
+
+CPU = torch.device("cpu")
+CONFIGS = {
+    "memory": DataConfig(),
+    "percentile": DataConfig(normalization="percentile"),
+    "no-augment": DataConfig(augment=False),
+    "streamed": DataConfig(memory_limit_gb=1e-6, group_blocks=1),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_prefetched_batches_equal_the_numpy_reference(synthetic_store: Path, name: str) -> None:
+    """Thread-prepared, torch-finished batches are `train_batch`/`disc_batch`, exactly; and
+    drawn on the calling thread (ahead=0) they are the same again."""
+    data = CropData(synthetic_store, CONFIGS[name])
+    seen = {}
+    for ahead, resident in ((3, None), (0, None), (2, True)):  # True: gathered "on device"
+        with Loader(data, 8, range(2, 9), CPU, disc=True, ahead=ahead,
+                    resident=resident) as batches:
+            assert (batches.resident is not None) == (bool(resident) and name != "streamed")
+            got = [(s, x.numpy().copy(), xr.numpy().copy()) for s, x, xr in batches]
+        assert [s for s, _, _ in got] == list(range(2, 9))
+        seen[(ahead, resident)] = got
+    fresh = CropData(synthetic_store, CONFIGS[name])  # a new process's view: resume
+    for (s, x, xr), (_, x0, xr0), (_, x1, xr1) in zip(*seen.values()):
+        np.testing.assert_array_equal(x, fresh.train_batch(s, 8))
+        np.testing.assert_array_equal(xr, fresh.disc_batch(s, 8))
+        np.testing.assert_array_equal(x, x0)
+        np.testing.assert_array_equal(xr, xr0)
+        np.testing.assert_array_equal(x, x1)
+        np.testing.assert_array_equal(xr, xr1)
+        assert x.dtype == np.float32 and x.shape == (8, 3, 36, 36)
+
+
+def test_device_transform_equals_numpy_on_full_range_uint16() -> None:
+    """Values above 32,767 survive the int16 transport; max and percentile scaling and the
+    eight orientations match numpy's to the bit."""
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 65536, size=(40, 3, 9, 9)).astype(np.uint16)
+    raw[0, 0] = 65535
+    turns, flips = rng.integers(0, 4, 40), rng.integers(0, 2, 40).astype(bool)
+    got = model_input(as_tensor(raw), None, orientation_groups(turns, flips))
+    want = orient(normalize(raw, "max"), turns, flips)
+    np.testing.assert_array_equal(got.numpy(), want)
+    plates = np.array(["a", "b"] * 20)
+    pct = {"a": np.array([[100, 200, 300], [60000, 50000, 40000]], np.float32),
+           "b": np.array([[0, 0, 0], [65535, 1000, 1000]], np.float32)}
+    lohi = np.stack([pct[p] for p in plates], axis=1)
+    scale = np.stack([lohi[0], np.maximum(lohi[1] - lohi[0], 1e-6)])
+    got = model_input(as_tensor(raw), torch.from_numpy(scale), None)
+    np.testing.assert_array_equal(got.numpy(), normalize(raw, "percentile", plates, pct))
+    assert len(orientation_groups(turns, flips)) == 8  # every symmetry was checked
+
+
+def test_a_loader_error_reaches_the_loop_and_an_early_exit_stops_the_thread(
+        synthetic_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = CropData(synthetic_store, DataConfig())
+    real = data.raw_batch
+
+    def broken(step: int, batch_size: int, gather: bool = True):
+        if step == 4:
+            raise OSError("disk gone")
+        return real(step, batch_size, gather)
+
+    monkeypatch.setattr(data, "raw_batch", broken)
+    batches = Loader(data, 8, range(0, 10), CPU, disc=False)
+    with pytest.raises(OSError, match="disk gone"), batches:
+        for _ in batches:
+            pass
+    early = Loader(data, 8, range(0, 1000), CPU, disc=False, ahead=2)
+    with early:
+        for step, _, _ in early:
+            if step == 1:
+                break
+    assert early._thread is None  # joined, not left running
+
+
+def test_parallel_chunk_reads_equal_hdf5s_and_files_stay_standard(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    crops = rng.integers(0, 65536, size=(150, 2, 6, 6)).astype(np.uint16)
+    path = tmp_path / "c.h5"
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("crops", data=crops, chunks=(64, 2, 6, 6), compression="gzip",
+                              compression_opts=1, shuffle=True)
+        got = list(chunks.read_chunks(ds, [128, 0, 64]))
+        assert [len(c) for c in got] == [22, 64, 64]  # the last chunk cut at the end
+        np.testing.assert_array_equal(np.concatenate([got[1], got[2], got[0]]), crops)
+        # our encoding is byte for byte what HDF5's own filters wrote
+        assert chunks.encode(crops[:64]) == ds.id.read_direct_chunk((0, 0, 0, 0))[1]
+
+
+def test_streamed_store_reads_through_parallel_chunks(synthetic_store: Path) -> None:
+    data = CropData(synthetic_store, DataConfig(memory_limit_gb=1e-6))
+    idx = np.sort(np.random.default_rng(0).choice(data.info.n_cells, 70, replace=False))
+    np.testing.assert_array_equal(data._read_sorted(idx), store.read_crops(synthetic_store)[idx])
+
+
+def test_crops_written_by_parallel_chunks_read_as_hdf5_wrote_them(tmp_path: Path) -> None:
+    """The crop store's writer compresses whole chunks on every core; the file is the one
+    HDF5 alone would write: same crops, same compressed bytes in every chunk."""
+    rng = np.random.default_rng(2)
+    crops = rng.integers(0, 4000, size=(400, 3, 8, 8)).astype(np.uint16)
+    commits = [10, 100, 70, 3, 64, 128, 25]  # fields arrive in runs of any length
+    files = {}
+    for how in ("hdf5", "parallel"):
+        path = tmp_path / f"{how}.h5"
+        with h5py.File(path, "w") as f:
+            ds = f.create_dataset("crops", shape=(0, 3, 8, 8), maxshape=(None, 3, 8, 8),
+                                  dtype=np.uint16, chunks=(64, 3, 8, 8), compression="gzip",
+                                  compression_opts=1, shuffle=True)
+            n0 = 0
+            for n in commits:
+                ds.resize((n0 + n, 3, 8, 8))
+                if how == "hdf5":
+                    ds[n0:n0 + n] = crops[n0:n0 + n]
+                else:
+                    store.write_crops(ds, n0, crops[n0:n0 + n])
+                n0 += n
+        files[how] = path
+    with h5py.File(files["hdf5"], "r") as a, h5py.File(files["parallel"], "r") as b:
+        np.testing.assert_array_equal(a["crops"][:], b["crops"][:])
+        np.testing.assert_array_equal(b["crops"][:], crops[:sum(commits)])
+        for lo in range(0, sum(commits), 64):
+            key = (lo, 0, 0, 0)
+            assert a["crops"].id.read_direct_chunk(key) == b["crops"].id.read_direct_chunk(key)
