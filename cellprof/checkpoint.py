@@ -9,7 +9,6 @@ torch random states (the data stream is a pure function of seed and step, see
 
 from __future__ import annotations
 
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from cellprof import __version__
 from cellprof.errors import CheckpointError
 from cellprof.model import ModelConfig
+from cellprof.safeio import atomic_path
 
 FORMAT = "cellprof-checkpoint"
 VERSION = 1
@@ -32,10 +32,9 @@ def versions() -> dict[str, str]:
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (plus format tags) to ``path`` via a temporary file and rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save({"format": FORMAT, "version": VERSION, "versions": versions(), **payload}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "version": VERSION, "versions": versions(), **payload},
+                   tmp)
     return path
 
 

@@ -24,6 +24,7 @@ from cellprof.fieldwork import FieldTask, field_mean, issue, process_field
 from cellprof.illumination import IlluminationAccumulator
 from cellprof.images import read_planes, resolve_image
 from cellprof.runner import Progress, commit_results, ordered_map, store_columns
+from cellprof.safeio import atomic_path
 from cellprof.segment import SegmentConfig
 from cellprof.store import CropStoreWriter
 from cellprof.tables import (
@@ -318,9 +319,8 @@ def finish_store(writer: CropStoreWriter, out: Path) -> CropSummary:
     issues_file = None
     if len(issues):
         issues_file = out.with_name(out.name + ".issues.csv")
-        tmp = issues_file.with_name(issues_file.name + ".partial")
-        issues.to_csv(tmp, index=False)
-        tmp.replace(issues_file)
+        with atomic_path(issues_file) as tmp:
+            issues.to_csv(tmp, index=False)
     fields = writer.done_fields("Field_Key")
     summary = CropSummary(
         out=out, n_fields=len(fields), n_fields_failed=int((fields["Status"] != "ok").sum()),

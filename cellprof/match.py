@@ -11,8 +11,6 @@ same-mechanism treatments first (mAP)? Conventions are those of BBBC021 (Ljosa e
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cellprof.errors import InputError
+from cellprof.safeio import write_json
 from cellprof.normalize import METHODS, SPHERE_EPS, normalize
 from cellprof.plots import save_confusion_matrix
 from cellprof.profiles import aggregate, feature_columns, profile_table, write_table
@@ -290,10 +289,7 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
 
 
 def _write_json(data: dict[str, Any], path: Path) -> Path:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(path, data)
 
 
 def _num(x: float) -> float | None:

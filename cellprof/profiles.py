@@ -27,7 +27,8 @@ import pandas as pd
 
 from cellprof import __version__
 from cellprof.errors import InputError, StoreError
-from cellprof.store import ColumnTable, column_kind, partial_path
+from cellprof.safeio import atomic_path, partial_path
+from cellprof.store import ColumnTable, column_kind
 
 FORMAT = "cellprof-profiles"
 SCHEMA_VERSION = 1
@@ -163,12 +164,12 @@ def aggregate(table: pd.DataFrame, by: Sequence[str], method: str = "mean",
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     """Write CSV (``.csv``, ``.csv.gz``) or Parquet (``.parquet``) atomically."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    if path.name.endswith((".csv", ".csv.gz")):
-        table.to_csv(tmp, index=False, compression="gzip" if path.name.endswith(".gz") else None)
-    elif path.suffix == ".parquet":
-        table.to_parquet(tmp, index=False)
-    else:
+    if not path.name.endswith((".csv", ".csv.gz", ".parquet")):
         raise InputError(f"{path}: table format by suffix: .parquet, .csv or .csv.gz")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False,
+                         compression="gzip" if path.name.endswith(".gz") else None)
     return path

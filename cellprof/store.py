@@ -40,6 +40,7 @@ import pandas as pd
 
 from cellprof import __version__
 from cellprof.errors import StoreError
+from cellprof.safeio import partial_path
 
 FORMAT = "cellprof-crops"
 SCHEMA_VERSION = 1
@@ -54,12 +55,6 @@ BATCH_FIELDS = 64
 ISSUE_COLUMNS = {"kind": "str", "file": "str", "row": "int", "reason": "str"}
 
 _STR = h5py.string_dtype("utf-8")
-
-
-def partial_path(path: str | Path) -> Path:
-    """The temporary name a store is written under until it is complete."""
-    path = Path(path)
-    return path.with_name(path.name + ".partial")
 
 
 def column_kind(series: pd.Series) -> str:

@@ -19,7 +19,6 @@ Run folder::
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import signal
@@ -41,6 +40,7 @@ from cellprof.data import CropData, DataConfig
 from cellprof.errors import CellprofError, CheckpointError, InputError
 from cellprof.losses import compute_losses, layer_weights, pixel_loss
 from cellprof.model import ModelConfig, VAEPlus
+from cellprof.safeio import atomic_path, write_json
 
 
 class TrainingDiverged(CellprofError):
@@ -207,12 +207,10 @@ class _Log:
         if resume_step is not None and path.exists():
             with open(path, newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
-        tmp = path.with_name(path.name + ".partial")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
             w = csv.DictWriter(fh, columns, extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
-        os.replace(tmp, path)
 
     def write(self, row: dict[str, Any]) -> None:
         with open(self.path, "a", newline="") as fh:
@@ -305,7 +303,7 @@ def train(
         if ckpt is None:  # a fresh start: nothing of an overwritten run may be resumed or shown
             for old in (last, out / "model.pt", *(out / "images").glob("*.png")):
                 old.unlink(missing_ok=True)
-        _write_json(out / "config.json", {**described, "world_size": d.world,
+        write_json(out / "config.json", {**described, "world_size": d.world,
                                           "device": str(d.device), "versions": versions()})
         log = _Log(out / "losses.csv", ["step", "epoch", *terms, "total", *weights_cols,
                                         "val_pixel", "val_mse", "cells_per_s", "elapsed_s"],
@@ -398,12 +396,6 @@ def _check_replicas(model: nn.Module, d: Dist) -> None:
     if any(not torch.equal(g, got[0]) for g in got):
         raise CellprofError("DDP replicas diverged: parameters differ between ranks")
     dist.barrier()
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def scaled_schedule(steps: int, config: ModelConfig) -> ModelConfig:
