@@ -24,7 +24,7 @@ from cellprof.fieldwork import FieldTask, field_mean, issue, process_field
 from cellprof.illumination import IlluminationAccumulator
 from cellprof.images import read_planes, resolve_image
 from cellprof.runner import Progress, commit_results, ordered_map, store_columns
-from cellprof.safeio import atomic_path
+from cellprof.safeio import atomic_path, fingerprint, refuse_inputs
 from cellprof.segment import SegmentConfig
 from cellprof.store import CropStoreWriter
 from cellprof.tables import (
@@ -232,7 +232,8 @@ def crop_screen(
     strict
         Fail on the first reported problem instead of logging it and going on.
     overwrite
-        Replace an existing complete ``out``; otherwise that is an error.
+        Replace an existing complete ``out``, and start over rather than resume a
+        ``.partial`` one; otherwise an existing ``out`` is an error.
     progress
         Called as ``progress(stage, done, total)``.
     """
@@ -250,11 +251,15 @@ def crop_screen(
                 "objects": str(Path(objects).resolve()) if objects else None,
                 "moa": str(Path(moa).resolve()) if moa else None,
                 "root": str(root) if root else None, "channels": channels, **_jsonable(config)}
+    refuse_inputs(out, [image_table, objects, moa,
+                        *(path for t in tasks for _, path, _ in t.files)])
     dtype = _store_dtype(tasks, config.illumination)
     cell_cols, field_cols = store_columns(tasks, channels)
     writer = CropStoreWriter(out, channels=channels, crop_size=config.size, dtype=dtype,
                              cell_columns=cell_cols, field_columns=field_cols,
-                             config=settings, resume=True)
+                             config=settings, resume=not overwrite,
+                             inputs=fingerprint({"image table": image_table,
+                                                 "object table": objects, "moa table": moa}))
     try:
         if writer.resumed_fields == 0 and plan_issues:
             writer.add_issues(pd.DataFrame(plan_issues))

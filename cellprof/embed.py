@@ -21,6 +21,7 @@ from cellprof.data import DataConfig, normalize, plate_percentiles
 from cellprof.errors import InputError
 from cellprof.model import VAEPlus
 from cellprof.profiles import ProfileWriter, aggregate, profile_table, write_table
+from cellprof.safeio import fingerprint, refuse_inputs
 from cellprof.train import setup
 
 
@@ -76,7 +77,9 @@ def embed(checkpoint: str | Path, crops: str | Path, out: str | Path, *,
     attrs = {"checkpoint": str(Path(ckpt["path"]).resolve()), "checkpoint_step": ckpt["step"],
              "store": str(Path(crops).resolve()), "normalization": method,
              "model_config": ckpt["model_config"], "channels": list(info.channels)}
-    writer = ProfileWriter(out, cells, names, attrs, config.logvar)
+    refuse_inputs(out, [ckpt["path"], crops])
+    writer = ProfileWriter(out, cells, names, attrs, config.logvar, resume=not overwrite,
+                           inputs=fingerprint({"checkpoint": ckpt["path"], "crop store": crops}))
     start = writer.n_done
     n = info.n_cells
     step = max(store.CHUNK_CELLS, config.batch_size // store.CHUNK_CELLS * store.CHUNK_CELLS)

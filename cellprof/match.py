@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cellprof.errors import InputError
-from cellprof.safeio import write_json
+from cellprof.safeio import OutputLock, refuse_repeats, write_json
 from cellprof.normalize import METHODS, SPHERE_EPS, normalize
 from cellprof.plots import save_confusion_matrix
 from cellprof.profiles import aggregate, feature_columns, profile_table, write_table
@@ -305,6 +305,7 @@ def run_match(profiles: str | Path | pd.DataFrame | Sequence[str | Path], out_di
     if isinstance(profiles, pd.DataFrame):
         table = profiles
     elif isinstance(profiles, (list, tuple)):  # shards, e.g. one profiles file per plate
+        refuse_repeats(profiles, "match")
         table = pd.concat([load_profiles(p, image_table=image_table, moa=moa)
                            for p in profiles], ignore_index=True)
     else:
@@ -334,19 +335,19 @@ def run_match(profiles: str | Path | pd.DataFrame | Sequence[str | Path], out_di
                    "image_table": image_table and str(image_table), "moa": moa and str(moa)},
     }
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"treatments": write_table(res, out / "treatments.csv"),
-             "profiles": write_table(treat, out / "treatment_profiles.parquet")}
-    asked = res[res["nsc_correct"].notna()]
-    labels = sorted(set(asked[MOA]) | set(asked["nsc_neighbour_moa"]))
-    index = {m: i for i, m in enumerate(labels)}
-    matrix = np.zeros((len(labels), len(labels)))
-    np.add.at(matrix, (asked[MOA].map(index).to_numpy(int),
-                       asked["nsc_neighbour_moa"].map(index).to_numpy(int)), 1)
-    paths["confusion"] = save_confusion_matrix(
-        out / "confusion_nsc.png", labels, matrix,
-        title=f"NSC, {config.normalize} / {config.metric}")
-    paths["metrics"] = _write_json(metrics, out / "metrics.json")
+    with OutputLock(out, folder=True):
+        paths = {"treatments": write_table(res, out / "treatments.csv"),
+                 "profiles": write_table(treat, out / "treatment_profiles.parquet")}
+        asked = res[res["nsc_correct"].notna()]
+        labels = sorted(set(asked[MOA]) | set(asked["nsc_neighbour_moa"]))
+        index = {m: i for i, m in enumerate(labels)}
+        matrix = np.zeros((len(labels), len(labels)))
+        np.add.at(matrix, (asked[MOA].map(index).to_numpy(int),
+                           asked["nsc_neighbour_moa"].map(index).to_numpy(int)), 1)
+        paths["confusion"] = save_confusion_matrix(
+            out / "confusion_nsc.png", labels, matrix,
+            title=f"NSC, {config.normalize} / {config.metric}")
+        paths["metrics"] = _write_json(metrics, out / "metrics.json")
     return MatchResult(
         out_dir=out, **{k: nan if metrics[k] is None else metrics[k] for k in
                         ("nsc", "nscb", "nsc_per_compound", "nscb_per_compound", "map")},

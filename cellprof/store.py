@@ -27,7 +27,10 @@ only when :meth:`CropStoreWriter.finish` renames it.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -40,7 +43,7 @@ import pandas as pd
 
 from cellprof import __version__
 from cellprof.errors import StoreError
-from cellprof.safeio import partial_path
+from cellprof.safeio import OutputLock, fingerprint_change, partial_path
 
 FORMAT = "cellprof-crops"
 SCHEMA_VERSION = 1
@@ -55,6 +58,7 @@ BATCH_FIELDS = 64
 ISSUE_COLUMNS = {"kind": "str", "file": "str", "row": "int", "reason": "str"}
 
 _STR = h5py.string_dtype("utf-8")
+log = logging.getLogger("cellprof")
 
 
 def column_kind(series: pd.Series) -> str:
@@ -169,8 +173,16 @@ class CropStoreWriter:
     config
         JSON-serialisable settings; a resumed run must pass the same ones.
     resume
-        Continue an existing ``.partial`` file written with the same config, rather than
-        starting over. A partial file that cannot be opened is discarded and restarted.
+        Continue an existing ``.partial`` file written with the same config and inputs,
+        rather than starting over. A partial file that is damaged (a hard kill during an
+        HDF5 flush can tear its heap), written with other settings, or from inputs whose
+        fingerprint changed is discarded, and the reason logged.
+    inputs
+        Fingerprint of the inputs (:func:`cellprof.safeio.fingerprint`), kept in the file
+        so a resume notices an edited table or a replaced store.
+
+    The writer holds :class:`~cellprof.safeio.OutputLock` on ``path`` from construction
+    to :meth:`finish` or :meth:`close`, so a second writer of the same output is refused.
     """
 
     def __init__(
@@ -184,17 +196,34 @@ class CropStoreWriter:
         field_columns: Mapping[str, str],
         config: Mapping[str, Any],
         resume: bool = True,
+        inputs: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
         self.tmp = partial_path(self.path)
         self.resumed_fields = 0
+        self.restart_reason: str | None = None
         self._queue: list[tuple[dict[str, Any], np.ndarray, pd.DataFrame,
                                 pd.DataFrame | None]] = []
         self._queued_cells = 0
+        self._lock = OutputLock(self.path).acquire()
+        try:
+            self._open(channels, crop_size, dtype, cell_columns, field_columns, config,
+                       resume, inputs)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, channels: Sequence[str], crop_size: int, dtype: np.dtype | type,
+              cell_columns: Mapping[str, str], field_columns: Mapping[str, str],
+              config: Mapping[str, Any], resume: bool, inputs: Mapping[str, Any] | None
+              ) -> None:
         config_json = json.dumps(dict(config), sort_keys=True, default=str)
+        inputs_json = json.dumps(dict(inputs or {}), sort_keys=True, default=str)
         if resume and self.tmp.exists():
-            if self._try_resume(config_json):
+            self.restart_reason = self._try_resume(config_json, inputs_json)
+            if self.restart_reason is None:
                 return
+            log.warning("%s: starting over: %s", self.tmp, self.restart_reason)
         self.tmp.unlink(missing_ok=True)
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
         self.file = h5py.File(self.tmp, "w")
@@ -203,7 +232,7 @@ class CropStoreWriter:
             format=FORMAT, schema_version=SCHEMA_VERSION, cellprof_version=__version__,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             channels=json.dumps(list(channels)), crop_size=int(crop_size), config=config_json,
-            complete=False, n_cells=0, n_fields=0, n_issues=0, summary="{}",
+            inputs=inputs_json, complete=False, n_cells=0, n_fields=0, n_issues=0, summary="{}",
         )
         c = len(channels)
         f.create_dataset(
@@ -217,22 +246,35 @@ class CropStoreWriter:
         f.create_group(ILLUMINATION)
         f.flush()
 
-    def _try_resume(self, config_json: str) -> bool:
+    def _try_resume(self, config_json: str, inputs_json: str) -> str | None:
+        """Reopen the partial file after its committed fields; None, or why not."""
+        damage = check_partial(self.tmp)
+        if damage:
+            return f"the partial file is damaged ({damage}), as a hard kill can leave it"
         try:
             f = h5py.File(self.tmp, "a")
-        except OSError:
-            return False  # torn file from a hard kill: restart cleanly
+        except Exception as exc:  # noqa: BLE001 - HDF5 raises many types for torn files
+            return f"the partial file cannot be opened ({type(exc).__name__})"
         if f.attrs.get("format") != FORMAT or f.attrs.get("config") != config_json:
             f.close()
-            return False
+            return "it was written with other settings"
+        saved = f.attrs.get("inputs")
+        if saved != inputs_json:
+            f.close()
+            return (fingerprint_change(json.loads(saved), json.loads(inputs_json))
+                    if saved else None) or "its inputs changed"
+        try:
+            n_cells, n_fields = int(f.attrs["n_cells"]), int(f.attrs["n_fields"])
+            f[CROPS].resize((n_cells,) + f[CROPS].shape[1:])
+            ColumnTable(f[CELLS]).truncate(n_cells)
+            ColumnTable(f[FIELDS]).truncate(n_fields)
+            ColumnTable(f[ISSUES]).truncate(int(f.attrs["n_issues"]))
+        except Exception as exc:  # noqa: BLE001
+            f.close()
+            return f"the partial file is damaged ({type(exc).__name__}: {exc})"
         self.file = f
-        n_cells, n_fields = int(f.attrs["n_cells"]), int(f.attrs["n_fields"])
-        f[CROPS].resize((n_cells,) + f[CROPS].shape[1:])
-        ColumnTable(f[CELLS]).truncate(n_cells)
-        ColumnTable(f[FIELDS]).truncate(n_fields)
-        ColumnTable(f[ISSUES]).truncate(int(f.attrs["n_issues"]))
         self.resumed_fields = n_fields
-        return True
+        return None
 
     def done_fields(self, key: str) -> pd.DataFrame:
         """Fields committed so far (all columns); ``key`` must be one of them."""
@@ -319,15 +361,64 @@ class CropStoreWriter:
         self.file.attrs.update(complete=True, summary=json.dumps(dict(summary), default=str))
         self.file.close()
         os.replace(self.tmp, self.path)
+        self._lock.release()
         return self.path
 
     def close(self) -> None:
         """Close without finishing (the ``.partial`` file stays for a resume)."""
-        if self.file.id.valid:
-            try:
-                self.commit()
-            finally:
-                self.file.close()
+        try:
+            if self.file.id.valid:
+                try:
+                    self.commit()
+                finally:
+                    self.file.close()
+        finally:
+            self._lock.release()
+
+
+def check_partial(path: str | Path) -> str | None:
+    """Open a partial store in a child process and read its committed part: None if sound,
+    else what failed.
+
+    A kill during an HDF5 flush can leave a file whose heap or chunk index is torn;
+    opening such a file has raised ``OSError: bad heap index``, ``RuntimeError`` and even
+    crashed the interpreter. A child process takes that risk instead of the run.
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    code = "import sys, cellprof.store as s; s._read_partial(sys.argv[1])"
+    try:
+        r = subprocess.run([sys.executable, "-c", code, str(path)], env=env,
+                           capture_output=True, text=True, timeout=3600)
+    except subprocess.TimeoutExpired:
+        return "checking it took over an hour"
+    if r.returncode == 0:
+        return None
+    if r.returncode < 0:
+        return f"reading it crashed with signal {-r.returncode}"
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else f"reading it failed (status {r.returncode})"
+
+
+def _read_partial(path: str) -> None:
+    """Read every committed table row, the crops' chunk index and last committed chunk."""
+    with h5py.File(path, "r") as f:
+        n_cells, n_fields = int(f.attrs["n_cells"]), int(f.attrs["n_fields"])
+        n_issues = int(f.attrs["n_issues"])
+        json.loads(f.attrs["config"])
+        for name, n in ((CELLS, n_cells), (FIELDS, n_fields), (ISSUES, n_issues)):
+            table = ColumnTable(f[name])
+            if len(table) < n:
+                raise StoreError(f"/{name} holds {len(table)} rows, {n} committed")
+            table.read(slice(0, n))
+        ds = f[CROPS]
+        if ds.shape[0] < n_cells:
+            raise StoreError(f"/crops holds {ds.shape[0]} cells, {n_cells} committed")
+        for i in range(ds.id.get_num_chunks()):
+            ds.id.get_chunk_info(i)
+        if n_cells:
+            ds[max(0, n_cells - CHUNK_CELLS):n_cells]
+        for plate in f[ILLUMINATION].values():
+            plate[()]
 
 
 def open_store(path: str | Path) -> h5py.File:

@@ -19,6 +19,7 @@ Run folder::
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 import signal
@@ -40,7 +41,7 @@ from cellprof.data import CropData, DataConfig
 from cellprof.errors import CellprofError, CheckpointError, InputError
 from cellprof.losses import compute_losses, layer_weights, pixel_loss
 from cellprof.model import ModelConfig, VAEPlus
-from cellprof.safeio import atomic_path, write_json
+from cellprof.safeio import OutputLock, atomic_path, write_json
 
 
 class TrainingDiverged(CellprofError):
@@ -218,6 +219,19 @@ class _Log:
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
+def _holding_run_lock(fn: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
+    """Run ``fn(store, out, ...)`` holding the run folder's lock (rank 0 only, the one
+    that writes), so a second training into the same ``--out`` is refused."""
+    @functools.wraps(fn)
+    def locked(store_path: str | Path, out: str | Path, **kwargs: Any) -> TrainResult:
+        if int(os.environ.get("RANK", "0")) != 0:
+            return fn(store_path, out, **kwargs)
+        with OutputLock(out, folder=True):
+            return fn(store_path, out, **kwargs)
+    return locked
+
+
+@_holding_run_lock
 def train(
     store_path: str | Path, out: str | Path, *, model_config: ModelConfig | None = None,
     config: TrainConfig = TrainConfig(), data_config: DataConfig = DataConfig(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,22 @@ app = typer.Typer(
          "embed every cell, and match treatments by mechanism of action.",
 )
 console = Console(stderr=True)
+
+
+class _Notes(logging.Handler):
+    """The library's log (``logging.getLogger("cellprof")``) as yellow notes on stderr:
+    e.g. why a partial output was started over rather than resumed."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        style = "yellow" if record.levelno >= logging.WARNING else "dim"
+        console.print(f"[{style}]note:[/] {record.getMessage()}", highlight=False,
+                      soft_wrap=True)
+
+
+_log = logging.getLogger("cellprof")
+if not any(isinstance(h, _Notes) for h in _log.handlers):
+    _log.addHandler(_Notes())
+    _log.setLevel(logging.INFO)
 
 
 def _version(value: bool) -> None:
