@@ -206,8 +206,8 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
                              "image table with plate, well, compound and concentration)")
     _require_moa(table)
     if config.level == "site" and SITE not in table.columns:
-        raise InputError(f"level='site' needs a {SITE} column in the profiles (use level "
-                         "'well' for well-level tables)")
+        raise InputError(f"--level site needs a {SITE} column in the profiles (use --level "
+                         "well for well-level tables)")
     features = feature_names(table)
     if not features:
         raise InputError("profiles have no numeric feature columns (everything numeric "
@@ -276,7 +276,7 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
     if single and not config.allow_single_compound_moa:
         raise InputError(f"MOA(s) with a single compound, which can never be matched by "
                          f"another compound: {', '.join(single)}; fix the moa table or "
-                         "allow_single_compound_moa=True to keep them only as candidates")
+                         "pass --allow-single-compound-moa to keep them only as candidates")
     treat["Metadata_Query"] = ~treat[MOA].isin(single)
     first = [TREATMENT, COMPOUND, CONCENTRATION, MOA, "Metadata_Count", "Metadata_Query",
              BATCHES]

@@ -85,11 +85,21 @@ class OutputLock:
 
     def __init__(self, out: str | Path, *, folder: bool = False) -> None:
         out = Path(out)
-        self.out = out
+        self.out, self.folder = out, folder
         self.path = out / ".lock" if folder else out.with_name(out.name + ".lock")
         self._fd: int | None = None
 
     def acquire(self) -> OutputLock:
+        if self.folder and self.out.exists() and not self.out.is_dir():
+            raise InputError(f"--out {self.out} is a file; this command writes a folder")
+        if not self.folder and self.out.is_dir():
+            raise InputError(f"--out {self.out} is a folder; give a file name, e.g. "
+                             f"{self.out / 'out.h5'}")
+        for folder in (self.path.parent, *self.path.parent.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    raise InputError(f"--out {self.out}: {folder} is a file, not a folder")
+                break
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

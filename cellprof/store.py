@@ -442,7 +442,32 @@ def open_store(path: str | Path) -> h5py.File:
     if not bool(f.attrs.get("complete", False)):
         f.close()
         raise StoreError(f"{path}: incomplete crop store")
+    try:
+        problem = _inconsistency(f)
+    except (KeyError, ValueError, TypeError, OSError) as exc:
+        problem = f"unreadable layout ({type(exc).__name__}: {exc})"
+    if problem:
+        f.close()
+        raise StoreError(f"{path}: damaged or edited crop store: {problem}")
     return f
+
+
+def _inconsistency(f: h5py.File) -> str | None:
+    """What in a store's layout contradicts itself (cheap: shapes and attributes only)."""
+    crops = f[CROPS]
+    channels = json.loads(f.attrs["channels"])
+    size = int(f.attrs["crop_size"])
+    if crops.ndim != 4 or crops.shape[1:] != (len(channels), size, size):
+        return (f"/crops is {crops.shape}, but its attributes say {len(channels)} channels "
+                f"at {size} px")
+    n = crops.shape[0]
+    if int(f.attrs.get("n_cells", n)) != n:
+        return f"/crops holds {n} cells, its attributes say {int(f.attrs['n_cells'])}"
+    for col in ColumnTable(f[CELLS]).columns:
+        if f[CELLS][col].shape[0] != n:
+            return (f"the cell table's column {col} has {f[CELLS][col].shape[0]} rows "
+                    f"for {n} crops")
+    return None
 
 
 def read_info(path: str | Path) -> StoreInfo:

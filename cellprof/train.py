@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cellprof.checkpoint import check_fits, load_checkpoint, save_checkpoint, versions
+from cellprof.checkpoint import RESUME, check_fits, load_checkpoint, save_checkpoint, versions
 from cellprof.data import CropData, DataConfig
 from cellprof.errors import CellprofError, CheckpointError, InputError
 from cellprof.losses import compute_losses, layer_weights, pixel_loss
@@ -84,6 +84,11 @@ class TrainConfig:
                                  f"got {getattr(self, name)}")
         if self.batch_size < 2:
             raise InputError("--batch-size must be at least 2 (batch norm needs two crops)")
+        for name in ("lr", "disc_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise InputError(f"--{name.replace('_', '-')} must be a positive number, "
+                                 f"got {value}")
 
 
 @dataclass
@@ -94,6 +99,9 @@ class TrainResult:
     checkpoint: Path | None
     val: dict[str, float] = field(default_factory=dict)
     cells_per_s: float = 0.0
+    signal: int = 0
+    """The signal that interrupted the run (SIGINT 2, SIGTERM 15), 0 if none; the CLI
+    exits 128 + it, as shells and schedulers expect of a stopped job."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +140,7 @@ class _Stop:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum = 0
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _Stop:
@@ -142,6 +151,7 @@ class _Stop:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
+        self.signum = signum
 
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
@@ -260,6 +270,10 @@ def train(
         if not last.exists():
             raise CheckpointError(f"{out}: nothing to resume (no checkpoints/last.pt)")
         ckpt = load_checkpoint(last, map_location=d.device)
+        lacking = [k for k in RESUME if k not in ckpt]
+        if lacking:
+            raise CheckpointError(f"{last}: cannot resume, the checkpoint lacks "
+                                  f"{', '.join(lacking)}")
         saved = ModelConfig.from_dict(ckpt["model_config"])
         if model_config is not None and model_config != saved:
             raise CheckpointError(f"{last}: was trained with another model ({saved.variant}, "
@@ -397,7 +411,8 @@ def train(
     if status == "complete":
         saved_path = checkpoint(out / "model.pt", status)
     _check_replicas(model, d)
-    return TrainResult(out, step, status, saved_path, val, rate)
+    return TrainResult(out, step, status, saved_path, val, rate,
+                       stop.signum if status == "interrupted" else 0)
 
 
 def _check_replicas(model: nn.Module, d: Dist) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.table import Column
 from rich.progress import (
@@ -23,8 +26,57 @@ from rich.progress import (
 from cellprof import __version__
 from cellprof.errors import CellprofError
 
+class _Settings:
+    """Options of the ``cellprof`` command itself (before the subcommand)."""
+
+    debug = bool(os.environ.get("CELLPROF_DEBUG"))
+    quiet = False
+
+
+class _Guarded(TyperGroup):
+    """Every command runs here: what a user can cause ends as one red line, never a
+    traceback (``cellprof --debug CMD`` or ``CELLPROF_DEBUG=1`` shows it), and SIGTERM
+    ends a command as Ctrl-C does, through its clean-up (partial files closed
+    consistently), with exit status 143."""
+
+    def invoke(self, ctx: Any) -> Any:
+        old = None
+        if threading.current_thread() is threading.main_thread():
+            old = signal.signal(signal.SIGTERM, _terminate)
+        try:
+            return super().invoke(ctx)
+        except CellprofError as exc:
+            _fail(exc)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            if type(exc).__module__.startswith("typer") or _Settings.debug:
+                raise
+            console.print(f"[bold red]error:[/] {describe(exc)} (cellprof --debug "
+                          f"{ctx.invoked_subcommand or ''} … shows where)", highlight=False,
+                          soft_wrap=True)
+            raise typer.Exit(1) from None
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGTERM, old)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an unexpected error: the file and the system's reason for OS errors
+    (read-only folder, full disk, a folder where a file was expected)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = exc.filename if exc.filename is not None else ""
+        return f"{where}: {exc.strerror}" if where else exc.strerror
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
 app = typer.Typer(
-    name="cellprof", no_args_is_help=True, add_completion=False,
+    name="cellprof", no_args_is_help=True, add_completion=False, cls=_Guarded,
     help="Image-based cell profiling: crop cells, train an adversarial progressive VAE, "
          "embed every cell, and match treatments by mechanism of action.",
 )
@@ -57,8 +109,14 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Show the traceback of an unexpected error.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress bars or lines; notes and errors only.")] = False,
 ) -> None:
     """cellprof: crop -> train -> embed -> match."""
+    _Settings.debug = debug or bool(os.environ.get("CELLPROF_DEBUG"))
+    _Settings.quiet = quiet
 
 
 class _Bars:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -104,6 +105,7 @@ def train(
     console.print(table)
     if res.status == "interrupted":
         console.print("interrupted: continue with the same command plus --resume")
+        raise typer.Exit(128 + (res.signal or signal.SIGINT))
 
 
 @app.command()
@@ -132,6 +134,8 @@ def embed(
     try:
         if format not in (None, "parquet", "csv"):
             raise CellprofError(f"--format must be parquet or csv, got {format!r}")
+        if level not in ("cell", "well"):  # checked before hours of embedding, not after
+            raise CellprofError(f"--level must be cell or well, got {level!r}")
         with _progress() as bar:
             res = run_embed(checkpoint, crops, out, config=EmbedConfig(
                 batch_size=batch_size, logvar=logvar, device=device), overwrite=overwrite,

@@ -131,6 +131,9 @@ def crop(
         else:
             if image_table is None:
                 raise CellprofError("give an IMAGE_TABLE (or --singlecell DIR --metadata TABLE)")
+            for given in (image_table, objects, moa):
+                if given is not None and not given.is_file():
+                    raise CellprofError(f"{given}: no such file")
             if objects is None and not segment:
                 raise CellprofError("give --objects OBJECT_TABLE, or --segment to find nuclei")
             try:
@@ -148,6 +151,23 @@ def crop(
     except CellprofError as exc:
         _fail(exc)
     _print_crop_summary(summary, time.perf_counter() - t0)
+    if summary.n_cells == 0:
+        _fail(CellprofError(_why_no_cells(summary)))
+
+
+def _why_no_cells(s: object) -> str:
+    """The reason a crop produced nothing, from its counts and issue kinds."""
+    if s.n_fields and s.n_fields_failed == s.n_fields:
+        kinds = ", ".join(f"{k} {n}" for k, n in s.issues.items())
+        why = f"every one of the {s.n_fields} fields failed ({kinds})"
+    elif s.n_edge_skipped or s.n_rejected:
+        why = (f"all {s.n_edge_skipped + s.n_rejected} objects were skipped at the image "
+               f"edge ({s.n_edge_skipped}) or rejected ({s.n_rejected}); try --edge pad or a "
+               "smaller --size")
+    else:
+        why = "the object table has no objects for these fields"
+    log = f"; see {s.issues_file}" if s.issues_file else ""
+    return f"no cells were cropped: {why}{log}"
 
 
 def _print_crop_summary(s: object, seconds: float) -> None:
