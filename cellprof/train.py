@@ -19,6 +19,7 @@ Run folder::
 from __future__ import annotations
 
 import csv
+import json
 import functools
 import math
 import os
@@ -89,6 +90,36 @@ class TrainConfig:
             if not (math.isfinite(value) and value > 0):
                 raise InputError(f"--{name.replace('_', '-')} must be a positive number, "
                                  f"got {value}")
+
+
+RESUME_MAY_CHANGE = ("steps", "lr", "disc_lr", "log_every", "val_every", "image_every",
+                     "checkpoint_every", "explode_factor", "device", "amp")
+"""Settings a resumed run takes from the command (recorded in config.json and, for the
+learning rates, in every losses.csv row); the others must stay as saved, since the data
+stream (seed, batch size) and the optimiser's meaning (decay, momentum) depend on them."""
+
+
+def resume_changes(saved: TrainConfig, wanted: TrainConfig) -> dict[str, list[Any]]:
+    """``{field: [saved, wanted]}`` for what a resume changes, or :class:`InputError`
+    naming the options that may not change."""
+    changed = {k: [getattr(saved, k), getattr(wanted, k)] for k in asdict(saved)
+               if getattr(saved, k) != getattr(wanted, k)}
+    fixed = [k for k in changed if k not in RESUME_MAY_CHANGE]
+    if fixed:
+        raise InputError(
+            "--resume cannot change " + ", ".join(
+                f"--{k.replace('_', '-')} ({changed[k][0]} -> {changed[k][1]})" for k in fixed)
+            + "; they fix the data stream and optimiser: drop them, or start a new run "
+            "(another --out, or --overwrite)")
+    return {k: v for k, v in changed.items() if k not in ("device", "amp")}
+
+
+def saved_train_config(out: str | Path) -> TrainConfig:
+    """The training settings of the run in ``out`` (its last checkpoint's)."""
+    last = Path(out) / "checkpoints" / "last.pt"
+    if not last.exists():
+        raise CheckpointError(f"{out}: nothing to resume (no checkpoints/last.pt)")
+    return TrainConfig(**load_checkpoint(last)["train_config"])
 
 
 @dataclass
@@ -279,9 +310,10 @@ def train(
             raise CheckpointError(f"{last}: was trained with another model ({saved.variant}, "
                                   f"latent {saved.latent_dim}); resume without model options")
         model_config = saved
-        data_config = DataConfig(**ckpt["data_config"])
-        config = TrainConfig(**{**ckpt["train_config"], "steps": config.steps,
-                                "device": config.device})
+        # The saved data settings, but this machine's memory limit (it changes no result).
+        data_config = DataConfig(**{**ckpt["data_config"],
+                                    "memory_limit_gb": data_config.memory_limit_gb})
+        changes = resume_changes(TrainConfig(**ckpt["train_config"]), config)
 
     data = CropData(store_path, data_config, seed=config.seed, rank=d.rank, world=d.world)
     model_config = ModelConfig.from_dict({**(model_config or ModelConfig()).to_dict(),
@@ -305,6 +337,9 @@ def train(
         if opt_disc is not None:
             opt_disc.load_state_dict(ckpt["opt_disc"])
         step = int(ckpt["step"])
+        for opt, lr in ((opt_vae, config.lr), (opt_disc, config.disc_lr)):
+            for group in opt.param_groups if opt is not None else ():
+                group["lr"] = lr  # the saved state carries the old rate
         torch.set_rng_state(ckpt["rng_torch"].cpu())
         if d.device.type == "cuda" and ckpt.get("rng_cuda"):
             torch.cuda.set_rng_state(ckpt["rng_cuda"][0].cpu(), d.device)
@@ -331,10 +366,15 @@ def train(
         if ckpt is None:  # a fresh start: nothing of an overwritten run may be resumed or shown
             for old in (last, out / "model.pt", *(out / "images").glob("*.png")):
                 old.unlink(missing_ok=True)
+        resumes = _earlier_resumes(out) if ckpt is not None else []
+        if ckpt is not None and changes:
+            resumes.append({"step": step, "changed": changes})
         write_json(out / "config.json", {**described, "world_size": d.world,
-                                          "device": str(d.device), "versions": versions()})
+                                          "device": str(d.device), "versions": versions(),
+                                          "resumes": resumes})
         log = _Log(out / "losses.csv", ["step", "epoch", *terms, "total", *weights_cols,
-                                        "val_pixel", "val_mse", "cells_per_s", "elapsed_s"],
+                                        "val_pixel", "val_mse", "cells_per_s", "elapsed_s",
+                                        "lr", "disc_lr"],
                    step if ckpt is not None else None)
 
     def checkpoint(path: Path, status: str) -> Path | None:
@@ -393,6 +433,7 @@ def train(
                 row.update(val)
             if step % config.log_every == 0 or row or step == config.steps:
                 row.update({k: float(losses[k].detach()) for k in terms}, step=step, total=value,
+                           lr=config.lr, disc_lr=config.disc_lr if opt_disc is not None else "",
                            epoch=step * config.batch_size * d.world / len(data.train_idx),
                            cells_per_s=rate, elapsed_s=time.perf_counter() - t0,
                            **dict(zip(weights_cols, layer_weights(step, model_config))))
@@ -413,6 +454,14 @@ def train(
     _check_replicas(model, d)
     return TrainResult(out, step, status, saved_path, val, rate,
                        stop.signum if status == "interrupted" else 0)
+
+
+def _earlier_resumes(out: Path) -> list[dict[str, Any]]:
+    """Settings changed by earlier resumes, as config.json records them."""
+    try:
+        return list(json.loads((out / "config.json").read_text()).get("resumes", []))
+    except (OSError, ValueError):
+        return []
 
 
 def _check_replicas(model: nn.Module, d: Dist) -> None:

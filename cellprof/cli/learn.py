@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import asdict, replace
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -20,8 +21,20 @@ from cellprof.cli._app import (
 from cellprof.errors import CellprofError
 
 
+_KEPT_ON_RESUME = ("model", "latent_dim", "filters", "beta", "schedule", "normalization",
+                   "augment", "val_fraction")
+
+
+def _given(ctx: typer.Context) -> set[str]:
+    """Options the user typed (or set in the environment), as opposed to defaults."""
+    return {name for name in ctx.params
+            if getattr(ctx.get_parameter_source(name), "name", "") in
+            ("COMMANDLINE", "ENVIRONMENT", "PROMPT")}
+
+
 @app.command()
 def train(
+    ctx: typer.Context,
     crops: Annotated[Path, typer.Argument(help="Crop store from `cellprof crop`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (config, losses.csv, "
                                       "images/, checkpoints/, model.pt).")] = ...,
@@ -53,7 +66,9 @@ def train(
     image_every: Annotated[int, typer.Option(help="Steps between PNG grids.")] = 1000,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
     resume: Annotated[bool, typer.Option(
-        help="Continue the run in --out from its last checkpoint (exactly).")] = False,
+        help="Continue the run in --out from its last checkpoint (exactly). --steps, --lr, "
+             "--disc-lr and the intervals may change (recorded in config.json and "
+             "losses.csv); model, data, --seed and --batch-size may not.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Start over in an --out holding a run.")] = False,
 ) -> None:
     """Train the adversarial progressive VAE on a crop store.
@@ -64,7 +79,7 @@ def train(
     """
     from cellprof.data import DataConfig
     from cellprof.model import ModelConfig
-    from cellprof.train import TrainConfig, scaled_schedule
+    from cellprof.train import TrainConfig, saved_train_config, scaled_schedule
     from cellprof.train import train as run_train
 
     try:
@@ -86,6 +101,14 @@ def train(
         tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, disc_lr=disc_lr, seed=seed,
                            device=device, amp=amp, log_every=log_every, val_every=val_every,
                            image_every=image_every, checkpoint_every=checkpoint_every)
+        if resume:  # the run's own settings, changed only where the user asked
+            given = _given(ctx)
+            kept = [f"--{n.replace('_', '-')}" for n in _KEPT_ON_RESUME if n in given]
+            if kept:
+                raise CellprofError(f"--resume continues the saved model and data settings; "
+                                    f"drop {', '.join(kept)} (or start over with --overwrite)")
+            tcfg = replace(saved_train_config(out), **{
+                k: v for k, v in asdict(tcfg).items() if k in given})
         dcfg = DataConfig(normalization=normalization, augment=augment,
                           val_fraction=val_fraction, memory_limit_gb=memory_limit)
         with _progress() as bar:
