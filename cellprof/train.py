@@ -392,6 +392,7 @@ def train(
     t0, cells_done, early, val = time.perf_counter(), 0, [], {}
     status = "complete"
     rate = 0.0
+    shown: dict[str, Any] = {}  # the latest logged losses, shown beside the progress
     with _Stop() as stop:
         while step < config.steps:
             x = _to_device(data.train_batch(step, config.batch_size), d)
@@ -439,8 +440,9 @@ def train(
                            **dict(zip(weights_cols, layer_weights(step, model_config))))
                 if log is not None:
                     log.write(row)
-                if progress is not None and d.main:
-                    progress(step, config.steps, {**row, **val})
+                shown = row
+            if progress is not None and d.main:  # every step: batch logs print on a clock
+                progress(step, config.steps, {**shown, **val, "cells_per_s": rate})
             if d.main and (step % config.image_every == 0 or step == config.steps):
                 _images(model, data, d, out, step)
             if step % config.checkpoint_every == 0 and step < config.steps:

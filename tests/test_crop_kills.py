@@ -70,8 +70,8 @@ def wait_for(path: Path, proc: subprocess.Popen) -> None:
         time.sleep(0.01)
 
 
-def kill_loop(screen: Path, work: Path, kills: int, sig: int = signal.SIGKILL
-              ) -> LoopFigures:
+def kill_loop(screen: Path, work: Path, kills: int, sig: int = signal.SIGKILL,
+              verbose: bool = False) -> LoopFigures:
     """Kill ``kills`` crops at evenly spread moments of a clean run's cropping phase (from
     its ``.partial`` appearing to its end), resume each, and count finished stores
     identical to the clean run."""
@@ -92,13 +92,19 @@ def kill_loop(screen: Path, work: Path, kills: int, sig: int = signal.SIGKILL
         time.sleep(delay)
         proc.send_signal(sig)
         proc.wait()
-        if not out.exists():
+        finished = out.exists()
+        if not finished:
             figures.killed_mid_run += 1
             again = run(crop_cmd(screen, out))
             assert again.returncode == 0, f"rerun after a kill at {delay:.2f} s: {again.stderr}"
             figures.torn_restarts += int("damaged" in again.stderr)
         figures.runs += 1
-        figures.identical += int(same_store(out, ref))
+        same = same_store(out, ref)
+        figures.identical += int(same)
+        if verbose:
+            print(f"kill {signal.Signals(sig).name} at {delay:.2f} s: "
+                  f"{'killed mid-run' if not finished else 'had finished'}, "
+                  f"{'identical' if same else 'DIFFERENT'}", flush=True)
         out.unlink()
     return figures
 
@@ -142,10 +148,12 @@ def test_killed_crops_resume_to_the_clean_result(screen: Path, tmp_path: Path) -
 def test_full_kill_loop(tmp_path: Path) -> None:
     """The full loop on a larger screen: many kill -9 and SIGTERM points."""
     root = tmp_path / "big"
-    synthesize(root, SynthConfig(sites=4, seed=3))
+    synthesize(root, SynthConfig(sites=int(os.environ.get("CELLPROF_KILL_SITES", "4")),
+                                 seed=3))
     kills = int(os.environ.get("CELLPROF_KILLS", "30"))
-    hard = kill_loop(root, tmp_path, kills=kills)
-    soft = kill_loop(root, tmp_path, kills=max(kills // 3, 1), sig=signal.SIGTERM)
+    hard = kill_loop(root, tmp_path, kills=kills, verbose=True)
+    soft = kill_loop(root, tmp_path, kills=max(kills // 3, 1), sig=signal.SIGTERM,
+                     verbose=True)
     for name, f in (("kill -9", hard), ("SIGTERM", soft)):
         print(f"\n{name}: {f.runs} runs, kill points {f.kill_points[0]:.2f}-"
               f"{f.kill_points[-1]:.2f} s into cropping, {f.killed_mid_run} killed mid-run, "

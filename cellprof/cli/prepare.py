@@ -107,9 +107,12 @@ def crop(
 
     \b
     Three inputs:
-      cellprof crop Image.csv --objects Nuclei.csv [--channels A,B,C] [--root DIR] --out crops.h5
-      cellprof crop --singlecell DIR --metadata metadata.csv [--moa moa.csv] --out crops.h5
+      cellprof crop Image.csv --objects Nuclei.csv --out crops.h5
       cellprof crop Image.csv --segment --out crops.h5
+      cellprof crop --singlecell DIR --metadata meta.csv --out crops.h5
+
+    --channels A,B,C picks and orders channels, --root DIR finds images moved since
+    the tables were written, and --moa moa.csv labels treatments with their MOA.
 
     Writes OUT (crops (N, C, H, W), per-cell Metadata_* table, per-field statistics; see
     docs/formats.md) and, when anything was reported, OUT.issues.csv (kind, file, row,
