@@ -19,8 +19,11 @@ them; :func:`read_cells` turns them into a :class:`pandas.DataFrame`.
 
 Writing is crash-safe in the sense that matters for long jobs: the writer appends one
 field at a time to ``<out>.partial`` and records the committed row counts only after a
-field's rows are all flushed. A resumed run truncates anything past those counts, so a
-field interrupted mid-write is redone, never duplicated. The file gets its final name
+field's rows are all flushed. A resumed run copies what those counts cover into a fresh
+file (in a child process, :func:`rebuild_partial`: a hard kill mid-flush can tear the
+old file's heap so that it crashes its reader, or fails only at the next write), so a
+field interrupted mid-write is redone, never duplicated, and a torn file is either
+rebuilt from its last committed field or started over. The file gets its final name
 only when :meth:`CropStoreWriter.finish` renames it.
 """
 
@@ -248,7 +251,7 @@ class CropStoreWriter:
 
     def _try_resume(self, config_json: str, inputs_json: str) -> str | None:
         """Reopen the partial file after its committed fields; None, or why not."""
-        damage = check_partial(self.tmp)
+        damage = rebuild_partial(self.tmp)
         if damage:
             return f"the partial file is damaged ({damage}), as a hard kill can leave it"
         try:
@@ -376,21 +379,26 @@ class CropStoreWriter:
             self._lock.release()
 
 
-def check_partial(path: str | Path) -> str | None:
-    """Open a partial store in a child process and read its committed part: None if sound,
-    else what failed.
+def rebuild_partial(path: str | Path) -> str | None:
+    """Copy a partial store's committed part into a fresh file, in a child process; None
+    when done, else what failed.
 
-    A kill during an HDF5 flush can leave a file whose heap or chunk index is torn;
-    opening such a file has raised ``OSError: bad heap index``, ``RuntimeError`` and even
-    crashed the interpreter. A child process takes that risk instead of the run.
+    A kill during an HDF5 flush can tear a file's heap or chunk index. Reading such a file
+    has raised ``OSError: bad heap index``, ``RuntimeError`` and crashed the interpreter,
+    and a file whose committed rows still read can fail later, when new rows are written
+    into its damaged heap. So a resume never writes into the old file: a child process
+    (which takes the risk of the crash) copies every committed row, crop chunk and
+    illumination function into a new file that replaces it.
     """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    code = "import sys, cellprof.store as s; s._read_partial(sys.argv[1])"
+    code = "import sys, cellprof.store as s; s._rebuild(sys.argv[1])"
     try:
         r = subprocess.run([sys.executable, "-c", code, str(path)], env=env,
-                           capture_output=True, text=True, timeout=3600)
+                           capture_output=True, text=True, timeout=24 * 3600)
     except subprocess.TimeoutExpired:
-        return "checking it took over an hour"
+        return "copying its committed part took over a day"
+    finally:
+        Path(str(path) + ".rebuild").unlink(missing_ok=True)
     if r.returncode == 0:
         return None
     if r.returncode < 0:
@@ -399,26 +407,41 @@ def check_partial(path: str | Path) -> str | None:
     return lines[-1][:200] if lines else f"reading it failed (status {r.returncode})"
 
 
-def _read_partial(path: str) -> None:
-    """Read every committed table row, the crops' chunk index and last committed chunk."""
-    with h5py.File(path, "r") as f:
-        n_cells, n_fields = int(f.attrs["n_cells"]), int(f.attrs["n_fields"])
-        n_issues = int(f.attrs["n_issues"])
-        json.loads(f.attrs["config"])
-        for name, n in ((CELLS, n_cells), (FIELDS, n_fields), (ISSUES, n_issues)):
-            table = ColumnTable(f[name])
-            if len(table) < n:
-                raise StoreError(f"/{name} holds {len(table)} rows, {n} committed")
-            table.read(slice(0, n))
-        ds = f[CROPS]
-        if ds.shape[0] < n_cells:
-            raise StoreError(f"/crops holds {ds.shape[0]} cells, {n_cells} committed")
-        for i in range(ds.id.get_num_chunks()):
-            ds.id.get_chunk_info(i)
-        if n_cells:
-            ds[max(0, n_cells - CHUNK_CELLS):n_cells]
-        for plate in f[ILLUMINATION].values():
-            plate[()]
+def _rebuild(path: str) -> None:
+    """The child's side of :func:`rebuild_partial`."""
+    tmp = path + ".rebuild"
+    with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
+        if src.attrs.get("format") != FORMAT:
+            raise StoreError("not a partial crop store")
+        n = {CELLS: int(src.attrs["n_cells"]), FIELDS: int(src.attrs["n_fields"]),
+             ISSUES: int(src.attrs["n_issues"])}
+        dst.attrs.update(dict(src.attrs))
+        old = src[CROPS]
+        if old.shape[0] < n[CELLS]:
+            raise StoreError(f"/crops holds {old.shape[0]} cells, {n[CELLS]} committed")
+        new = dst.create_dataset(
+            CROPS, shape=(n[CELLS],) + old.shape[1:], maxshape=(None,) + old.shape[1:],
+            dtype=old.dtype, chunks=old.chunks, compression=old.compression,
+            compression_opts=old.compression_opts, shuffle=old.shuffle)
+        rows = old.chunks[0]
+        whole = n[CELLS] // rows
+        for i in range(whole):  # whole chunks as stored: no decompressing
+            offset = (i * rows,) + (0,) * (old.ndim - 1)
+            mask, data = old.id.read_direct_chunk(offset)
+            new.id.write_direct_chunk(offset, data, mask)
+        if n[CELLS] > whole * rows:
+            new[whole * rows:n[CELLS]] = old[whole * rows:n[CELLS]]
+        for name, count in n.items():
+            table = ColumnTable(src[name])
+            if len(table) < count:
+                raise StoreError(f"/{name} holds {len(table)} rows, {count} committed")
+            kinds = {c: src[name][c].attrs["kind"] for c in table.columns}
+            ColumnTable.create(dst, name, kinds).append(table.read(slice(0, count)), 0)
+        group = dst.create_group(ILLUMINATION)
+        for key, ds in src[ILLUMINATION].items():
+            group.create_dataset(key, data=ds[()], compression="gzip")
+            group[key].attrs["plate"] = ds.attrs["plate"]
+    os.replace(tmp, path)
 
 
 def open_store(path: str | Path) -> h5py.File:

@@ -122,3 +122,14 @@ def tiny_model(synthetic_store: Path) -> tuple[Path, Path]:
                                                          dec_filters=8, ramp_start=1),
           config=TrainConfig(steps=3, batch_size=8, val_every=1000, image_every=1000))
     return run / "model.pt", synthetic_store
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models train faster on one thread than on contended cores."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from cellprof.checkpoint import load_checkpoint
@@ -24,12 +23,7 @@ CLI = ["--batch-size", "8", "--latent-dim", "8", "--filters", "8", "--model", "v
        "--log-every", "1", "--val-every", "1000", "--image-every", "1000", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_resume_with_a_lower_lr_applies_and_records_it(synthetic_store: Path,

@@ -17,6 +17,7 @@ from cellprof.cli._app import (
     console,
 )
 from cellprof.errors import CellprofError
+from cellprof.safeio import refuse_inputs
 
 
 @app.command()
@@ -127,6 +128,7 @@ def crop(
         if singlecell is not None:
             if metadata is None:
                 raise CellprofError("--singlecell needs --metadata TABLE")
+            refuse_inputs(out, [metadata, moa])
             with _progress() as bar:
                 summary = import_singlecell(singlecell, metadata, out, moa=moa,
                                             channels=_split(channels), workers=workers,
