@@ -9,7 +9,6 @@ torch random states (the data stream is a pure function of seed and step, see
 
 from __future__ import annotations
 
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,13 @@ import torch
 from cellprof import __version__
 from cellprof.errors import CheckpointError
 from cellprof.model import ModelConfig
+from cellprof.safeio import atomic_path
 
 FORMAT = "cellprof-checkpoint"
 VERSION = 1
+REQUIRED = ("model_config", "model", "step", "data")
+"""Keys every checkpoint has; ``--resume`` also needs those of :data:`RESUME`."""
+RESUME = ("train_config", "data_config", "opt_vae", "rng_torch")
 
 
 def versions() -> dict[str, str]:
@@ -32,10 +35,9 @@ def versions() -> dict[str, str]:
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (plus format tags) to ``path`` via a temporary file and rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save({"format": FORMAT, "version": VERSION, "versions": versions(), **payload}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "version": VERSION, "versions": versions(), **payload},
+                   tmp)
     return path
 
 
@@ -52,15 +54,32 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
             raise CheckpointError(f"{path}: a folder without model.pt or checkpoints/last.pt")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for foreign or damaged files
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+                              f"({type(exc).__name__}{': ' + first if first else ''})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a cellprof checkpoint (no format={FORMAT!r})")
-    if int(ckpt.get("version", 0)) > VERSION:
+    version = ckpt.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: checkpoint version {version!r} is not one cellprof "
+                              "writes")
+    if version > VERSION:
         raise CheckpointError(f"{path}: written by a newer cellprof; upgrade cellprof")
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: damaged checkpoint, missing {', '.join(missing)}")
+    try:
+        if not isinstance(ckpt["model_config"], dict):
+            raise TypeError(f"a {type(ckpt['model_config']).__name__}, not a dict")
+        ModelConfig.from_dict(ckpt["model_config"])
+    except (TypeError, ValueError, KeyError, CheckpointError) as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint, its model_config is invalid "
+                              f"({exc})") from None
     ckpt["path"] = str(path)
     return ckpt
 

@@ -23,12 +23,15 @@ from cellprof.errors import InputError
 from cellprof.fieldwork import FieldTask, field_mean, issue, process_field
 from cellprof.illumination import IlluminationAccumulator
 from cellprof.images import read_planes, resolve_image
-from cellprof.runner import Progress, commit_results, ordered_map, store_columns
+from cellprof.runner import (
+    Progress, commit_results, ordered_map, store_columns, worker_count,
+)
+from cellprof.safeio import atomic_path, fingerprint, refuse_inputs
 from cellprof.segment import SegmentConfig
 from cellprof.store import CropStoreWriter
 from cellprof.tables import (
     PLATE, canonical_columns, channels_of, complete_metadata, join_moa, object_centres,
-    read_moa_table, read_table,
+    read_moa_table, read_table, whole_numbers,
 )
 
 
@@ -97,6 +100,7 @@ def plan(image_table: str | Path, objects: str | Path | None, config: CropConfig
                          f"(channels: {', '.join(available)})")
     if "ImageNumber" not in table.columns:
         table["ImageNumber"] = np.arange(1, len(table) + 1)
+    table["ImageNumber"] = whole_numbers(table["ImageNumber"], "ImageNumber", image_table)
     # Database exports number images per TableNumber: the pair identifies a field.
     table["_key"] = _field_keys(table)
     if table["_key"].duplicated().any():
@@ -104,6 +108,7 @@ def plan(image_table: str | Path, objects: str | Path | None, config: CropConfig
         raise InputError(f"{image_table}: image {dup} appears twice (ImageNumber, with "
                          "TableNumber when present, must identify one row)")
     table = complete_metadata(table, channels[0])
+    screen_keys = set(table["_key"])  # every field of the screen, before --plates
     if config.plates:
         missing = sorted(set(config.plates) - set(table[PLATE]))
         if missing:
@@ -125,12 +130,18 @@ def plan(image_table: str | Path, objects: str | Path | None, config: CropConfig
             raise InputError(f"{objects}: missing column TableNumber (the image table "
                              f"{image_table.name} has one, so ImageNumber alone is ambiguous)")
         obj["_key"] = _field_keys(obj)
-        known = set(table["_key"])
-        stray = obj[~obj["_key"].isin(known)]
+        # Objects of plates left out by --plates are not strays: only those of no image.
+        stray = obj[~obj["_key"].isin(screen_keys)]
         for _, r in stray.iterrows():
             issues.append(issue("unknown_image", objects, r["_row"],
                                 f"image {r['_key']} is not in {image_table.name}"))
-        centres = dict(iter(obj[obj["_key"].isin(known)].groupby("_key")))
+        obj = obj[obj["_key"].isin(set(table["_key"]))]
+        dup = obj.duplicated(["_key", "ObjectNumber"])
+        for _, r in obj[dup].iterrows():
+            issues.append(issue("duplicate_object", objects, r["_row"],
+                                f"object {r['ObjectNumber']} of image {r['_key']} appears "
+                                "again; the first row is kept"))
+        centres = dict(iter(obj[~dup].groupby("_key")))
     elif config.segment is None:
         raise InputError("give an object table (--objects) or ask for segmentation (--segment)")
 
@@ -151,21 +162,24 @@ def plan(image_table: str | Path, objects: str | Path | None, config: CropConfig
             files.append((ch, path, _plane(rec, ch)))
         if bad:
             continue
-        obj = centres.get(rec["_key"])
-        tasks.append(FieldTask(
+        obj = centres.get(rec["_key"], _NO_OBJECTS)  # CellProfiler writes no rows for
+        tasks.append(FieldTask(                         # a field without objects
             key=rec["_key"], image_number=int(rec["ImageNumber"]), row=i + 2,
             meta={c: _plain(rec[c]) for c in meta_cols}, files=files,
             table_file=str(image_table), object_file=str(objects or ""),
-            centres=None if config.segment is not None else (
-                obj[["Location_Center_X", "Location_Center_Y"]].to_numpy(np.float64)
-                if obj is not None else np.zeros((0, 2))),
-            object_numbers=None if obj is None else obj["ObjectNumber"].to_numpy(np.int64),
-            object_rows=None if obj is None else obj["_row"].to_numpy(np.int64),
+            centres=None if config.segment is not None else
+            obj[["Location_Center_X", "Location_Center_Y"]].to_numpy(np.float64),
+            object_numbers=obj["ObjectNumber"].to_numpy(np.int64),
+            object_rows=obj["_row"].to_numpy(np.int64),
             expected_shape=_expected_shape(rec, channels[0]),
         ))
     if not tasks:
         raise InputError(f"{image_table}: no usable image rows")
     return tasks, channels, issues
+
+
+_NO_OBJECTS = pd.DataFrame({"ObjectNumber": np.zeros(0, np.int64), "_row": np.zeros(0, np.int64),
+                            "Location_Center_X": np.zeros(0), "Location_Center_Y": np.zeros(0)})
 
 
 def _field_keys(table: pd.DataFrame) -> pd.Series:
@@ -197,19 +211,25 @@ def _expected_shape(rec: dict[str, Any], ch: str) -> tuple[int, int] | None:
     return int(h), int(w)
 
 
-def _store_dtype(tasks: list[FieldTask], illumination: bool) -> str:
+def _source_dtype(tasks: list[FieldTask]) -> str | None:
+    """Pixel type of the first readable field: every field must share it, since an 8-bit
+    field among 16-bit ones would put its cells on a 256 times smaller scale."""
+    for task in tasks:
+        try:
+            return read_planes(task.files[0][1]).dtype.str
+        except InputError:
+            continue
+    return None
+
+
+def _store_dtype(source: str | None, illumination: bool) -> str:
     """uint16 for 8/16-bit sources (raw values kept exactly), float32 otherwise."""
     if illumination:
         return "float32"
-    for task in tasks:
-        try:
-            sample = read_planes(task.files[0][1])
-        except InputError:
-            continue
-        if sample.dtype.kind in "ub" and sample.dtype.itemsize <= 2:
-            return "uint16"
-        return "float32"
-    return "uint16"
+    if source is None:
+        return "uint16"
+    kind = np.dtype(source)
+    return "uint16" if kind.kind in "ub" and kind.itemsize <= 2 else "float32"
 
 
 def crop_screen(
@@ -231,7 +251,8 @@ def crop_screen(
     strict
         Fail on the first reported problem instead of logging it and going on.
     overwrite
-        Replace an existing complete ``out``; otherwise that is an error.
+        Replace an existing complete ``out``, and start over rather than resume a
+        ``.partial`` one; otherwise an existing ``out`` is an error.
     progress
         Called as ``progress(stage, done, total)``.
     """
@@ -239,6 +260,7 @@ def crop_screen(
     if out.exists() and not overwrite:
         raise InputError(f"{out}: exists; pass --overwrite to replace it")
     tasks, channels, plan_issues = plan(image_table, objects, config, root, moa)
+    workers = worker_count(workers, len(tasks))
     if strict and plan_issues:
         raise InputError(_describe(plan_issues[0]))
     nucleus = channels.index(config.nucleus_channel) if config.nucleus_channel else 0
@@ -249,11 +271,16 @@ def crop_screen(
                 "objects": str(Path(objects).resolve()) if objects else None,
                 "moa": str(Path(moa).resolve()) if moa else None,
                 "root": str(root) if root else None, "channels": channels, **_jsonable(config)}
-    dtype = _store_dtype(tasks, config.illumination)
+    refuse_inputs(out, [image_table, objects, moa,
+                        *(path for t in tasks for _, path, _ in t.files)])
+    source = _source_dtype(tasks)
+    dtype = _store_dtype(source, config.illumination)
     cell_cols, field_cols = store_columns(tasks, channels)
     writer = CropStoreWriter(out, channels=channels, crop_size=config.size, dtype=dtype,
                              cell_columns=cell_cols, field_columns=field_cols,
-                             config=settings, resume=True)
+                             config=settings, resume=not overwrite,
+                             inputs=fingerprint({"image table": image_table,
+                                                 "object table": objects, "moa table": moa}))
     try:
         if writer.resumed_fields == 0 and plan_issues:
             writer.add_issues(pd.DataFrame(plan_issues))
@@ -262,7 +289,7 @@ def crop_screen(
             _attach_illumination(tasks, writer, workers, progress)
         todo = [t for t in tasks if t.key not in done]
         work = _FieldJob(config.size, config.edge == "pad", dtype, channels, config.segment,
-                         nucleus)
+                         nucleus, source)
         commit_results(ordered_map(work, todo, workers), writer, strict=strict,
                        total=len(tasks), done=len(done), progress=progress)
         return finish_store(writer, out)
@@ -280,10 +307,11 @@ class _FieldJob:
     channels: list[str]
     segment: SegmentConfig | None
     nucleus: int
+    source: str | None = None
 
     def __call__(self, task: FieldTask):  # noqa: ANN204 - FieldResult
         return process_field(task, self.size, self.pad, self.dtype, self.channels,
-                             self.segment, self.nucleus)
+                             self.segment, self.nucleus, self.source)
 
 
 def _attach_illumination(tasks: list[FieldTask], writer: CropStoreWriter, workers: int,
@@ -318,9 +346,8 @@ def finish_store(writer: CropStoreWriter, out: Path) -> CropSummary:
     issues_file = None
     if len(issues):
         issues_file = out.with_name(out.name + ".issues.csv")
-        tmp = issues_file.with_name(issues_file.name + ".partial")
-        issues.to_csv(tmp, index=False)
-        tmp.replace(issues_file)
+        with atomic_path(issues_file) as tmp:
+            issues.to_csv(tmp, index=False)
     fields = writer.done_fields("Field_Key")
     summary = CropSummary(
         out=out, n_fields=len(fields), n_fields_failed=int((fields["Status"] != "ok").sum()),

@@ -36,6 +36,7 @@ from cellprof.errors import InputError
 from cellprof.loader import as_tensor, model_input
 from cellprof.model import VAEPlus
 from cellprof.profiles import ProfileWriter, aggregate, profile_table, write_table
+from cellprof.safeio import fingerprint, refuse_inputs
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,9 @@ def embed(checkpoint: str | Path, crops: str | Path, out: str | Path, *,
              "store": str(Path(crops).resolve()), "normalization": method,
              "model_config": ckpt["model_config"], "channels": list(info.channels),
              "precision": compute.precision}
-    writer = ProfileWriter(out, cells, names, attrs, config.logvar)
+    refuse_inputs(out, [ckpt["path"], crops])
+    writer = ProfileWriter(out, cells, names, attrs, config.logvar, resume=not overwrite,
+                           inputs=fingerprint({"checkpoint": ckpt["path"], "crop store": crops}))
     start = writer.n_done
     n = info.n_cells
     step = max(store.CHUNK_CELLS, config.batch_size // store.CHUNK_CELLS * store.CHUNK_CELLS)

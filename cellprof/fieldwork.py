@@ -115,8 +115,14 @@ def cut(stack: np.ndarray, x: float, y: float, size: int, pad: bool
 
 def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
                   channels: list[str], segment: SegmentConfig | None,
-                  nucleus_channel: int) -> FieldResult:
-    """Read one field, correct it, find its nuclei if asked, and cut every crop."""
+                  nucleus_channel: int, source_dtype: str | None = None) -> FieldResult:
+    """Read one field, correct it, find its nuclei if asked, and cut every crop.
+
+    ``source_dtype`` is the screen's pixel type (its first field's): a field of another
+    type fails with a ``mixed_bit_depth`` issue rather than mixing scales. Crops holding
+    NaN or infinite pixels are rejected (one ``nonfinite_pixels`` issue per field), since
+    one such pixel makes every loss of a training step NaN.
+    """
     out_dtype = np.dtype(dtype)
     empty = np.zeros((0, len(channels), size, size), dtype=out_dtype)
     record: dict[str, Any] = {"Field_Key": task.key, "ImageNumber": task.image_number,
@@ -133,6 +139,13 @@ def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
         return FieldResult(task.key, record, empty, pd.DataFrame(),
                            [issue(exc.kind, task.table_file, task.row, str(exc))])
     issues: list[dict[str, Any]] = []
+    if source_dtype is not None and stack.dtype.str != source_dtype:
+        reason = (f"{task.files[0][1]}: pixel type {stack.dtype}, but the screen's first "
+                  f"image is {np.dtype(source_dtype)}; their cells would be on different "
+                  "scales")
+        record["Status"] = "mixed_bit_depth"
+        return FieldResult(task.key, record, empty, pd.DataFrame(),
+                           [issue("mixed_bit_depth", task.table_file, task.row, reason)])
     if not np.can_cast(stack.dtype, out_dtype, "safe"):
         reason = f"{task.files[0][1]}: pixel type {stack.dtype} does not fit the store's {out_dtype}"
         record["Status"] = "unexpected_dtype"
@@ -142,7 +155,10 @@ def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
         stack = correct(stack, task.illum)
     _, h, w = stack.shape
     record.update(Height=h, Width=w)
+    finite = np.isfinite(stack).all(axis=0) if stack.dtype.kind == "f" else None
     for ch, plane in zip(channels, stack, strict=True):
+        if finite is not None and not finite.all():  # statistics of the finite pixels
+            plane = np.where(finite, plane, np.median(plane[finite]) if finite.any() else 0)
         record.update({f"Intensity_{k}_{ch}": v for k, v in intensity_stats(plane).items()})
 
     if task.centres is None:
@@ -152,6 +168,10 @@ def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
         rows = np.full(len(found), -1)
     else:
         centres, numbers, rows = task.centres, task.object_numbers, task.object_rows
+    if finite is not None and not finite.all():
+        issues.append(issue("nonfinite_pixels", task.table_file, task.row,
+                            f"{task.files[0][1]}: {int((~finite).sum())} NaN or infinite "
+                            "pixels; cells whose crop holds one are rejected"))
     crops, kept, padded = [], [], []
     n_edge = n_bad = 0
     for i, (x, y) in enumerate(centres):
@@ -169,6 +189,9 @@ def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
         crop, was_padded = cut(stack, x, y, size, pad)
         if crop is None:
             n_edge += 1
+            continue
+        if finite is not None and not np.isfinite(crop).all():
+            n_bad += 1
             continue
         crops.append(crop)
         kept.append(i)

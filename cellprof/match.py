@@ -12,8 +12,6 @@ same-mechanism treatments first (mAP)? Conventions are those of BBBC021 (Ljosa e
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +24,7 @@ import pandas as pd
 
 from cellprof.errors import InputError
 from cellprof.normalize import SCOPES, SPHERE_EPS, method_name, normalize
+from cellprof.safeio import OutputLock, refuse_repeats, write_json
 from cellprof.plots import save_confusion_matrix
 from cellprof.profiles import aggregate, feature_columns, profile_table, write_table
 from cellprof.retrieval import (
@@ -220,8 +219,8 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
                              "image table with plate, well, compound and concentration)")
     _require_moa(table)
     if config.level == "site" and SITE not in table.columns:
-        raise InputError(f"level='site' needs a {SITE} column in the profiles (use level "
-                         "'well' for well-level tables)")
+        raise InputError(f"--level site needs a {SITE} column in the profiles (use --level "
+                         "well for well-level tables)")
     features = feature_names(table)
     if not features:
         raise InputError("profiles have no numeric feature columns (everything numeric "
@@ -302,7 +301,7 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
     if single and not config.allow_single_compound_moa:
         raise InputError(f"MOA(s) with a single compound, which can never be matched by "
                          f"another compound: {', '.join(single)}; fix the moa table or "
-                         "allow_single_compound_moa=True to keep them only as candidates")
+                         "pass --allow-single-compound-moa to keep them only as candidates")
     treat["Metadata_Query"] = ~treat[MOA].isin(single)
     first = [TREATMENT, COMPOUND, CONCENTRATION, MOA, "Metadata_Count", "Metadata_Query",
              BATCHES]
@@ -315,10 +314,7 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
 
 
 def _write_json(data: dict[str, Any], path: Path) -> Path:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(path, data)
 
 
 def _num(x: float) -> float | None:
@@ -335,6 +331,7 @@ def run_match(profiles: str | Path | pd.DataFrame | Sequence[str | Path], out_di
     if isinstance(profiles, pd.DataFrame):
         table = profiles
     elif isinstance(profiles, (list, tuple)):  # shards, e.g. one profiles file per plate
+        refuse_repeats(profiles, "match")
         table = pd.concat([load_profiles(p, image_table=image_table, moa=moa)
                            for p in profiles], ignore_index=True)
     else:
@@ -368,20 +365,20 @@ def run_match(profiles: str | Path | pd.DataFrame | Sequence[str | Path], out_di
                    "image_table": image_table and str(image_table), "moa": moa and str(moa)},
     }
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"treatments": write_table(res, out / "treatments.csv"),
-             "per_moa": write_table(per_moa, out / "map_per_moa.csv"),
-             "profiles": write_table(treat, out / "treatment_profiles.parquet")}
-    asked = res[res["nsc_correct"].notna()]
-    labels = sorted(set(asked[MOA]) | set(asked["nsc_neighbour_moa"]))
-    index = {m: i for i, m in enumerate(labels)}
-    matrix = np.zeros((len(labels), len(labels)))
-    np.add.at(matrix, (asked[MOA].map(index).to_numpy(int),
-                       asked["nsc_neighbour_moa"].map(index).to_numpy(int)), 1)
-    paths["confusion"] = save_confusion_matrix(
-        out / "confusion_nsc.png", labels, matrix,
-        title=f"NSC, {config.normalize} ({config.scope}) / {config.metric}")
-    paths["metrics"] = _write_json(metrics, out / "metrics.json")
+    with OutputLock(out, folder=True):
+        paths = {"treatments": write_table(res, out / "treatments.csv"),
+                 "per_moa": write_table(per_moa, out / "map_per_moa.csv"),
+                 "profiles": write_table(treat, out / "treatment_profiles.parquet")}
+        asked = res[res["nsc_correct"].notna()]
+        labels = sorted(set(asked[MOA]) | set(asked["nsc_neighbour_moa"]))
+        index = {m: i for i, m in enumerate(labels)}
+        matrix = np.zeros((len(labels), len(labels)))
+        np.add.at(matrix, (asked[MOA].map(index).to_numpy(int),
+                           asked["nsc_neighbour_moa"].map(index).to_numpy(int)), 1)
+        paths["confusion"] = save_confusion_matrix(
+            out / "confusion_nsc.png", labels, matrix,
+            title=f"NSC, {config.normalize} ({config.scope}) / {config.metric}")
+        paths["metrics"] = _write_json(metrics, out / "metrics.json")
     return MatchResult(
         out_dir=out, **{k: nan if metrics[k] is None else metrics[k] for k in
                         ("nsc", "nscb", "nsc_per_compound", "nscb_per_compound", "map")},

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cellprof import store
 from cellprof.errors import InputError
+from cellprof.safeio import refuse_inputs, refuse_repeats
 from cellprof.store import CELLS, CROPS, FIELDS, ISSUES, ColumnTable, CropStoreWriter
 
 
@@ -25,6 +26,8 @@ def merge_stores(inputs: Sequence[str | Path], out: str | Path, *, overwrite: bo
         raise InputError("merge needs at least one crop store")
     if out.exists() and not overwrite:
         raise InputError(f"{out}: exists; pass --overwrite to replace it")
+    refuse_inputs(out, inputs)
+    refuse_repeats(inputs, "merge")
     infos = [store.read_info(p) for p in inputs]
     first = infos[0]
     for info in infos[1:]:
@@ -40,7 +43,6 @@ def merge_stores(inputs: Sequence[str | Path], out: str | Path, *, overwrite: bo
             for table, kinds in ((f[CELLS], cell_kinds), (f[FIELDS], field_kinds)):
                 for col in ColumnTable(table).columns:
                     kinds.setdefault(col, table[col].attrs["kind"])
-    out.unlink(missing_ok=True)
     writer = CropStoreWriter(
         out, channels=first.channels, crop_size=first.crop_size, dtype=first.dtype,
         cell_columns=cell_kinds, field_columns=field_kinds, resume=False,

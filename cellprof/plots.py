@@ -16,7 +16,6 @@ Typical use::
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+
+from cellprof.safeio import atomic_path
 
 # Fluorescence conventions: nuclear stains are shown blue, FITC/GFP-range green, TRITC red.
 _CONVENTIONS = (
@@ -123,14 +124,9 @@ def _write(fig: Figure, path: str | os.PathLike, dpi: float) -> Path:
     if fmt not in canvas.get_supported_filetypes():
         raise ValueError(f"figure path must end in .png (or another matplotlib format such "
                          f"as .pdf, .svg), got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", pad_inches=0.1,
                     facecolor="white")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -15,6 +15,7 @@ feature; everything that is not ``Metadata_`` is a feature unless named otherwis
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -27,7 +28,10 @@ import pandas as pd
 
 from cellprof import __version__
 from cellprof.errors import InputError, StoreError
-from cellprof.store import ColumnTable, column_kind, partial_path
+from cellprof.safeio import OutputLock, atomic_path, fingerprint_change, partial_path
+from cellprof.store import ColumnTable, column_kind
+
+log = logging.getLogger("cellprof")
 
 FORMAT = "cellprof-profiles"
 SCHEMA_VERSION = 1
@@ -47,22 +51,35 @@ def metadata_columns(table: pd.DataFrame) -> list[str]:
 
 
 class ProfileWriter:
-    """Fill ``<out>.partial`` in order, resumably; rename to ``out`` when complete."""
+    """Fill ``<out>.partial`` in order, resumably; rename to ``out`` when complete.
+
+    ``inputs`` is the fingerprint of the checkpoint and crop store
+    (:func:`cellprof.safeio.fingerprint`): a partial file made from other inputs is
+    started over, with the reason logged, never continued. The writer holds the
+    output's lock until :meth:`finish` or :meth:`close`.
+    """
 
     def __init__(self, path: str | Path, cells: pd.DataFrame, feature_names: Sequence[str],
-                 attrs: dict[str, Any], logvar: bool) -> None:
+                 attrs: dict[str, Any], logvar: bool,
+                 inputs: dict[str, Any] | None = None, resume: bool = True) -> None:
         self.path = Path(path)
         self.tmp = partial_path(self.path)
+        self._lock = OutputLock(self.path).acquire()
+        try:
+            self._open(cells, feature_names, attrs, logvar, inputs or {}, resume)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, cells: pd.DataFrame, feature_names: Sequence[str], attrs: dict[str, Any],
+              logvar: bool, inputs: dict[str, Any], resume: bool) -> None:
         key = json.dumps(attrs, sort_keys=True, default=str)
-        if self.tmp.exists():
-            try:
-                f = h5py.File(self.tmp, "a")
-                if f.attrs.get("format") == FORMAT and f.attrs.get("run_key") == key:
-                    self.file = f
-                    return
-                f.close()
-            except OSError:
-                pass  # torn file: start over
+        inputs_json = json.dumps(inputs, sort_keys=True, default=str)
+        if resume and self.tmp.exists():
+            why = self._resume(key, inputs_json)
+            if why is None:
+                return
+            log.warning("%s: starting over: %s", self.tmp, why)
         self.tmp.unlink(missing_ok=True)
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
         f = self.file = h5py.File(self.tmp, "w")
@@ -74,12 +91,33 @@ class ProfileWriter:
         ColumnTable.create(f, CELLS, {c: column_kind(cells[c]) for c in cells.columns}
                            ).append(cells, 0)
         f.attrs.update(format=FORMAT, schema_version=SCHEMA_VERSION, run_key=key,
+                       inputs=inputs_json,
                        feature_names=json.dumps(list(feature_names)), n_done=0,
                        complete=False, cellprof_version=__version__,
                        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                        **{k: json.dumps(v) if not isinstance(v, str) else v
                           for k, v in attrs.items()})
         f.flush()
+
+    def _resume(self, key: str, inputs_json: str) -> str | None:
+        """Reopen the partial file; None, or why it cannot be continued."""
+        try:
+            f = h5py.File(self.tmp, "a")
+        except Exception as exc:  # noqa: BLE001 - torn files raise many types
+            return f"the partial file cannot be opened ({type(exc).__name__})"
+        saved = f.attrs.get("inputs")
+        if f.attrs.get("format") != FORMAT:
+            why: str | None = "it is not a partial profiles file"
+        elif saved != inputs_json:
+            why = (fingerprint_change(json.loads(saved), json.loads(inputs_json))
+                   if saved else None) or "its inputs changed"
+        elif f.attrs.get("run_key") != key:
+            why = "it was written with other settings"
+        else:
+            self.file = f
+            return None
+        f.close()
+        return why
 
     @property
     def n_done(self) -> int:
@@ -98,11 +136,15 @@ class ProfileWriter:
         self.file.attrs["complete"] = True
         self.file.close()
         os.replace(self.tmp, self.path)
+        self._lock.release()
         return self.path
 
     def close(self) -> None:
-        if self.file.id.valid:
-            self.file.close()
+        try:
+            if self.file.id.valid:
+                self.file.close()
+        finally:
+            self._lock.release()
 
 
 def _open(path: str | Path) -> h5py.File:
@@ -163,12 +205,12 @@ def aggregate(table: pd.DataFrame, by: Sequence[str], method: str = "mean",
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     """Write CSV (``.csv``, ``.csv.gz``) or Parquet (``.parquet``) atomically."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    if path.name.endswith((".csv", ".csv.gz")):
-        table.to_csv(tmp, index=False, compression="gzip" if path.name.endswith(".gz") else None)
-    elif path.suffix == ".parquet":
-        table.to_parquet(tmp, index=False)
-    else:
+    if not path.name.endswith((".csv", ".csv.gz", ".parquet")):
         raise InputError(f"{path}: table format by suffix: .parquet, .csv or .csv.gz")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False,
+                         compression="gzip" if path.name.endswith(".gz") else None)
     return path

@@ -14,22 +14,40 @@ Under DDP every rank holds a :class:`RunFolder`, and only rank 0's writes anythi
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-from cellprof.checkpoint import load_checkpoint, save_checkpoint, versions
+from cellprof.checkpoint import RESUME, load_checkpoint, save_checkpoint, versions
 from cellprof.data import CropData
 from cellprof.device import to_device
 from cellprof.errors import CheckpointError, InputError
 from cellprof.losses import pixel_loss
 from cellprof.model import VAEPlus
+from cellprof.safeio import OutputLock, atomic_path, write_json
+
+R = TypeVar("R")
+
+
+def holding_run_lock(fn: Callable[..., R]) -> Callable[..., R]:
+    """Run ``fn(store, out, ...)`` holding the run folder's lock (rank 0 only, the one
+    that writes), so a second training into the same ``--out`` is refused instead of
+    both logging every step and leaving model.pt and config.json disagreeing."""
+    @functools.wraps(fn)
+    def locked(store_path: str | Path, out: str | Path, **kwargs: Any) -> R:
+        if int(os.environ.get("RANK", "0")) != 0:
+            return fn(store_path, out, **kwargs)
+        with OutputLock(out, folder=True):
+            return fn(store_path, out, **kwargs)
+    return locked
 
 
 class RunFolder:
@@ -45,7 +63,12 @@ class RunFolder:
         """The checkpoint to continue from (``--resume``)."""
         if not self.last.exists():
             raise CheckpointError(f"{self.out}: nothing to resume (no checkpoints/last.pt)")
-        return load_checkpoint(self.last, map_location=device)
+        ckpt = load_checkpoint(self.last, map_location=device)
+        lacking = [k for k in RESUME if k not in ckpt]
+        if lacking:
+            raise CheckpointError(f"{self.last}: cannot resume, the checkpoint lacks "
+                                  f"{', '.join(lacking)}")
+        return ckpt
 
     def check_fresh(self, overwrite: bool) -> None:
         """Refuse to start over a run unless ``overwrite``."""
@@ -53,17 +76,35 @@ class RunFolder:
             raise InputError(f"{self.out}: holds a training run; pass --resume to continue it "
                              "or --overwrite to start over")
 
-    def start(self, config: dict[str, Any], columns: list[str], resumed_at: int | None) -> None:
+    def start(self, config: dict[str, Any], columns: list[str], resumed_at: int | None,
+              changes: dict[str, list[Any]] | None = None) -> None:
         """Write config.json and open losses.csv (keeping rows up to ``resumed_at``); on a
-        fresh start remove everything of an overwritten run that could be resumed or shown."""
+        fresh start remove everything of an overwritten run that could be resumed or shown.
+
+        config.json's ``resumes`` lists, per resume that changed settings, the step and
+        ``{setting: [before, after]}`` (``changes``), so a run's history stays readable
+        after its config was changed mid-way."""
         if not self.main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
+        resumes: list[dict[str, Any]] = []
         if resumed_at is None:
             for old in (self.last, self.final, *(self.out / "images").glob("*.png")):
                 old.unlink(missing_ok=True)
-        write_json(self.out / "config.json", {**config, "versions": versions()})
+        else:
+            resumes = self._earlier_resumes()
+            if changes:
+                resumes.append({"step": resumed_at, "changed": changes})
+        write_json(self.out / "config.json", {**config, "versions": versions(),
+                                              "resumes": resumes})
         self._log = _Log(self.out / "losses.csv", columns, resumed_at)
+
+    def _earlier_resumes(self) -> list[dict[str, Any]]:
+        """Settings changed by earlier resumes, as config.json records them."""
+        try:
+            return list(json.loads((self.out / "config.json").read_text()).get("resumes", []))
+        except (OSError, ValueError, AttributeError):
+            return []
 
     def log(self, row: dict[str, Any]) -> None:
         if self._log is not None:
@@ -116,10 +157,14 @@ def validate(model: VAEPlus, data: CropData, device: torch.device,
 
 
 class StopRequest:
-    """Ctrl-C / SIGTERM set a flag; the loop checkpoints and leaves at the next step."""
+    """Ctrl-C / SIGTERM set a flag; the loop checkpoints and leaves at the next step.
+
+    ``signum`` keeps which signal it was, so the CLI can exit 128 + it (130, 143) as shells
+    and schedulers expect of a stopped job, rather than 0 (success)."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum = 0
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
@@ -130,6 +175,7 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
+        self.signum = signum
 
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
@@ -145,21 +191,13 @@ class _Log:
         if resume_step is not None and path.exists():
             with open(path, newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
-        tmp = path.with_name(path.name + ".partial")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
             w = csv.DictWriter(fh, columns, extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
-        os.replace(tmp, path)
 
     def write(self, row: dict[str, Any]) -> None:
         with open(self.path, "a", newline="") as fh:
             csv.DictWriter(fh, self.columns, extrasaction="ignore").writerow(
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
-
-def write_json(path: Path, obj: dict[str, Any]) -> None:
-    """``obj`` as indented JSON, written to a temporary name and renamed."""
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)

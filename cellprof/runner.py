@@ -8,6 +8,12 @@ a few fields no matter how large the screen.
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import os
+import signal
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -19,6 +25,7 @@ from cellprof.errors import InputError
 from cellprof.store import CropStoreWriter, column_kind
 from cellprof.tables import COMPOUND, CONCENTRATION, MOA, PLATE, SITE, WELL
 
+log = logging.getLogger("cellprof")
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -29,15 +36,48 @@ class Progress(Protocol):
     def __call__(self, stage: str, done: int, total: int) -> None: ...
 
 
+def worker_count(requested: int, n_tasks: int) -> int:
+    """``--workers`` capped at the number of tasks (more would only idle), with a warning
+    above the number of CPUs (more processes than cores only add memory and switching)."""
+    if requested < 1:
+        raise InputError(f"--workers must be at least 1, got {requested}")
+    cpus = os.cpu_count() or 1
+    if requested > cpus:
+        log.warning("--workers %d is more than this machine's %d CPUs; expect no speed-up "
+                    "beyond %d", requested, cpus, cpus)
+    return max(1, min(requested, n_tasks))
+
+
+def _worker_start(parent: int) -> None:
+    """Set up a worker process: it dies with its parent (a killed ``crop`` must not leave
+    orphans reading images), and leaves Ctrl-C to the parent, which stops cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:  # Linux: the kernel sends SIGKILL when the parent dies
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:  # elsewhere (and as a fallback): poll for the parent
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
     """``map(fn, items)`` over ``workers`` processes, in order, few items in flight."""
     items = list(items)
-    if workers <= 1 or len(items) <= 1:
+    workers = min(workers, len(items))
+    if workers <= 1:
         for item in items:
             yield fn(item)
         return
     window = 2 * workers
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_worker_start,
+                             initargs=(os.getpid(),)) as pool:
         pending: deque[Future[R]] = deque()
         it = iter(items)
         try:

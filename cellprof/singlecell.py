@@ -52,7 +52,7 @@ class _LoadJob:
         for path, row, obj in zip(task.paths, task.rows, task.object_numbers, strict=True):
             try:
                 arr = np.load(path, allow_pickle=False)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, EOFError) as exc:  # EOFError: a zero-byte file
                 kind = "missing_image" if not path.exists() else "unreadable_image"
                 issues.append(issue(kind, task.table_file, row, f"{path}: {exc}"))
                 continue
@@ -130,7 +130,7 @@ def import_singlecell(
     first = folder / str(table[path_col].iloc[0])
     try:
         sample = np.load(first, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise InputError(f"{first}: cannot read the first crop ({exc})") from None
     shape = sample.shape if sample.ndim == 3 else sample.shape + (1,)
     if shape[0] != shape[1]:

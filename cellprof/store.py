@@ -19,15 +19,21 @@ them; :func:`read_cells` turns them into a :class:`pandas.DataFrame`.
 
 Writing is crash-safe in the sense that matters for long jobs: the writer appends one
 field at a time to ``<out>.partial`` and records the committed row counts only after a
-field's rows are all flushed. A resumed run truncates anything past those counts, so a
-field interrupted mid-write is redone, never duplicated. The file gets its final name
+field's rows are all flushed. A resumed run copies what those counts cover into a fresh
+file (in a child process, :func:`rebuild_partial`: a hard kill mid-flush can tear the
+old file's heap so that it crashes its reader, or fails only at the next write), so a
+field interrupted mid-write is redone, never duplicated, and a torn file is either
+rebuilt from its last committed field or started over. The file gets its final name
 only when :meth:`CropStoreWriter.finish` renames it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -40,6 +46,7 @@ import pandas as pd
 
 from cellprof import __version__, chunks
 from cellprof.errors import StoreError
+from cellprof.safeio import OutputLock, fingerprint_change, partial_path
 
 FORMAT = "cellprof-crops"
 SCHEMA_VERSION = 1
@@ -54,12 +61,7 @@ BATCH_FIELDS = 64
 ISSUE_COLUMNS = {"kind": "str", "file": "str", "row": "int", "reason": "str"}
 
 _STR = h5py.string_dtype("utf-8")
-
-
-def partial_path(path: str | Path) -> Path:
-    """The temporary name a store is written under until it is complete."""
-    path = Path(path)
-    return path.with_name(path.name + ".partial")
+log = logging.getLogger("cellprof")
 
 
 def column_kind(series: pd.Series) -> str:
@@ -174,8 +176,16 @@ class CropStoreWriter:
     config
         JSON-serialisable settings; a resumed run must pass the same ones.
     resume
-        Continue an existing ``.partial`` file written with the same config, rather than
-        starting over. A partial file that cannot be opened is discarded and restarted.
+        Continue an existing ``.partial`` file written with the same config and inputs,
+        rather than starting over. A partial file that is damaged (a hard kill during an
+        HDF5 flush can tear its heap), written with other settings, or from inputs whose
+        fingerprint changed is discarded, and the reason logged.
+    inputs
+        Fingerprint of the inputs (:func:`cellprof.safeio.fingerprint`), kept in the file
+        so a resume notices an edited table or a replaced store.
+
+    The writer holds :class:`~cellprof.safeio.OutputLock` on ``path`` from construction
+    to :meth:`finish` or :meth:`close`, so a second writer of the same output is refused.
     """
 
     def __init__(
@@ -189,17 +199,34 @@ class CropStoreWriter:
         field_columns: Mapping[str, str],
         config: Mapping[str, Any],
         resume: bool = True,
+        inputs: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
         self.tmp = partial_path(self.path)
         self.resumed_fields = 0
+        self.restart_reason: str | None = None
         self._queue: list[tuple[dict[str, Any], np.ndarray, pd.DataFrame,
                                 pd.DataFrame | None]] = []
         self._queued_cells = 0
+        self._lock = OutputLock(self.path).acquire()
+        try:
+            self._open(channels, crop_size, dtype, cell_columns, field_columns, config,
+                       resume, inputs)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, channels: Sequence[str], crop_size: int, dtype: np.dtype | type,
+              cell_columns: Mapping[str, str], field_columns: Mapping[str, str],
+              config: Mapping[str, Any], resume: bool, inputs: Mapping[str, Any] | None
+              ) -> None:
         config_json = json.dumps(dict(config), sort_keys=True, default=str)
+        inputs_json = json.dumps(dict(inputs or {}), sort_keys=True, default=str)
         if resume and self.tmp.exists():
-            if self._try_resume(config_json):
+            self.restart_reason = self._try_resume(config_json, inputs_json)
+            if self.restart_reason is None:
                 return
+            log.warning("%s: starting over: %s", self.tmp, self.restart_reason)
         self.tmp.unlink(missing_ok=True)
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
         self.file = h5py.File(self.tmp, "w")
@@ -208,7 +235,7 @@ class CropStoreWriter:
             format=FORMAT, schema_version=SCHEMA_VERSION, cellprof_version=__version__,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             channels=json.dumps(list(channels)), crop_size=int(crop_size), config=config_json,
-            complete=False, n_cells=0, n_fields=0, n_issues=0, summary="{}",
+            inputs=inputs_json, complete=False, n_cells=0, n_fields=0, n_issues=0, summary="{}",
         )
         c = len(channels)
         f.create_dataset(
@@ -222,22 +249,35 @@ class CropStoreWriter:
         f.create_group(ILLUMINATION)
         f.flush()
 
-    def _try_resume(self, config_json: str) -> bool:
+    def _try_resume(self, config_json: str, inputs_json: str) -> str | None:
+        """Reopen the partial file after its committed fields; None, or why not."""
+        damage = rebuild_partial(self.tmp)
+        if damage:
+            return f"the partial file is damaged ({damage}), as a hard kill can leave it"
         try:
             f = h5py.File(self.tmp, "a")
-        except OSError:
-            return False  # torn file from a hard kill: restart cleanly
+        except Exception as exc:  # noqa: BLE001 - HDF5 raises many types for torn files
+            return f"the partial file cannot be opened ({type(exc).__name__})"
         if f.attrs.get("format") != FORMAT or f.attrs.get("config") != config_json:
             f.close()
-            return False
+            return "it was written with other settings"
+        saved = f.attrs.get("inputs")
+        if saved != inputs_json:
+            f.close()
+            return (fingerprint_change(json.loads(saved), json.loads(inputs_json))
+                    if saved else None) or "its inputs changed"
+        try:
+            n_cells, n_fields = int(f.attrs["n_cells"]), int(f.attrs["n_fields"])
+            f[CROPS].resize((n_cells,) + f[CROPS].shape[1:])
+            ColumnTable(f[CELLS]).truncate(n_cells)
+            ColumnTable(f[FIELDS]).truncate(n_fields)
+            ColumnTable(f[ISSUES]).truncate(int(f.attrs["n_issues"]))
+        except Exception as exc:  # noqa: BLE001
+            f.close()
+            return f"the partial file is damaged ({type(exc).__name__}: {exc})"
         self.file = f
-        n_cells, n_fields = int(f.attrs["n_cells"]), int(f.attrs["n_fields"])
-        f[CROPS].resize((n_cells,) + f[CROPS].shape[1:])
-        ColumnTable(f[CELLS]).truncate(n_cells)
-        ColumnTable(f[FIELDS]).truncate(n_fields)
-        ColumnTable(f[ISSUES]).truncate(int(f.attrs["n_issues"]))
         self.resumed_fields = n_fields
-        return True
+        return None
 
     def done_fields(self, key: str) -> pd.DataFrame:
         """Fields committed so far (all columns); ``key`` must be one of them."""
@@ -324,15 +364,84 @@ class CropStoreWriter:
         self.file.attrs.update(complete=True, summary=json.dumps(dict(summary), default=str))
         self.file.close()
         os.replace(self.tmp, self.path)
+        self._lock.release()
         return self.path
 
     def close(self) -> None:
         """Close without finishing (the ``.partial`` file stays for a resume)."""
-        if self.file.id.valid:
-            try:
-                self.commit()
-            finally:
-                self.file.close()
+        try:
+            if self.file.id.valid:
+                try:
+                    self.commit()
+                finally:
+                    self.file.close()
+        finally:
+            self._lock.release()
+
+
+def rebuild_partial(path: str | Path) -> str | None:
+    """Copy a partial store's committed part into a fresh file, in a child process; None
+    when done, else what failed.
+
+    A kill during an HDF5 flush can tear a file's heap or chunk index. Reading such a file
+    has raised ``OSError: bad heap index``, ``RuntimeError`` and crashed the interpreter,
+    and a file whose committed rows still read can fail later, when new rows are written
+    into its damaged heap. So a resume never writes into the old file: a child process
+    (which takes the risk of the crash) copies every committed row, crop chunk and
+    illumination function into a new file that replaces it.
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    code = "import sys, cellprof.store as s; s._rebuild(sys.argv[1])"
+    try:
+        r = subprocess.run([sys.executable, "-c", code, str(path)], env=env,
+                           capture_output=True, text=True, timeout=24 * 3600)
+    except subprocess.TimeoutExpired:
+        return "copying its committed part took over a day"
+    finally:
+        Path(str(path) + ".rebuild").unlink(missing_ok=True)
+    if r.returncode == 0:
+        return None
+    if r.returncode < 0:
+        return f"reading it crashed with signal {-r.returncode}"
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else f"reading it failed (status {r.returncode})"
+
+
+def _rebuild(path: str) -> None:
+    """The child's side of :func:`rebuild_partial`."""
+    tmp = path + ".rebuild"
+    with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
+        if src.attrs.get("format") != FORMAT:
+            raise StoreError("not a partial crop store")
+        n = {CELLS: int(src.attrs["n_cells"]), FIELDS: int(src.attrs["n_fields"]),
+             ISSUES: int(src.attrs["n_issues"])}
+        dst.attrs.update(dict(src.attrs))
+        old = src[CROPS]
+        if old.shape[0] < n[CELLS]:
+            raise StoreError(f"/crops holds {old.shape[0]} cells, {n[CELLS]} committed")
+        new = dst.create_dataset(
+            CROPS, shape=(n[CELLS],) + old.shape[1:], maxshape=(None,) + old.shape[1:],
+            dtype=old.dtype, chunks=old.chunks, compression=old.compression,
+            compression_opts=old.compression_opts, shuffle=old.shuffle)
+        rows = old.chunks[0]
+        whole = n[CELLS] // rows
+        for i in range(whole):  # whole chunks as stored: no decompressing
+            offset = (i * rows,) + (0,) * (old.ndim - 1)
+            mask, data = old.id.read_direct_chunk(offset)
+            new.id.write_direct_chunk(offset, data, mask)
+        if n[CELLS] > whole * rows:
+            new[whole * rows:n[CELLS]] = old[whole * rows:n[CELLS]]
+        for name, count in n.items():
+            table = ColumnTable(src[name])
+            if len(table) < count:
+                raise StoreError(f"/{name} holds {len(table)} rows, {count} committed")
+            kinds = {c: src[name][c].attrs["kind"] for c in table.columns}
+            ColumnTable.create(dst, name, kinds).append(table.read(slice(0, count)), 0)
+        group = dst.create_group(ILLUMINATION)
+        for key, ds in src[ILLUMINATION].items():
+            group.create_dataset(key, data=ds[()], compression="gzip")
+            group[key].attrs["plate"] = ds.attrs["plate"]
+    os.replace(tmp, path)
 
 
 def write_crops(ds: h5py.Dataset, start: int, crops: np.ndarray) -> None:
@@ -373,7 +482,32 @@ def open_store(path: str | Path) -> h5py.File:
     if not bool(f.attrs.get("complete", False)):
         f.close()
         raise StoreError(f"{path}: incomplete crop store")
+    try:
+        problem = _inconsistency(f)
+    except (KeyError, ValueError, TypeError, OSError) as exc:
+        problem = f"unreadable layout ({type(exc).__name__}: {exc})"
+    if problem:
+        f.close()
+        raise StoreError(f"{path}: damaged or edited crop store: {problem}")
     return f
+
+
+def _inconsistency(f: h5py.File) -> str | None:
+    """What in a store's layout contradicts itself (cheap: shapes and attributes only)."""
+    crops = f[CROPS]
+    channels = json.loads(f.attrs["channels"])
+    size = int(f.attrs["crop_size"])
+    if crops.ndim != 4 or crops.shape[1:] != (len(channels), size, size):
+        return (f"/crops is {crops.shape}, but its attributes say {len(channels)} channels "
+                f"at {size} px")
+    n = crops.shape[0]
+    if int(f.attrs.get("n_cells", n)) != n:
+        return f"/crops holds {n} cells, its attributes say {int(f.attrs['n_cells'])}"
+    for col in ColumnTable(f[CELLS]).columns:
+        if f[CELLS][col].shape[0] != n:
+            return (f"the cell table's column {col} has {f[CELLS][col].shape[0]} rows "
+                    f"for {n} crops")
+    return None
 
 
 def read_info(path: str | Path) -> StoreInfo:

@@ -40,7 +40,6 @@ DNA (background ~650), mitotic ones ~15,000-20,000. All randomness is derived fr
 
 from __future__ import annotations
 
-import os
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ import tifffile
 from cellprof._synth_render import (PARAM_INDEX, PARAMS, PlateEffects, plate_effects, render_field,
                                     sample_cells)
 from cellprof.errors import InputError
+from cellprof.safeio import atomic_path, write_text
 
 CHANNELS = ("DNA", "Tubulin", "Actin")
 
@@ -236,16 +236,13 @@ def _validate(config: SynthConfig) -> None:
 
 def _write_tiff(path: Path, data: np.ndarray, compression: str | None) -> None:
     """Write a uint16 TIFF atomically (temporary name, then rename)."""
-    tmp = path.with_name(f".{path.name}.part")
-    tifffile.imwrite(tmp, data, photometric="minisblack", compression=compression)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, data, photometric="minisblack", compression=compression)
 
 
 def _write_text(text: str, path: Path) -> None:
     """Write a table or note atomically, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def _write_field(image: np.ndarray, folder: Path, stem: str, config: SynthConfig) -> list[str]:

@@ -91,6 +91,20 @@ def require_columns(table: pd.DataFrame, columns: list[str], source: str | Path)
         raise InputError(f"{source}: missing column(s) {', '.join(missing)} (has: {have})")
 
 
+def whole_numbers(values: pd.Series, column: str, source: str | Path) -> pd.Series:
+    """``values`` as int64, or :class:`InputError` naming the first row (1-based line of
+    the file, after its header) that is empty or not a whole number."""
+    nums = pd.to_numeric(values, errors="coerce")
+    bad = nums.isna() | (nums != nums.round())
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        value = values.iloc[i]
+        what = "is empty" if pd.isna(value) or str(value).strip() == "" else \
+            f"is {value!r}, not a whole number"
+        raise InputError(f"{source}, row {i + 2}: {column} {what}")
+    return nums.astype(np.int64)
+
+
 def object_centres(table: pd.DataFrame, source: str | Path, object_name: str = "Nuclei"
                    ) -> pd.DataFrame:
     """``ImageNumber, ObjectNumber, Location_Center_X/Y`` from an object table of either style.
@@ -110,9 +124,11 @@ def object_centres(table: pd.DataFrame, source: str | Path, object_name: str = "
     obj = next((c for c in ("ObjectNumber", f"{object_name}_Number_Object_Number",
                             "Number_Object_Number") if c in table.columns), None)
     require_columns(table, ["ImageNumber"], source)
+    images = whole_numbers(table["ImageNumber"], "ImageNumber", source)
     out = pd.DataFrame({
-        "ImageNumber": table["ImageNumber"],
-        "ObjectNumber": table[obj] if obj else table.groupby("ImageNumber").cumcount() + 1,
+        "ImageNumber": images,
+        "ObjectNumber": whole_numbers(table[obj], obj, source) if obj
+        else images.groupby(images).cumcount() + 1,
         CENTER_X: pd.to_numeric(table[cols["Location_Center_X"]], errors="coerce"),
         CENTER_Y: pd.to_numeric(table[cols["Location_Center_Y"]], errors="coerce"),
     })

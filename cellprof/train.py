@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cellprof.checkpoint import check_fits
+from cellprof.checkpoint import check_fits, load_checkpoint
 from cellprof.data import CropData, DataConfig
 from cellprof.device import PRECISIONS, Compute, agree, check_replicas, setup
 from cellprof.errors import CellprofError, CheckpointError, InputError
 from cellprof.loader import Loader
 from cellprof.losses import compute_losses, layer_weights
 from cellprof.model import ModelConfig, VAEPlus
-from cellprof.runfolder import RunFolder, StopRequest, validate
+from cellprof.runfolder import RunFolder, StopRequest, holding_run_lock, validate
 
 
 class TrainingDiverged(CellprofError):
@@ -78,6 +78,55 @@ class TrainConfig:
                              f"got {self.precision!r}")
         if self.batch_size < 2:
             raise InputError("--batch-size must be at least 2 (batch norm needs two crops)")
+        for name in ("lr", "disc_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise InputError(f"--{name.replace('_', '-')} must be a positive number, "
+                                 f"got {value}")
+
+
+RESUME_MAY_CHANGE = ("steps", "lr", "disc_lr", "log_every", "val_every", "image_every",
+                     "checkpoint_every", "explode_factor", "device", "precision")
+"""Settings a resumed run takes from the command (recorded in config.json and, for the
+learning rates, in every losses.csv row); the others must stay as saved, since the data
+stream (seed, batch size) and the optimiser's meaning (decay, momentum) depend on them."""
+
+
+def resume_changes(saved: TrainConfig, wanted: TrainConfig) -> dict[str, list[Any]]:
+    """``{field: [saved, wanted]}`` for what a resume changes, or :class:`InputError`
+    naming the options that may not change. ``device`` is not recorded: where a run
+    computes does not change what it computes."""
+    changed = {k: [getattr(saved, k), getattr(wanted, k)] for k in asdict(saved)
+               if getattr(saved, k) != getattr(wanted, k)}
+    fixed = [k for k in changed if k not in RESUME_MAY_CHANGE]
+    if fixed:
+        raise InputError(
+            "--resume cannot change " + ", ".join(
+                f"--{k.replace('_', '-')} ({changed[k][0]} -> {changed[k][1]})" for k in fixed)
+            + "; they fix the data stream and optimiser: drop them, or start a new run "
+            "(another --out, or --overwrite)")
+    return {k: v for k, v in changed.items() if k != "device"}
+
+
+def saved_train_config(out: str | Path) -> TrainConfig:
+    """The training settings of the run in ``out`` (its last checkpoint's)."""
+    last = Path(out) / "checkpoints" / "last.pt"
+    if not last.exists():
+        raise CheckpointError(f"{out}: nothing to resume (no checkpoints/last.pt)")
+    return _saved_train_config(load_checkpoint(last))
+
+
+def _saved_train_config(ckpt: dict[str, Any]) -> TrainConfig:
+    """A checkpoint's TrainConfig; ``amp`` (saved before --precision) meant bf16 where
+    supported, which is ``precision auto``."""
+    saved = dict(ckpt.get("train_config") or {})
+    if "amp" in saved:
+        saved.setdefault("precision", "auto" if saved.pop("amp") else "fp32")
+    try:
+        return TrainConfig(**saved)
+    except TypeError as exc:
+        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: damaged checkpoint, its "
+                              f"train_config is invalid ({exc})") from None
 
 
 @dataclass
@@ -90,6 +139,12 @@ class TrainResult:
     cells_per_s: float = 0.0
     data_wait: float = 0.0
     """Share of the loop's wall time spent waiting for batches."""
+    signal: int = 0
+    """The signal that interrupted the run (SIGINT 2, SIGTERM 15), 0 if none; the CLI
+    exits 128 + it, as shells and schedulers expect of a stopped job."""
+
+
+@holding_run_lock
 
 
 def train(
@@ -112,8 +167,10 @@ def train(
     d = setup(config.device)
     run = RunFolder(out, main=d.main)
     ckpt = run.resume_point(d.device) if resume else run.check_fresh(overwrite)
+    changes: dict[str, list[Any]] = {}
     if ckpt is not None:
-        model_config, data_config, config = _resumed_configs(ckpt, model_config, config, run)
+        model_config, data_config, changes = _resumed_configs(ckpt, model_config, config,
+                                                              data_config, run)
     data = CropData(store_path, data_config, seed=config.seed, rank=d.rank, world=d.world)
     model_config = ModelConfig.from_dict({**(model_config or ModelConfig()).to_dict(),
                                           "in_channels": len(data.channels),
@@ -129,6 +186,9 @@ def train(
     opt_disc = torch.optim.SGD(model.discriminator.parameters(), lr=config.disc_lr,
                                momentum=config.disc_momentum) if gan else None
     step = _restore(ckpt, model, opt_vae, opt_disc, d.device) if ckpt is not None else 0
+    for opt, lr in ((opt_vae, config.lr), (opt_disc, config.disc_lr)):
+        for group in opt.param_groups if opt is not None else ():
+            group["lr"] = lr  # a resumed optimiser's saved state carries the old rate
     if ckpt is None:
         torch.manual_seed(config.seed + 1000 * d.rank)  # latent noise differs per rank
     net = nn.parallel.DistributedDataParallel(
@@ -141,7 +201,8 @@ def train(
     run.start({**described, "world_size": d.world, "device": str(d.device),
                "precision": compute.precision},
               ["step", "epoch", *terms, "total", *weight_cols, "val_pixel", "val_mse",
-               "cells_per_s", "elapsed_s"], step if ckpt is not None else None)
+               "cells_per_s", "elapsed_s", "lr", "disc_lr"], step if ckpt is not None else None,
+              changes)
 
     def state(status: str) -> dict[str, Any]:
         return {**described, "step": step, "status": status, "model": model.state_dict(),
@@ -153,6 +214,7 @@ def train(
 
     model.train()
     watch, status, val, rate = _Watch(config.explode_factor), "complete", {}, 0.0
+    shown: dict[str, Any] = {}  # the latest logged losses, shown beside the progress
     t0 = time.perf_counter()
     batches = Loader(data, config.batch_size, range(step, config.steps), d.device, disc=gan)
     with StopRequest() as stop, batches:
@@ -183,12 +245,14 @@ def train(
             if step % config.log_every == 0 or row or step == config.steps:
                 row.update({k: float(losses[k].detach()) for k in terms}, step=step,
                            total=float(losses["total"].detach()), cells_per_s=rate,
+                           lr=config.lr, disc_lr=config.disc_lr if gan else "",
                            epoch=step * config.batch_size * d.world / len(data.train_idx),
                            elapsed_s=elapsed, **dict(zip(weight_cols,
                                                          layer_weights(step, model_config))))
                 run.log(row)
-                if progress is not None and d.main:
-                    progress(step, config.steps, {**row, **val})
+                shown = row
+            if progress is not None and d.main:  # every step: batch logs print on a clock
+                progress(step, config.steps, {**shown, **val, "cells_per_s": rate})
             if step % config.image_every == 0 or step == config.steps:
                 run.images(model, data, d.device, step)
             if step % config.checkpoint_every == 0 and step < config.steps:
@@ -199,22 +263,23 @@ def train(
     saved = run.checkpoint(status == "complete", state(status))
     check_replicas(model, d)
     wait = batches.wait_s / max(time.perf_counter() - t0, 1e-9)
-    return TrainResult(run.out, step, status, saved, val, rate, wait)
+    return TrainResult(run.out, step, status, saved, val, rate, wait,
+                       stop.signum if status == "interrupted" else 0)
 
 
 def _resumed_configs(ckpt: dict[str, Any], model_config: ModelConfig | None,
-                     config: TrainConfig, run: RunFolder
-                     ) -> tuple[ModelConfig, DataConfig, TrainConfig]:
-    """The saved run's configs; only ``steps`` and ``device`` may change on resume."""
+                     config: TrainConfig, data_config: DataConfig, run: RunFolder
+                     ) -> tuple[ModelConfig, DataConfig, dict[str, list[Any]]]:
+    """The saved run's model and data configs, and what ``config`` changes of its saved
+    training settings (:func:`resume_changes`: steps, learning rates, intervals, device and
+    precision may change; anything else is refused by name)."""
     saved = ModelConfig.from_dict(ckpt["model_config"])
     if model_config is not None and model_config != saved:
         raise CheckpointError(f"{run.last}: was trained with another model ({saved.variant}, "
                               f"latent {saved.latent_dim}); resume without model options")
-    train_config = dict(ckpt["train_config"])
-    if "amp" in train_config:  # saved before --precision: amp meant bf16 where supported
-        train_config.setdefault("precision", "auto" if train_config.pop("amp") else "fp32")
-    return saved, DataConfig(**ckpt["data_config"]), TrainConfig(
-        **{**train_config, "steps": config.steps, "device": config.device})
+    # The saved data settings, but this machine's memory limit (it changes no result).
+    data = DataConfig(**{**ckpt["data_config"], "memory_limit_gb": data_config.memory_limit_gb})
+    return saved, data, resume_changes(_saved_train_config(ckpt), config)
 
 
 def _restore(ckpt: dict[str, Any], model: VAEPlus, opt_vae: torch.optim.Optimizer,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from cellprof.device import Compute, cpu_has_bf16, resolve_precision
 from cellprof.errors import InputError
 from cellprof.losses import compute_losses
 from cellprof.model import ModelConfig, VAEPlus
-from cellprof.train import TrainConfig, train
+from cellprof.train import TrainConfig, saved_train_config, train
 
 TINY = dict(latent_dim=8, enc_filters=8, dec_filters=8, disc_channels=(8, 8, 8, 8, 1),
             ramp_start=2, ramp_length=2)
@@ -111,6 +112,9 @@ def test_old_checkpoints_with_amp_resume(synthetic_store: Path, tmp_path: Path) 
     ckpt["train_config"].pop("precision")
     ckpt["train_config"]["amp"] = False
     torch.save(ckpt, last)
-    res = train(synthetic_store, out, config=TrainConfig(steps=2, **FAST), resume=True)
+    # The run's own settings, as `train --resume` takes them (resume applies what it is given).
+    saved = saved_train_config(out)
+    assert saved.precision == "fp32"
+    res = train(synthetic_store, out, config=replace(saved, steps=2), resume=True)
     assert res.step == 2
     assert load_checkpoint(out / "model.pt")["train_config"]["precision"] == "fp32"

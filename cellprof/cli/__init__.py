@@ -12,7 +12,9 @@ and :mod:`cellprof.cli.report` (match, show, demo).
 from cellprof.cli import prepare  # noqa: F401, I001
 from cellprof.cli import learn  # noqa: F401
 from cellprof.cli import report  # noqa: F401
-from cellprof.cli._app import app, console
+from cellprof.cli._app import app, console, unwrap_help
+
+unwrap_help(app)
 
 
 def main() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+from dataclasses import asdict, replace
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -28,9 +30,20 @@ _M = defaults("cellprof.model", "ModelConfig")
 _E = defaults("cellprof.embed", "EmbedConfig")
 _PRECISION_HELP = "auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16."
 
+_KEPT_ON_RESUME = ("model", "latent_dim", "filters", "beta", "schedule", "normalization",
+                   "augment", "val_fraction")
+
+
+def _given(ctx: typer.Context) -> set[str]:
+    """Options the user typed (or set in the environment), as opposed to defaults."""
+    return {name for name in ctx.params
+            if getattr(ctx.get_parameter_source(name), "name", "") in
+            ("COMMANDLINE", "ENVIRONMENT", "PROMPT")}
+
 
 @app.command()
 def train(
+    ctx: typer.Context,
     crops: Annotated[Path, typer.Argument(help="Crop store from `cellprof crop`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (config, losses.csv, "
                                       "images/, checkpoints/, model.pt).")] = ...,
@@ -67,7 +80,10 @@ def train(
     checkpoint_every: Annotated[int, typer.Option(
         help="Steps between checkpoints.")] = _T["checkpoint_every"],
     resume: Annotated[bool, typer.Option(
-        help="Continue the run in --out from its last checkpoint (exactly).")] = False,
+        help="Continue the run in --out from its last checkpoint (exactly). --steps, --lr, "
+             "--disc-lr, the intervals, --device and --precision may change (recorded in "
+             "config.json and losses.csv); model, data, --seed and --batch-size may not.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Start over in an --out holding a run.")] = False,
 ) -> None:
     """Train the adversarial progressive VAE on a crop store.
@@ -79,7 +95,7 @@ def train(
     """
     from cellprof.data import DataConfig
     from cellprof.model import ModelConfig
-    from cellprof.train import TrainConfig, scaled_schedule
+    from cellprof.train import TrainConfig, saved_train_config, scaled_schedule
     from cellprof.train import train as run_train
 
     try:
@@ -101,6 +117,14 @@ def train(
         tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, disc_lr=disc_lr, seed=seed,
                            device=device, precision=precision, log_every=log_every, val_every=val_every,
                            image_every=image_every, checkpoint_every=checkpoint_every)
+        if resume:  # the run's own settings, changed only where the user asked
+            given = _given(ctx)
+            kept = [f"--{n.replace('_', '-')}" for n in _KEPT_ON_RESUME if n in given]
+            if kept:
+                raise CellprofError(f"--resume continues the saved model and data settings; "
+                                    f"drop {', '.join(kept)} (or start over with --overwrite)")
+            tcfg = replace(saved_train_config(out), **{
+                k: v for k, v in asdict(tcfg).items() if k in given})
         dcfg = DataConfig(normalization=normalization, augment=augment,
                           val_fraction=val_fraction, memory_limit_gb=memory_limit)
         with _progress() as bar:
@@ -120,6 +144,7 @@ def train(
     console.print(table)
     if res.status == "interrupted":
         console.print("interrupted: continue with the same command plus --resume")
+        raise typer.Exit(128 + (res.signal or signal.SIGINT))
 
 
 @app.command()
@@ -148,7 +173,7 @@ def embed(
 
     t0 = time.perf_counter()
     try:
-        _check_format(format, level)
+        _check_format(format, level)  # before hours of embedding, not after
         with _progress() as bar:
             res = run_embed(checkpoint, crops, out, config=EmbedConfig(
                 batch_size=batch_size, logvar=logvar, device=device, precision=precision),

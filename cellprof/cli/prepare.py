@@ -17,6 +17,7 @@ from cellprof.cli._app import (
     console,
 )
 from cellprof.errors import CellprofError
+from cellprof.safeio import refuse_inputs
 
 
 @app.command()
@@ -107,9 +108,12 @@ def crop(
 
     \b
     Three inputs:
-      cellprof crop Image.csv --objects Nuclei.csv [--channels A,B,C] [--root DIR] --out crops.h5
-      cellprof crop --singlecell DIR --metadata metadata.csv [--moa moa.csv] --out crops.h5
+      cellprof crop Image.csv --objects Nuclei.csv --out crops.h5
       cellprof crop Image.csv --segment --out crops.h5
+      cellprof crop --singlecell DIR --metadata meta.csv --out crops.h5
+
+    --channels A,B,C picks and orders channels, --root DIR finds images moved since
+    the tables were written, and --moa moa.csv labels treatments with their MOA.
 
     Writes OUT (crops (N, C, H, W), per-cell Metadata_* table, per-field statistics; see
     docs/formats.md) and, when anything was reported, OUT.issues.csv (kind, file, row,
@@ -124,6 +128,7 @@ def crop(
         if singlecell is not None:
             if metadata is None:
                 raise CellprofError("--singlecell needs --metadata TABLE")
+            refuse_inputs(out, [metadata, moa])
             with _progress() as bar:
                 summary = import_singlecell(singlecell, metadata, out, moa=moa,
                                             channels=_split(channels), workers=workers,
@@ -131,6 +136,9 @@ def crop(
         else:
             if image_table is None:
                 raise CellprofError("give an IMAGE_TABLE (or --singlecell DIR --metadata TABLE)")
+            for given in (image_table, objects, moa):
+                if given is not None and not given.is_file():
+                    raise CellprofError(f"{given}: no such file")
             if objects is None and not segment:
                 raise CellprofError("give --objects OBJECT_TABLE, or --segment to find nuclei")
             try:
@@ -148,6 +156,23 @@ def crop(
     except CellprofError as exc:
         _fail(exc)
     _print_crop_summary(summary, time.perf_counter() - t0)
+    if summary.n_cells == 0:
+        _fail(CellprofError(_why_no_cells(summary)))
+
+
+def _why_no_cells(s: object) -> str:
+    """The reason a crop produced nothing, from its counts and issue kinds."""
+    if s.n_fields and s.n_fields_failed == s.n_fields:
+        kinds = ", ".join(f"{k} {n}" for k, n in s.issues.items())
+        why = f"every one of the {s.n_fields} fields failed ({kinds})"
+    elif s.n_edge_skipped or s.n_rejected:
+        why = (f"all {s.n_edge_skipped + s.n_rejected} objects were skipped at the image "
+               f"edge ({s.n_edge_skipped}) or rejected ({s.n_rejected}); try --edge pad or a "
+               "smaller --size")
+    else:
+        why = "the object table has no objects for these fields"
+    log = f"; see {s.issues_file}" if s.issues_file else ""
+    return f"no cells were cropped: {why}{log}"
 
 
 def _print_crop_summary(s: object, seconds: float) -> None:
