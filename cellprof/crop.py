@@ -250,7 +250,7 @@ def crop_screen(
                 "moa": str(Path(moa).resolve()) if moa else None,
                 "root": str(root) if root else None, "channels": channels, **_jsonable(config)}
     dtype = _store_dtype(tasks, config.illumination)
-    cell_cols, field_cols = store_columns(tasks, channels)
+    cell_cols, field_cols = store_columns(pd.DataFrame([t.meta for t in tasks]), channels)
     writer = CropStoreWriter(out, channels=channels, crop_size=config.size, dtype=dtype,
                              cell_columns=cell_cols, field_columns=field_cols,
                              config=settings, resume=True)

@@ -74,9 +74,12 @@ def commit_results(results: Iterable[Any], writer: CropStoreWriter, *, strict: b
             progress("crop", n, total)
 
 
-def store_columns(tasks: list[Any], channels: list[str]) -> tuple[dict[str, str], dict[str, str]]:
-    """Column kinds of the cell and field tables, fixed before the first field is written."""
-    meta = pd.DataFrame([t.meta for t in tasks])
+def store_columns(meta: pd.DataFrame, channels: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Column kinds of the cell and field tables, fixed before the first field is written.
+
+    ``meta`` holds every cell's (or field's) metadata columns, so each kind is read from
+    all values of a column, not from one field's.
+    """
     kinds = {c: column_kind(meta[c]) for c in meta.columns}
     for col in (PLATE, WELL, COMPOUND, MOA):
         kinds[col] = "str"

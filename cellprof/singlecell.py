@@ -20,7 +20,7 @@ from cellprof.images import intensity_stats
 from cellprof.runner import Progress, commit_results, ordered_map, store_columns
 from cellprof.store import CropStoreWriter
 from cellprof.tables import (
-    PLATE, SITE, canonical_columns, channels_of, complete_metadata, join_moa, read_moa_table,
+    PLATE, SITE, WELL, canonical_columns, channels_of, complete_metadata, join_moa, read_moa_table,
     read_table, require_columns, site_from_filename,
 )
 from cellprof.crop import CropSummary, finish_store
@@ -30,11 +30,12 @@ _PATH_COLUMNS = ("crop_path", "path", "file", "filename")
 
 @dataclass
 class CellFieldTask:
-    """The cells of one field: their files and table rows."""
+    """The cells of one field: their files, table rows and each cell's own metadata."""
 
     key: str
     image_number: int
-    meta: dict[str, Any]
+    meta: dict[str, Any]          # metadata every cell of the field shares
+    cell_meta: pd.DataFrame       # one row per file: each cell's own Metadata_* values
     paths: list[Path]
     rows: list[int]
     object_numbers: list[int]
@@ -49,7 +50,8 @@ class _LoadJob:
 
     def __call__(self, task: CellFieldTask) -> FieldResult:
         crops, kept, issues = [], [], []
-        for path, row, obj in zip(task.paths, task.rows, task.object_numbers, strict=True):
+        for i, (path, row, obj) in enumerate(zip(task.paths, task.rows, task.object_numbers,
+                                                 strict=True)):
             try:
                 arr = np.load(path, allow_pickle=False)
             except (OSError, ValueError) as exc:
@@ -63,7 +65,7 @@ class _LoadJob:
                                     f"{path}: shape {arr.shape}, expected {self.shape} (H, W, C)"))
                 continue
             crops.append(np.moveaxis(arr, -1, 0))
-            kept.append(obj)
+            kept.append(i)
         h, w, c = self.shape
         array = np.stack(crops).astype(self.dtype, copy=False) if crops else \
             np.zeros((0, c, h, w), dtype=self.dtype)
@@ -77,14 +79,13 @@ class _LoadJob:
             if plane.size:  # statistics over the field's crops: the whole field is not here
                 record.update({f"Intensity_{k}_{ch}": v for k, v in intensity_stats(
                     plane.reshape(-1, w)).items()})
-        cells = pd.DataFrame({
-            **{k: [v] * len(kept) for k, v in task.meta.items()},
-            "ImageNumber": np.full(len(kept), task.image_number, dtype=np.int64),
-            "ObjectNumber": np.asarray(kept, dtype=np.int64),
-            "Location_Center_X": np.full(len(kept), np.nan),
-            "Location_Center_Y": np.full(len(kept), np.nan),
-            "Crop_Padded": np.zeros(len(kept), dtype=bool),
-        })
+        cells = task.cell_meta.iloc[kept].reset_index(drop=True).assign(
+            ImageNumber=np.full(len(kept), task.image_number, dtype=np.int64),
+            ObjectNumber=np.asarray(task.object_numbers, dtype=np.int64)[kept],
+            Location_Center_X=np.full(len(kept), np.nan),
+            Location_Center_Y=np.full(len(kept), np.nan),
+            Crop_Padded=np.zeros(len(kept), dtype=bool),
+        )
         return FieldResult(task.key, record, array, cells, issues)
 
 
@@ -103,7 +104,9 @@ def import_singlecell(
     metadata
         One row per crop: a path column (``crop_path``), plate/well/compound/concentration
         (and optionally moa) in any naming style :func:`cellprof.tables.canonical_columns`
-        knows; ``cell_index`` (0-based) becomes ``ObjectNumber``.
+        knows; ``cell_index`` (0-based) becomes ``ObjectNumber``. Each crop keeps its own
+        row's metadata; other columns (a phenotype label …) become ``Metadata_<name>``.
+        Fields are the table's plate/well/site where it has them, else the crop folders.
     channels
         Names for the arrays' channels; default: the table's ``FileName_<name>`` columns
         when they match the channel count, else ``ch0, ch1, ...``.
@@ -118,13 +121,7 @@ def import_singlecell(
     if path_col is None:
         raise InputError(f"{metadata}: missing column crop_path (the crop file, relative "
                          f"to {folder})")
-    require_columns(table, [PLATE], metadata)
-    table["_dir"] = table[path_col].map(lambda p: str(Path(str(p)).parent))
-    names = channels_of(table)
-    if SITE not in table.columns:
-        src = table[f"FileName_{names[0]}"] if names else table["_dir"]
-        table[SITE] = src.map(lambda s: site_from_filename(Path(str(s)).name) or 1)
-    table = complete_metadata(table, names[0] if names else "")
+    table, names = _cell_metadata(table, path_col)
     if moa is not None:
         table = join_moa(table, read_moa_table(moa), moa)
     first = folder / str(table[path_col].iloc[0])
@@ -143,7 +140,7 @@ def import_singlecell(
     meta_cols = [c for c in table.columns if c.startswith("Metadata_")]
     tasks = _tasks(table, folder, path_col, meta_cols, metadata)
     dtype = str(sample.dtype) if sample.dtype.kind in "uif" else "float32"
-    cell_cols, field_cols = store_columns(tasks, chans)
+    cell_cols, field_cols = store_columns(table[meta_cols], chans)
     settings = {"mode": "singlecell", "folder": str(folder.resolve()),
                 "metadata": str(metadata.resolve()), "moa": str(moa) if moa else None,
                 "channels": chans}
@@ -160,21 +157,63 @@ def import_singlecell(
         writer.close()
 
 
+def _cell_metadata(table: pd.DataFrame, path_col: str) -> tuple[pd.DataFrame, list[str]]:
+    """Every row's own metadata in canonical names, and the channel names the table has.
+
+    Columns that are neither files nor keys are per-cell labels (a phenotype class, a
+    replicate …): they become ``Metadata_<name>`` so they reach the store, the profiles
+    and pycytominer. Plate, well and site are the table's where it has them; a site is
+    otherwise read from the image or folder name (``B02_s3_w1…``), else 1.
+    """
+    table = table.copy()
+    table["_dir"] = table[path_col].map(lambda p: str(Path(str(p)).parent))
+    table["_has_well"] = WELL in table.columns
+    keys = {path_col, "cell_index", "ImageNumber", "ObjectNumber", "TableNumber"}
+    table = table.rename(columns={
+        c: f"Metadata_{c}" for c in table.columns
+        if c not in keys and not str(c).startswith(("Metadata_", "FileName_", "PathName_", "_",
+                                                     "Unnamed:"))})
+    names = channels_of(table)
+    if PLATE not in table.columns:
+        table[PLATE] = ""
+    table["_site_known"] = SITE in table.columns
+    if SITE not in table.columns:
+        src = table[f"FileName_{names[0]}"] if names else table["_dir"]
+        sites = src.map(lambda s: site_from_filename(Path(str(s)).name))
+        table["_site_known"] = bool(sites.notna().all())
+        table[SITE] = sites.fillna(1).astype(np.int64)
+    return complete_metadata(table, names[0] if names else ""), names
+
+
 def _tasks(table: pd.DataFrame, folder: Path, path_col: str, meta_cols: list[str],
            source: Path) -> list[CellFieldTask]:
+    """One task per field. A field is the table's plate, well and site when it has them
+    (a flat folder of crops from many wells is many fields); otherwise the crop's folder
+    within its plate (BBBC021's one folder per field)."""
     table = table.assign(_row=np.arange(len(table)) + 2)
+    has_well, site_known = bool(table["_has_well"].all()), bool(table["_site_known"].all())
+    by = [PLATE, WELL, SITE] if has_well and site_known else \
+        [PLATE, WELL, "_dir"] if has_well else [PLATE, "_dir"]
+    numbered = table.groupby(by, sort=False).cumcount() + 1
     if "cell_index" in table.columns:
-        table["_obj"] = pd.to_numeric(table["cell_index"], errors="coerce").fillna(-1).astype(int) + 1
+        index = pd.to_numeric(table["cell_index"], errors="coerce")
+        own = index.fillna(-1).astype(int) + 1
+        clash = pd.DataFrame({"g": table.groupby(by, sort=False).ngroup(), "o": own})
+        # a cell_index repeated within a field (e.g. numbered per folder) cannot number it
+        table["_obj"] = own if index.notna().all() and not clash.duplicated().any() else numbered
     else:
-        table["_obj"] = table.groupby([PLATE, "_dir"], sort=False).cumcount() + 1
+        table["_obj"] = numbered
     tasks = []
-    for i, ((plate, d), g) in enumerate(table.groupby([PLATE, "_dir"], sort=False)):
-        first = g.iloc[0]
+    for i, (values, g) in enumerate(table.groupby(by, sort=False)):
+        shared = {c: _plain(g[c].iloc[0]) for c in meta_cols if g[c].nunique(dropna=False) <= 1}
         tasks.append(CellFieldTask(
-            key=f"{plate}/{d}", image_number=i + 1,
-            meta={c: first[c].item() if isinstance(first[c], np.generic) else first[c]
-                  for c in meta_cols},
+            key="/".join(map(str, values)), image_number=i + 1, meta=shared,
+            cell_meta=g[meta_cols].reset_index(drop=True),
             paths=[folder / str(p) for p in g[path_col]], rows=g["_row"].tolist(),
             object_numbers=g["_obj"].tolist(), table_file=str(source),
         ))
     return tasks
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
