@@ -23,7 +23,8 @@ from cellprof.errors import InputError
 from cellprof.fieldwork import FieldTask, field_mean, issue, process_field
 from cellprof.illumination import IlluminationAccumulator
 from cellprof.images import read_planes, resolve_image
-from cellprof.runner import Progress, commit_results, ordered_map, store_columns
+from cellprof.runner import Progress, commit_results, ordered_map
+from cellprof.schema import CENTER_X, CENTER_Y, FIELD_KEY, store_columns
 from cellprof.segment import SegmentConfig
 from cellprof.store import CropStoreWriter
 from cellprof.tables import (
@@ -119,8 +120,8 @@ def plan(image_table: str | Path, objects: str | Path | None, config: CropConfig
     centres: dict[int, pd.DataFrame] = {}
     if objects is not None and config.segment is None:
         obj = object_centres(read_table(objects), objects, config.object_name)
-        obj["Location_Center_X"] += config.offset[0]
-        obj["Location_Center_Y"] += config.offset[1]
+        obj[CENTER_X] += config.offset[0]
+        obj[CENTER_Y] += config.offset[1]
         if "TableNumber" in table.columns and "TableNumber" not in obj.columns:
             raise InputError(f"{objects}: missing column TableNumber (the image table "
                              f"{image_table.name} has one, so ImageNumber alone is ambiguous)")
@@ -157,7 +158,7 @@ def plan(image_table: str | Path, objects: str | Path | None, config: CropConfig
             meta={c: _plain(rec[c]) for c in meta_cols}, files=files,
             table_file=str(image_table), object_file=str(objects or ""),
             centres=None if config.segment is not None else (
-                obj[["Location_Center_X", "Location_Center_Y"]].to_numpy(np.float64)
+                obj[[CENTER_X, CENTER_Y]].to_numpy(np.float64)
                 if obj is not None else np.zeros((0, 2))),
             object_numbers=None if obj is None else obj["ObjectNumber"].to_numpy(np.int64),
             object_rows=None if obj is None else obj["_row"].to_numpy(np.int64),
@@ -257,7 +258,7 @@ def crop_screen(
     try:
         if writer.resumed_fields == 0 and plan_issues:
             writer.add_issues(pd.DataFrame(plan_issues))
-        done = set(writer.done_fields("Field_Key")["Field_Key"])
+        done = set(writer.done_fields(FIELD_KEY)[FIELD_KEY])
         if config.illumination:
             _attach_illumination(tasks, writer, workers, progress)
         todo = [t for t in tasks if t.key not in done]
@@ -321,7 +322,7 @@ def finish_store(writer: CropStoreWriter, out: Path) -> CropSummary:
         tmp = issues_file.with_name(issues_file.name + ".partial")
         issues.to_csv(tmp, index=False)
         tmp.replace(issues_file)
-    fields = writer.done_fields("Field_Key")
+    fields = writer.done_fields(FIELD_KEY)
     summary = CropSummary(
         out=out, n_fields=len(fields), n_fields_failed=int((fields["Status"] != "ok").sum()),
         n_cells=int(fields["Count_Cropped"].sum()),

@@ -21,6 +21,7 @@ from cellprof.data import DataConfig, normalize, plate_percentiles
 from cellprof.errors import InputError
 from cellprof.model import VAEPlus
 from cellprof.profiles import ProfileWriter, aggregate, profile_table, write_table
+from cellprof.schema import PLATE, WELL
 from cellprof.train import setup
 
 
@@ -68,7 +69,7 @@ def embed(checkpoint: str | Path, crops: str | Path, out: str | Path, *,
     check_fits(ckpt, info.channels, info.crop_size, crops)
     method = DataConfig(**ckpt["data_config"]).normalization
     cells = store.read_cells(crops)
-    plates = cells["Metadata_Plate"].astype(str).to_numpy()
+    plates = cells[PLATE].astype(str).to_numpy()
     # Percentile scaling uses the embedded store's own plates (they may be new plates).
     pct = plate_percentiles(crops, info.channels) if method == "percentile" else None
     d = model.config.latent_dim
@@ -107,7 +108,7 @@ def export(profiles: str | Path, path: str | Path, level: str = "cell",
     """A pycytominer-friendly table (``Metadata_*`` then features) at cell or well level."""
     table = profile_table(profiles)
     if level == "well":
-        table = aggregate(table, ["Metadata_Plate", "Metadata_Well"], method)
+        table = aggregate(table, [PLATE, WELL], method)
     elif level != "cell":
         raise InputError(f"--level must be cell or well, got {level!r}")
     meta = [c for c in table.columns if str(c).startswith("Metadata_")]

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from cellprof.errors import InputError
+from cellprof.schema import PLATE
 
 METHODS = ("none", "zscore", "robust", "sphere")
 MAD_TO_SD = 1.4826
@@ -72,7 +73,7 @@ def whitening_matrix(centred: np.ndarray, dof: int, eps: float = SPHERE_EPS) -> 
 
 
 def normalize(table: pd.DataFrame, features: Sequence[str], *, method: str,
-              controls: np.ndarray, strata: str = "Metadata_Plate",
+              controls: np.ndarray, strata: str = PLATE,
               eps: float = SPHERE_EPS) -> tuple[pd.DataFrame, list[str]]:
     """Normalise ``features`` of ``table`` per ``strata`` against the rows ``controls``.
 

@@ -17,7 +17,8 @@ import pandas as pd
 from cellprof.errors import InputError
 from cellprof.fieldwork import FieldResult, issue
 from cellprof.images import intensity_stats
-from cellprof.runner import Progress, commit_results, ordered_map, store_columns
+from cellprof.runner import Progress, commit_results, ordered_map
+from cellprof.schema import FIELD_KEY, cell_rows, field_row, store_columns
 from cellprof.store import CropStoreWriter
 from cellprof.tables import (
     PLATE, SITE, WELL, canonical_columns, channels_of, complete_metadata, join_moa, read_moa_table,
@@ -69,23 +70,16 @@ class _LoadJob:
         h, w, c = self.shape
         array = np.stack(crops).astype(self.dtype, copy=False) if crops else \
             np.zeros((0, c, h, w), dtype=self.dtype)
-        record: dict[str, Any] = {
-            "Field_Key": task.key, "ImageNumber": task.image_number, **task.meta,
-            "Status": "ok" if crops else "no_cells", "Height": h, "Width": w,
-            "Count_Objects": len(task.paths), "Count_Cropped": len(crops),
-            "Count_EdgeSkipped": 0, "Count_Rejected": len(task.paths) - len(crops),
-        }
+        record = field_row(task.key, task.image_number, task.meta,
+                           status="ok" if crops else "no_cells", n_objects=len(task.paths))
+        record.update(Height=h, Width=w, Count_Cropped=len(crops),
+                      Count_Rejected=len(task.paths) - len(crops))
         for ch, plane in zip(self.channels, np.moveaxis(array, 1, 0), strict=True):
             if plane.size:  # statistics over the field's crops: the whole field is not here
                 record.update({f"Intensity_{k}_{ch}": v for k, v in intensity_stats(
                     plane.reshape(-1, w)).items()})
-        cells = task.cell_meta.iloc[kept].reset_index(drop=True).assign(
-            ImageNumber=np.full(len(kept), task.image_number, dtype=np.int64),
-            ObjectNumber=np.asarray(task.object_numbers, dtype=np.int64)[kept],
-            Location_Center_X=np.full(len(kept), np.nan),
-            Location_Center_Y=np.full(len(kept), np.nan),
-            Crop_Padded=np.zeros(len(kept), dtype=bool),
-        )
+        cells = cell_rows(task.cell_meta.iloc[kept], task.image_number,
+                          np.asarray(task.object_numbers, dtype=np.int64)[kept])
         return FieldResult(task.key, record, array, cells, issues)
 
 
@@ -148,7 +142,7 @@ def import_singlecell(
                              cell_columns=cell_cols, field_columns=field_cols,
                              config=settings, resume=True)
     try:
-        done = set(writer.done_fields("Field_Key")["Field_Key"])
+        done = set(writer.done_fields(FIELD_KEY)[FIELD_KEY])
         todo = [t for t in tasks if t.key not in done]
         commit_results(ordered_map(_LoadJob(shape, dtype, chans), todo, workers), writer,
                        strict=strict, total=len(tasks), done=len(done), progress=progress)

@@ -20,10 +20,10 @@ import pandas as pd
 
 from cellprof.errors import InputError
 
-#: Canonical per-cell metadata names (CellProfiler / pycytominer conventions).
-PLATE, WELL, SITE = "Metadata_Plate", "Metadata_Well", "Metadata_Site"
-COMPOUND, CONCENTRATION, MOA = "Metadata_Compound", "Metadata_Concentration", "Metadata_MOA"
-CENTER_X, CENTER_Y = "Location_Center_X", "Location_Center_Y"
+from cellprof.schema import (  # noqa: F401 - the canonical names, re-exported for users
+    CENTER_X, CENTER_Y, COMPOUND, CONCENTRATION, IMAGE_NUMBER, MOA, OBJECT_NUMBER, PLATE, SITE,
+    TABLE_NUMBER, WELL,
+)
 
 # Bare or oddly cased names users' tables carry for the canonical metadata columns.
 _ALIASES = {
@@ -99,7 +99,7 @@ def object_centres(table: pd.DataFrame, source: str | Path, object_name: str = "
     (``Nuclei_Location_Center_X``, ``Cells_Location_Center_X``); ``object_name`` picks one.
     """
     cols = {}
-    for target in ("Location_Center_X", "Location_Center_Y"):
+    for target in (CENTER_X, CENTER_Y):
         cands = [target, f"{object_name}_{target}"] + [
             c for c in table.columns if c.endswith("_" + target)]
         found = next((c for c in cands if c in table.columns), None)
@@ -113,8 +113,8 @@ def object_centres(table: pd.DataFrame, source: str | Path, object_name: str = "
     out = pd.DataFrame({
         "ImageNumber": table["ImageNumber"],
         "ObjectNumber": table[obj] if obj else table.groupby("ImageNumber").cumcount() + 1,
-        CENTER_X: pd.to_numeric(table[cols["Location_Center_X"]], errors="coerce"),
-        CENTER_Y: pd.to_numeric(table[cols["Location_Center_Y"]], errors="coerce"),
+        CENTER_X: pd.to_numeric(table[cols[CENTER_X]], errors="coerce"),
+        CENTER_Y: pd.to_numeric(table[cols[CENTER_Y]], errors="coerce"),
     })
     if "TableNumber" in table.columns:
         out.insert(0, "TableNumber", table["TableNumber"])
