@@ -32,6 +32,11 @@ _ALIASES = {
 }
 
 
+def is_metadata_alias(name: str) -> bool:
+    """Whether a bare column name (``plate``, ``Compound`` …) stands for canonical metadata."""
+    return str(name).lower() in _ALIASES
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV (plain or gzipped) or Parquet table; the format is told by its content.
 
@@ -93,9 +98,11 @@ def require_columns(table: pd.DataFrame, columns: list[str], source: str | Path)
 
 def object_centres(table: pd.DataFrame, source: str | Path, object_name: str = "Nuclei"
                    ) -> pd.DataFrame:
-    """``ImageNumber, ObjectNumber, Location_Center_X/Y`` from an object table of either style.
+    """``ObjectNumber, Location_Center_X/Y`` and the image keys of an object table.
 
-    Database-style tables hold several objects' columns side by side
+    The keys are whichever of ``TableNumber``, ``ImageNumber`` and ``Metadata_*`` the table
+    has (:func:`cellprof.sources.pair_objects` decides which pair objects with images);
+    ``ObjectNumber`` is NaN when the table has none. Database-style tables hold several objects' columns side by side
     (``Nuclei_Location_Center_X``, ``Cells_Location_Center_X``); ``object_name`` picks one.
     """
     cols = {}
@@ -109,15 +116,15 @@ def object_centres(table: pd.DataFrame, source: str | Path, object_name: str = "
         cols[target] = found
     obj = next((c for c in ("ObjectNumber", f"{object_name}_Number_Object_Number",
                             "Number_Object_Number") if c in table.columns), None)
-    require_columns(table, ["ImageNumber"], source)
     out = pd.DataFrame({
-        "ImageNumber": table["ImageNumber"],
-        "ObjectNumber": table[obj] if obj else table.groupby("ImageNumber").cumcount() + 1,
+        OBJECT_NUMBER: table[obj] if obj else np.nan,  # numbered per image once paired
         CENTER_X: pd.to_numeric(table[cols[CENTER_X]], errors="coerce"),
         CENTER_Y: pd.to_numeric(table[cols[CENTER_Y]], errors="coerce"),
-    })
-    if "TableNumber" in table.columns:
-        out.insert(0, "TableNumber", table["TableNumber"])
+    }, index=table.index)
+    # Keys that can pair an object with its image: CellProfiler's numbers, field metadata.
+    keys = [c for c in table.columns if c in (TABLE_NUMBER, IMAGE_NUMBER)
+            or (str(c).startswith("Metadata_") and c not in out.columns)]
+    out = pd.concat([table[keys], out], axis=1).reset_index(drop=True)
     out["_row"] = np.arange(len(table)) + 2  # 1-based line in the file, after the header
     return out
 

@@ -55,12 +55,17 @@ def synth(
 @app.command()
 def crop(
     image_table: Annotated[Optional[Path], typer.Argument(
-        help="CellProfiler image table (Image.csv, BBBC021_v1_image.csv …; CSV, CSV.gz or "
-             "Parquet; spreadsheet or database naming).", show_default=False)] = None,
+        help="CellProfiler image table (Image.csv, JUMP load_data.csv, BBBC021_v1_image.csv "
+             "…; CSV, CSV.gz or Parquet; spreadsheet or database naming), an ExportToDatabase "
+             "SQLite file, or a CytoTable single-cell Parquet.", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Crop store to write (.h5).")] = ...,
     objects: Annotated[Optional[Path], typer.Option(
-        help="Object table with ImageNumber, ObjectNumber, Location_Center_X/Y "
-             "(e.g. Nuclei.csv).", show_default=False)] = None,
+        help="Object table with Location_Center_X/Y and ImageNumber or Metadata_Plate/Well/"
+             "Site (e.g. Nuclei.csv); not needed for SQLite or single-cell tables.",
+        show_default=False)] = None,
+    tables: Annotated[Optional[str], typer.Option(
+        help="SQLite input: IMAGE,OBJECTS table names (default: found, e.g. Per_Image,"
+             "Per_Nuclei).", show_default=False)] = None,
     segment: Annotated[bool, typer.Option(
         "--segment", help="No object table: find nuclei with scikit-image "
                           "(threshold + split touching nuclei).")] = False,
@@ -106,8 +111,12 @@ def crop(
     """Cut single-cell crops into one HDF5 crop store.
 
     \b
-    Three inputs:
+    Inputs:
       cellprof crop Image.csv --objects Nuclei.csv [--channels A,B,C] [--root DIR] --out crops.h5
+      cellprof crop load_data.csv --objects Nuclei.csv --out crops.h5   (JUMP: joined on
+          the Metadata_ keys both tables share)
+      cellprof crop screen.sqlite [--tables Per_Image,Per_Nuclei] --out crops.h5
+      cellprof crop cytotable.parquet --out crops.h5   (single-cell table: both tables)
       cellprof crop --singlecell DIR --metadata metadata.csv [--moa moa.csv] --out crops.h5
       cellprof crop Image.csv --segment --out crops.h5
 
@@ -131,8 +140,6 @@ def crop(
         else:
             if image_table is None:
                 raise CellprofError("give an IMAGE_TABLE (or --singlecell DIR --metadata TABLE)")
-            if objects is None and not segment:
-                raise CellprofError("give --objects OBJECT_TABLE, or --segment to find nuclei")
             try:
                 ox, oy = (float(v) for v in offset.split(","))
             except ValueError:
@@ -140,7 +147,8 @@ def crop(
             cfg = CropConfig(size=size, channels=_split(channels), edge=edge,
                              illumination=illumination, offset=(ox, oy), object_name=object_name,
                              segment=SegmentConfig(min_area=min_area) if segment else None,
-                             nucleus_channel=nucleus_channel, plates=_split(plates))
+                             nucleus_channel=nucleus_channel, plates=_split(plates),
+                             tables=_split(tables))
             with _progress() as bar:
                 summary = crop_screen(image_table, out, objects=None if segment else objects,
                                       config=cfg, root=root, moa=moa, workers=workers,
@@ -157,6 +165,8 @@ def _print_crop_summary(s: object, seconds: float) -> None:
     table.add_row("cells cropped", f"{s.n_cells}  ({s.n_cells / max(seconds, 1e-9):.0f}/s)")
     table.add_row("skipped at image edge", str(s.n_edge_skipped))
     table.add_row("rejected objects", str(s.n_rejected))
+    for note in getattr(s, "notes", ()):
+        console.print(f"note: {note}")
     for kind, n in s.issues.items():
         table.add_row(f"issue: {kind}", str(n))
     if s.issues_file:
