@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,11 +69,14 @@ def _wanted(column: str, object_name: str) -> bool:
 def _read(path: Path, object_name: str, sql_table: str | None = None) -> pd.DataFrame:
     """A table's crop-relevant columns: CSV, Parquet, or one table of a SQLite file."""
     if sql_table is not None:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
+        with _connect(path) as con:
             cols = [r[1] for r in con.execute(f'PRAGMA table_info("{sql_table}")')]
             keep = [c for c in cols if _wanted(c, object_name)]
             query = "SELECT " + ", ".join(f'"{c}"' for c in keep) + f' FROM "{sql_table}"'
-            return pd.read_sql_query(query, con)
+            try:
+                return pd.read_sql_query(query, con)
+            except (sqlite3.DatabaseError, pd.errors.DatabaseError) as exc:
+                raise InputError(f"{path}: cannot read table {sql_table} ({exc})") from None
     with open(path, "rb") as fh:
         magic = fh.read(4)
     if magic == b"PAR1":
@@ -87,9 +91,14 @@ def _read(path: Path, object_name: str, sql_table: str | None = None) -> pd.Data
     return table[[c for c in table.columns if _wanted(c, object_name)]]
 
 
+def _connect(path: Path) -> closing[sqlite3.Connection]:
+    """A read-only connection (a crop must never create or change the user's database)."""
+    return closing(sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True))
+
+
 def sqlite_tables(path: Path) -> list[str]:
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
+        with _connect(path) as con:
             return [r[0] for r in con.execute(
                 "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') ORDER BY name")]
     except sqlite3.DatabaseError as exc:

@@ -120,3 +120,85 @@ def test_jump_load_data_crops_through_the_cli(tiny: TinyScreen, tmp_path: Path) 
                                              "OrigMito")
     _assert_on_their_nuclei(out, tiny)
     assert set(store.read_cells(out)["Metadata_Source"]) == {"source_4"}
+
+
+def _database_style(tiny: TinyScreen) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tiny screen as ExportToDatabase writes it: TableNumber + ImageNumber keys,
+    every column prefixed with its table, and measurements the crop never needs."""
+    img = tiny.images.rename(columns=lambda c: c if c == "ImageNumber" else f"Image_{c}")
+    img.insert(0, "TableNumber", 7)
+    img["Image_Intensity_MeanIntensity_DNA"] = 0.5
+    nuc = pd.DataFrame({"TableNumber": 7, "ImageNumber": tiny.nuclei["ImageNumber"],
+                        "Nuclei_Number_Object_Number": tiny.nuclei["ObjectNumber"],
+                        "Nuclei_Location_Center_X": tiny.nuclei["Location_Center_X"],
+                        "Nuclei_Location_Center_Y": tiny.nuclei["Location_Center_Y"],
+                        "Nuclei_AreaShape_Area": 49.0})
+    return img, nuc
+
+
+def _sqlite(path: Path, tables: dict[str, pd.DataFrame]) -> Path:
+    with sqlite3.connect(path) as con:
+        for name, frame in tables.items():
+            frame.to_sql(name, con, index=False)
+    con.close()
+    return path
+
+
+def test_cellprofiler_sqlite_tables_found_by_name(tiny: TinyScreen, tmp_path: Path) -> None:
+    img, nuc = _database_style(tiny)
+    db = _sqlite(tmp_path / "screen.sqlite", {"MyExpt_Per_Image": img, "MyExpt_Per_Nuclei": nuc,
+                                              "Experiment": pd.DataFrame({"x": [1]})})
+    out = tmp_path / "db.h5"
+    res = runner.invoke(app, ["crop", str(db), "--size", "16", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "MyExpt_Per_Image" in res.output and "MyExpt_Per_Nuclei" in res.output
+    _assert_on_their_nuclei(out, tiny)
+    assert set(store.read_cells(out)["TableNumber"]) == {7}
+
+
+def test_cellprofiler_sqlite_tables_chosen_with_an_option(tiny: TinyScreen,
+                                                         tmp_path: Path) -> None:
+    img, nuc = _database_style(tiny)
+    cells = nuc.assign(Nuclei_Location_Center_X=-1.0)  # a decoy object table: wrong centres
+    db = _sqlite(tmp_path / "screen.db", {"Per_Image": img, "Per_Object": nuc,
+                                          "Per_Cells": cells})
+    out = tmp_path / "db.h5"
+    summary = crop_screen(db, out, config=CropConfig(size=16, tables=("Per_Image", "Per_Object")))
+    _assert_on_their_nuclei(out, tiny)
+    assert summary.issues == {}
+    with pytest.raises(InputError, match="screen.db: no table Per_Nucleus .*Per_Cells"):
+        crop_screen(db, tmp_path / "x.h5", config=CropConfig(size=16,
+                                                             tables=("Per_Image", "Per_Nucleus")))
+
+
+def test_sqlite_without_an_image_table_names_the_tables(tmp_path: Path) -> None:
+    db = _sqlite(tmp_path / "other.sqlite", {"results": pd.DataFrame({"a": [1]})})
+    with pytest.raises(InputError, match=r"other.sqlite: no image table \(Per_Image; tables: "
+                                         r"results\); choose with --tables"):
+        crop_screen(db, tmp_path / "x.h5", config=CFG)
+
+
+def _cytotable(tiny: TinyScreen, path: Path) -> Path:
+    """CytoTable's single-cell Parquet: image and nuclei columns side by side, one row per
+    nucleus, keys prefixed Metadata_."""
+    img, nuc = _database_style(tiny)
+    img = img.rename(columns={"TableNumber": "Metadata_TableNumber",
+                              "ImageNumber": "Metadata_ImageNumber"})
+    nuc = nuc.rename(columns={"TableNumber": "Metadata_TableNumber",
+                              "ImageNumber": "Metadata_ImageNumber",
+                              "Nuclei_Number_Object_Number": "Metadata_Nuclei_Number_Object_Number"})
+    table = nuc.merge(img, on=["Metadata_TableNumber", "Metadata_ImageNumber"])
+    table.sample(frac=1.0, random_state=0).to_parquet(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("objects_too", [False, True])
+def test_cytotable_single_cell_parquet_is_both_tables(tiny: TinyScreen, tmp_path: Path,
+                                                      objects_too: bool) -> None:
+    table = _cytotable(tiny, tmp_path / "cells.parquet")
+    out = tmp_path / "ct.h5"
+    args = ["crop", str(table), "--size", "16", "--out", str(out)]
+    res = runner.invoke(app, args + (["--objects", str(table)] if objects_too else []))
+    assert res.exit_code == 0, res.output
+    assert "single-cell table: 4 images and 16 objects" in res.output
+    _assert_on_their_nuclei(out, tiny)
