@@ -25,7 +25,7 @@ from cellprof.illumination import IlluminationAccumulator
 from cellprof.images import read_planes, resolve_image
 from cellprof.runner import Progress, commit_results, ordered_map
 from cellprof.schema import CENTER_X, CENTER_Y, FIELD_KEY, OBJECT_NUMBER, store_columns
-from cellprof.sources import Sources, pair_objects, read_sources
+from cellprof.sources import Sources, pair_objects, planes_as_channels, read_sources
 from cellprof.segment import SegmentConfig
 from cellprof.store import CropStoreWriter
 from cellprof.tables import (
@@ -103,10 +103,13 @@ def plan(image_table: str | Path, objects: str | Path | None, config: CropConfig
     keep = ("FileName_", "PathName_", "Frame_", "Channel_", "Height_", "Width_", "Metadata_")
     table = table[[c for c in table.columns
                    if c.startswith(keep) or c in ("ImageNumber", "TableNumber")]].copy()
-    available = channels_of(table)
-    if not available:
+    if not channels_of(table):
         raise InputError(f"{image_table}: no FileName_<channel> (or Image_FileName_<channel>) "
                          "columns: is this a CellProfiler image table?")
+    root_dir = Path(root) if root is not None else None
+    table = planes_as_channels(table, config.channels, _first_file(table, root_dir, image_table),
+                               notes)
+    available = channels_of(table)
     channels = list(config.channels) if config.channels else available
     unknown = [c for c in channels if c not in available]
     if unknown:
@@ -137,7 +140,6 @@ def plan(image_table: str | Path, objects: str | Path | None, config: CropConfig
     if moa is not None:
         table = join_moa(table, read_moa_table(moa), moa)
     meta_cols = [c for c in table.columns if c.startswith("Metadata_") or c == "TableNumber"]
-    root_dir = Path(root) if root is not None else None
     object_file = str(objects if objects is not None else image_table)
 
     tasks = []
@@ -191,6 +193,16 @@ def _object_centres(src: Sources, table: pd.DataFrame, had_numbers: bool, config
     if obj[OBJECT_NUMBER].isna().any():  # numbered per image, in table order
         obj[OBJECT_NUMBER] = obj.groupby("_key").cumcount() + 1
     return dict(iter(obj.groupby("_key")))
+
+
+def _first_file(table: pd.DataFrame, root: Path | None, image_table: Path) -> Path:
+    """The first row's file of the first channel, resolved as the crop will resolve it."""
+    if not len(table):
+        return image_table.parent / "-"  # no rows: reported as such later
+    ch = channels_of(table)[0]
+    rec = table.iloc[0]
+    return resolve_image(rec.get(f"PathName_{ch}"), rec[f"FileName_{ch}"], root=root,
+                         table_dir=image_table.parent)[0]
 
 
 def _field_keys(table: pd.DataFrame) -> pd.Series:

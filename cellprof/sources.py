@@ -280,3 +280,69 @@ def _check_agree(images: pd.DataFrame, objects: pd.DataFrame, ids: list[str],
             raise InputError(
                 f"{object_name}: image {r[ids[-1]]} has {k}={r[k]}, but {image_name} says "
                 f"{r[f'{k}_image']}: the two tables number images differently")
+
+
+def planes_as_channels(table: pd.DataFrame, wanted: tuple[str, ...] | None, first_file: Path,
+                       notes: list[str]) -> pd.DataFrame:
+    """Name the planes of multi-channel files the image table does not address.
+
+    CellProfiler records which plane of a stack is which channel in ``Frame_<ch>`` columns;
+    other tools write a (C, H, W) TIFF or an OME-TIFF and one file column. Without those
+    columns the planes get names only when nothing is guessed: an OME-TIFF's own channel
+    names, or ``--channels`` naming exactly as many channels as the file has planes (file
+    order; said once in ``notes``). ``first_file`` is the first row's resolved file.
+
+    Returns the table with one ``FileName_/PathName_/Frame_`` triple per named plane.
+
+    Raises
+    ------
+    InputError
+        When a file holds several planes and they cannot be named without guessing.
+    """
+    from cellprof.images import channel_names, read_planes
+
+    available = [c[len("FileName_"):] for c in table.columns if c.startswith("FileName_")]
+    if any(f"Frame_{c}" in table.columns or f"Channel_{c}" in table.columns for c in available):
+        return table
+    if not first_file.is_file():
+        return table  # reported per field when it is read
+    n_planes = read_planes(first_file).shape[0]
+    if n_planes == 1:
+        return table
+    ome = channel_names(first_file)
+    if ome is not None and len(ome) != n_planes:
+        ome = None
+    if len(available) > 1:  # several channel columns, one stack: only OME names can say
+        if ome is None or not set(available) <= set(ome):
+            shared = len({str(table[f"FileName_{c}"].iloc[0]) for c in available}) == 1
+            what = (f"the image table names channels {', '.join(available)} in it"
+                    if shared else f"the image table's channel {available[0]} is one of them")
+            raise InputError(
+                f"{first_file}: holds {n_planes} planes and {what}, without Frame_<channel> "
+                "columns to say which plane is which; add Frame_<channel> (0-based plane) "
+                "columns")
+        notes.append(f"planes of {first_file.name} matched to channels by their OME names")
+        return table.assign(**{f"Frame_{c}": ome.index(c) for c in available})
+    (col,) = available
+    if ome is not None:
+        names = ome
+        notes.append(f"{first_file.name} holds {n_planes} channels named in its OME metadata: "
+                     f"{', '.join(names)}")
+    elif wanted is not None and len(wanted) == n_planes:
+        names = list(wanted)
+        notes.append(f"{first_file.name} holds {n_planes} planes and no channel names: took "
+                     f"them in file order as {', '.join(names)} (--channels)")
+    else:
+        raise InputError(
+            f"{first_file}: holds {n_planes} planes and neither the image table "
+            f"(Frame_<channel> columns) nor the file (OME channel names) says which is which; "
+            f"name them in file order with --channels ({n_planes} names)")
+    if len(set(names)) != len(names):
+        raise InputError(f"{first_file}: channel names repeat ({', '.join(names)})")
+    out = table.drop(columns=[f"FileName_{col}", f"PathName_{col}"], errors="ignore")
+    for k, name in enumerate(names):
+        out[f"FileName_{name}"] = table[f"FileName_{col}"]
+        if f"PathName_{col}" in table.columns:
+            out[f"PathName_{name}"] = table[f"PathName_{col}"]
+        out[f"Frame_{name}"] = k
+    return out

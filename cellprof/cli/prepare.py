@@ -166,7 +166,7 @@ def _print_crop_summary(s: object, seconds: float) -> None:
     table.add_row("skipped at image edge", str(s.n_edge_skipped))
     table.add_row("rejected objects", str(s.n_rejected))
     for note in getattr(s, "notes", ()):
-        console.print(f"note: {note}")
+        console.print(f"note: {note}", soft_wrap=True, highlight=False)
     for kind, n in s.issues.items():
         table.add_row(f"issue: {kind}", str(n))
     if s.issues_file:
