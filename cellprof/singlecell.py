@@ -1,8 +1,11 @@
-"""``cellprof crop --singlecell``: import a folder of pre-cut single-cell arrays.
+"""``cellprof crop --singlecell``: import a folder of pre-cut single-cell crops.
 
-Single-cell sets often circulate already cut, one ``.npy`` per cell with a metadata table
-(BBBC021's ``<plate>/<field>/<field>_<i>.npy``, shape ``(H, W, C)``). Importing them into a
-crop store lets them go through the same train / embed / match steps as cropped screens.
+Single-cell sets often circulate already cut: one ``.npy`` per cell with a metadata table
+(BBBC021's ``<plate>/<field>/<field>_<i>.npy``, shape ``(H, W, C)``), or one ``.tif`` /
+``.png`` per cell (RGB planes or a ``(C, H, W)`` stack as channels) labelled by a table or
+by class sub-folders (``apo/``, ``meta/`` …). Importing them into a crop store lets them go
+through the same train / embed / match steps as cropped screens, each crop keeping its
+own labels as ``Metadata_`` columns.
 """
 
 from __future__ import annotations
@@ -14,19 +17,44 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellprof.errors import InputError
+from cellprof.errors import ImageError, InputError
 from cellprof.fieldwork import FieldResult, issue
-from cellprof.images import intensity_stats
+from cellprof.images import intensity_stats, read_planes
 from cellprof.runner import Progress, commit_results, ordered_map
 from cellprof.schema import FIELD_KEY, cell_rows, field_row, store_columns
 from cellprof.store import CropStoreWriter
 from cellprof.tables import (
     PLATE, SITE, WELL, canonical_columns, channels_of, complete_metadata, join_moa, read_moa_table,
-    read_table, require_columns, site_from_filename,
+    read_table, site_from_filename,
 )
 from cellprof.crop import CropSummary, finish_store
 
-_PATH_COLUMNS = ("crop_path", "path", "file", "filename")
+_PATH_COLUMNS = ("crop_path", "path", "file", "filename", "image_path")
+#: Crop files a folder is searched for when no table lists them.
+CROP_SUFFIXES = (".npy", ".tif", ".tiff", ".png")
+#: The column a crop's class sub-folder becomes when no table labels it.
+CLASS = "Metadata_Class"
+
+
+def read_crop(path: Path) -> np.ndarray:
+    """One crop as ``(H, W, C)``: ``.npy`` arrays as stored (channels last, BBBC021's
+    layout), images through :func:`cellprof.images.read_planes` (RGB planes or a stack's
+    planes become the channels).
+
+    Raises
+    ------
+    ImageError
+        When the file is missing or cannot be read, naming it.
+    """
+    if path.suffix.lower() == ".npy":
+        if not path.is_file():
+            raise ImageError(f"{path}: crop not found")
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ImageError(f"{path}: cannot read crop ({exc})") from None
+        return arr[..., None] if arr.ndim == 2 else arr
+    return np.moveaxis(read_planes(path), 0, -1)
 
 
 @dataclass
@@ -54,13 +82,11 @@ class _LoadJob:
         for i, (path, row, obj) in enumerate(zip(task.paths, task.rows, task.object_numbers,
                                                  strict=True)):
             try:
-                arr = np.load(path, allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                kind = "missing_image" if not path.exists() else "unreadable_image"
-                issues.append(issue(kind, task.table_file, row, f"{path}: {exc}"))
+                arr = read_crop(path)
+            except ImageError as exc:
+                kind = "missing_image" if not path.exists() else exc.kind
+                issues.append(issue(kind, task.table_file, row, str(exc)))
                 continue
-            if arr.ndim == 2 and self.shape[2] == 1:
-                arr = arr[..., None]
             if arr.shape != self.shape:
                 issues.append(issue("wrong_size", task.table_file, row,
                                     f"{path}: shape {arr.shape}, expected {self.shape} (H, W, C)"))
@@ -84,19 +110,21 @@ class _LoadJob:
 
 
 def import_singlecell(
-    folder: str | Path, metadata: str | Path, out: str | Path, *,
+    folder: str | Path, metadata: str | Path | None, out: str | Path, *,
     moa: str | Path | None = None, channels: tuple[str, ...] | None = None,
     workers: int = 1, strict: bool = False, overwrite: bool = False,
     progress: Progress | None = None,
 ) -> CropSummary:
-    """Import pre-cut single-cell arrays and their metadata table into a crop store.
+    """Import pre-cut single-cell crops and their labels into a crop store.
 
     Parameters
     ----------
     folder
         Root the table's crop paths are relative to.
     metadata
-        One row per crop: a path column (``crop_path``), plate/well/compound/concentration
+        None: every ``.npy``/``.tif``/``.tiff``/``.png`` under ``folder``, labelled by the
+        name of the sub-folder it sits in (``apo/x.png`` -> ``Metadata_Class = apo``).
+        Otherwise a table with one row per crop: a path column (``crop_path``), plate/well/compound/concentration
         (and optionally moa) in any naming style :func:`cellprof.tables.canonical_columns`
         knows; ``cell_index`` (0-based) becomes ``ObjectNumber``. Each crop keeps its own
         row's metadata; other columns (a phenotype label …) become ``Metadata_<name>``.
@@ -105,38 +133,46 @@ def import_singlecell(
         Names for the arrays' channels; default: the table's ``FileName_<name>`` columns
         when they match the channel count, else ``ch0, ch1, ...``.
     """
-    folder, metadata, out = Path(folder), Path(metadata), Path(out)
+    folder, out = Path(folder), Path(out)
     if out.exists() and not overwrite:
         raise InputError(f"{out}: exists; pass --overwrite to replace it")
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder")
-    table = canonical_columns(read_table(metadata))
-    path_col = next((c for c in _PATH_COLUMNS if c in table.columns), None)
-    if path_col is None:
-        raise InputError(f"{metadata}: missing column crop_path (the crop file, relative "
-                         f"to {folder})")
+    if metadata is None:
+        table, path_col, source = _folder_table(folder), "crop_path", folder
+    else:
+        source = metadata = Path(metadata)
+        table = canonical_columns(read_table(metadata))
+        path_col = next((c for c in _PATH_COLUMNS if c in table.columns), None)
+        if path_col is None:
+            raise InputError(f"{metadata}: missing column crop_path (the crop file, relative "
+                             f"to {folder})")
+    if not len(table):
+        raise InputError(f"{source}: lists no crops")
     table, names = _cell_metadata(table, path_col)
     if moa is not None:
         table = join_moa(table, read_moa_table(moa), moa)
     first = folder / str(table[path_col].iloc[0])
     try:
-        sample = np.load(first, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{first}: cannot read the first crop ({exc})") from None
-    shape = sample.shape if sample.ndim == 3 else sample.shape + (1,)
+        sample = read_crop(first)
+    except ImageError as exc:
+        raise InputError(f"cannot read the first crop: {exc}") from None
+    shape = sample.shape
     if shape[0] != shape[1]:
-        raise InputError(f"{first}: crops must be square (H, W, C) arrays, got {sample.shape}")
+        raise InputError(f"{first}: crops must be square, got {shape[0]}x{shape[1]} px "
+                         f"(read as (H, W, C) = {shape})")
     n_ch = shape[2]
     chans = list(channels) if channels else (names if len(names) == n_ch
                                               else [f"ch{i}" for i in range(n_ch)])
     if len(chans) != n_ch:
         raise InputError(f"--channels names {len(chans)} channels, the crops have {n_ch}")
     meta_cols = [c for c in table.columns if c.startswith("Metadata_")]
-    tasks = _tasks(table, folder, path_col, meta_cols, metadata)
+    tasks = _tasks(table, folder, path_col, meta_cols, source)
     dtype = str(sample.dtype) if sample.dtype.kind in "uif" else "float32"
     cell_cols, field_cols = store_columns(table[meta_cols], chans)
     settings = {"mode": "singlecell", "folder": str(folder.resolve()),
-                "metadata": str(metadata.resolve()), "moa": str(moa) if moa else None,
+                "metadata": str(metadata.resolve()) if metadata else None,
+                "moa": str(moa) if moa else None,
                 "channels": chans}
     writer = CropStoreWriter(out, channels=chans, crop_size=shape[0], dtype=dtype,
                              cell_columns=cell_cols, field_columns=field_cols,
@@ -149,6 +185,18 @@ def import_singlecell(
         return finish_store(writer, out)
     finally:
         writer.close()
+
+
+def _folder_table(folder: Path) -> pd.DataFrame:
+    """Every crop file under ``folder`` (sorted) and the sub-folder it sits in as its class."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in CROP_SUFFIXES
+                   and p.is_file())
+    if not files:
+        raise InputError(f"{folder}: no crops ({', '.join(CROP_SUFFIXES)}) in it or its "
+                         "sub-folders; give --metadata TABLE to list them")
+    rel = [p.relative_to(folder) for p in files]
+    return pd.DataFrame({"crop_path": [r.as_posix() for r in rel],
+                         CLASS: [r.parent.name for r in rel]})
 
 
 def _cell_metadata(table: pd.DataFrame, path_col: str) -> tuple[pd.DataFrame, list[str]]:

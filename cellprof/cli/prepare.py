@@ -70,10 +70,12 @@ def crop(
         "--segment", help="No object table: find nuclei with scikit-image "
                           "(threshold + split touching nuclei).")] = False,
     singlecell: Annotated[Optional[Path], typer.Option(
-        help="Folder of pre-cut single-cell .npy arrays (use with --metadata).",
+        help="Folder of pre-cut single-cell crops (.npy, .tif, .png), listed by --metadata "
+             "or labelled by class sub-folders (apo/, meta/ …).",
         show_default=False)] = None,
     metadata: Annotated[Optional[Path], typer.Option(
-        help="With --singlecell: one row per crop (crop_path, plate, well, compound …).",
+        help="With --singlecell: one row per crop (crop_path, plate, well, compound, any "
+             "label …); without it, every crop under DIR, its sub-folder its class.",
         show_default=False)] = None,
     channels: Annotated[Optional[str], typer.Option(
         help="Channels to keep, in order, e.g. DAPI,Tubulin,Actin (default: all in table "
@@ -118,6 +120,7 @@ def crop(
       cellprof crop screen.sqlite [--tables Per_Image,Per_Nuclei] --out crops.h5
       cellprof crop cytotable.parquet --out crops.h5   (single-cell table: both tables)
       cellprof crop --singlecell DIR --metadata metadata.csv [--moa moa.csv] --out crops.h5
+      cellprof crop --singlecell DIR [--channels R,G,B] --out crops.h5   (DIR/<class>/*.png)
       cellprof crop Image.csv --segment --out crops.h5
 
     Writes OUT (crops (N, C, H, W), per-cell Metadata_* table, per-field statistics; see
@@ -131,8 +134,6 @@ def crop(
     t0 = time.perf_counter()
     try:
         if singlecell is not None:
-            if metadata is None:
-                raise CellprofError("--singlecell needs --metadata TABLE")
             with _progress() as bar:
                 summary = import_singlecell(singlecell, metadata, out, moa=moa,
                                             channels=_split(channels), workers=workers,
