@@ -20,8 +20,8 @@ from cellprof.checkpoint import check_fits, load_checkpoint, model_config_of
 from cellprof.data import DataConfig, normalize, plate_percentiles
 from cellprof.errors import InputError
 from cellprof.model import VAEPlus
-from cellprof.profiles import ProfileWriter, aggregate, profile_table, write_table
-from cellprof.schema import PLATE, WELL
+from cellprof.profiles import ProfileWriter, export  # noqa: F401 - export: embed's table
+from cellprof.schema import PLATE
 from cellprof.train import setup
 
 
@@ -101,17 +101,3 @@ def embed(checkpoint: str | Path, crops: str | Path, out: str | Path, *,
     finally:
         writer.close()
     return EmbedResult(out, n, d, start, done / max(time.perf_counter() - t0, 1e-9))
-
-
-def export(profiles: str | Path, path: str | Path, level: str = "cell",
-           method: str = "mean") -> Path:
-    """A pycytominer-friendly table (``Metadata_*`` then features) at cell or well level."""
-    table = profile_table(profiles)
-    if level == "well":
-        table = aggregate(table, [PLATE, WELL], method)
-    elif level != "cell":
-        raise InputError(f"--level must be cell or well, got {level!r}")
-    meta = [c for c in table.columns if str(c).startswith("Metadata_")]
-    rest = [c for c in table.columns if c not in meta]
-    return write_table(table[meta + rest], path)
-

@@ -3,14 +3,15 @@
 Every command maps its options onto a library call (``cellprof.crop.crop_screen`` …), so
 what the CLI does a notebook can do too. Errors a user can fix (:class:`CellprofError`)
 print as one red line and exit with status 1, never a traceback. Commands live in
-:mod:`cellprof.cli.prepare` (synth, crop, merge), :mod:`cellprof.cli.learn` (train, embed)
-and :mod:`cellprof.cli.report` (match, show, demo).
+:mod:`cellprof.cli.prepare` (synth, crop, merge), :mod:`cellprof.cli.learn` (train, embed),
+:mod:`cellprof.cli.report` (match, show, demo) and :mod:`cellprof.cli.export` (export).
 """
 
 # Importing the command modules registers their commands, in this order in --help.
 from cellprof.cli import prepare  # noqa: F401, I001
 from cellprof.cli import learn  # noqa: F401
 from cellprof.cli import report  # noqa: F401
+from cellprof.cli import export  # noqa: F401
 from cellprof.cli._app import app, console
 
 

@@ -117,7 +117,8 @@ def embed(
     format: Annotated[Optional[str], typer.Option(
         "--format", help="Also write a table: parquet or csv (Metadata_ columns, then "
                          "features) as OUT.<level>.<format>.", show_default=False)] = None,
-    level: Annotated[str, typer.Option(help="Table level: cell, or well (mean).")] = "cell",
+    level: Annotated[str, typer.Option(
+        help="Table level: cell, well or treatment (means; see `cellprof export`).")] = "cell",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
 ) -> None:
     """Embed every cell: posterior means (N, 256) plus the store's per-cell metadata.
