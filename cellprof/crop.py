@@ -107,7 +107,7 @@ def plan(image_table: str | Path, objects: str | Path | None, config: CropConfig
         raise InputError(f"{image_table}: no FileName_<channel> (or Image_FileName_<channel>) "
                          "columns: is this a CellProfiler image table?")
     root_dir = Path(root) if root is not None else None
-    table = planes_as_channels(table, config.channels, _first_file(table, root_dir, image_table),
+    table = planes_as_channels(table, config.channels, _first_files(table, root_dir, image_table),
                                notes)
     available = channels_of(table)
     channels = list(config.channels) if config.channels else available
@@ -195,14 +195,13 @@ def _object_centres(src: Sources, table: pd.DataFrame, had_numbers: bool, config
     return dict(iter(obj.groupby("_key")))
 
 
-def _first_file(table: pd.DataFrame, root: Path | None, image_table: Path) -> Path:
-    """The first row's file of the first channel, resolved as the crop will resolve it."""
-    if not len(table):
-        return image_table.parent / "-"  # no rows: reported as such later
+def _first_files(table: pd.DataFrame, root: Path | None, image_table: Path, n: int = 8
+                 ) -> list[Path]:
+    """The first rows' files of the first channel, resolved as the crop will resolve them."""
     ch = channels_of(table)[0]
-    rec = table.iloc[0]
-    return resolve_image(rec.get(f"PathName_{ch}"), rec[f"FileName_{ch}"], root=root,
-                         table_dir=image_table.parent)[0]
+    return [resolve_image(rec.get(f"PathName_{ch}"), rec[f"FileName_{ch}"], root=root,
+                          table_dir=image_table.parent)[0]
+            for _, rec in table.head(n).iterrows() if isinstance(rec[f"FileName_{ch}"], str)]
 
 
 def _field_keys(table: pd.DataFrame) -> pd.Series:

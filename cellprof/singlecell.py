@@ -124,9 +124,9 @@ def import_singlecell(
     metadata
         None: every ``.npy``/``.tif``/``.tiff``/``.png`` under ``folder``, labelled by the
         name of the sub-folder it sits in (``apo/x.png`` -> ``Metadata_Class = apo``).
-        Otherwise a table with one row per crop: a path column (``crop_path``), plate/well/compound/concentration
-        (and optionally moa) in any naming style :func:`cellprof.tables.canonical_columns`
-        knows; ``cell_index`` (0-based) becomes ``ObjectNumber``. Each crop keeps its own
+        Otherwise a table with one row per crop: a path column (``crop_path``),
+        plate/well/compound/concentration (and optionally moa) in any naming style
+        :func:`cellprof.tables.canonical_columns` knows; ``cell_index`` (0-based) becomes ``ObjectNumber``. Each crop keeps its own
         row's metadata; other columns (a phenotype label …) become ``Metadata_<name>``.
         Fields are the table's plate/well/site where it has them, else the crop folders.
     channels

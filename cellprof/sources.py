@@ -145,53 +145,53 @@ def read_sources(image_table: str | Path, objects: str | Path | None, *,
     image_table = Path(image_table)
     obj_path = Path(objects) if objects is not None else None
     notes: list[str] = []
-    if not image_table.is_file():
-        raise InputError(f"{image_table}: table not found")
+    for path in (image_table, obj_path):
+        if path is not None and not path.is_file():
+            raise InputError(f"{path}: table not found")
     if tables and not is_sqlite(image_table):
         raise InputError(f"--tables names tables of a SQLite database; {image_table} is not one")
     if is_sqlite(image_table):
-        names = sqlite_tables(image_table)
-        img_t = tables[0] if tables else _find_table(image_table, names, ["Per_Image"], "image")
-        if img_t not in names:
-            raise InputError(f"{image_table}: no table {img_t} (tables: {', '.join(names)})")
-        images = _read(image_table, object_name, img_t)
+        img_t = _sqlite_table(image_table, tables, 0, object_name)
+        images = _ids_canonical(_read(image_table, object_name, img_t))
         image_name = f"{image_table}:{img_t}"
-        if obj_path is None or obj_path == image_table:
-            obj_path = image_table
-            obj_t = tables[1] if tables and len(tables) > 1 else _find_table(
-                image_table, names, [f"Per_{object_name}", "Per_Object"], "object")
-            if obj_t not in names:
-                raise InputError(f"{image_table}: no table {obj_t} (tables: {', '.join(names)})")
-            notes.append(f"read {image_table.name}: images from table {img_t}, objects "
-                         f"from table {obj_t}")
-            obj = _read(image_table, object_name, obj_t) if need_objects else None
-            return Sources(_ids_canonical(images), _ids_canonical(obj) if obj is not None
-                           else None, image_name, f"{image_table}:{obj_t}", notes)
+        obj_path = image_table if obj_path is None else obj_path  # the database holds both
     else:
-        images = _read(image_table, object_name)
+        images = _ids_canonical(_read(image_table, object_name))
         image_name = str(image_table)
-    images = _ids_canonical(images)
-    obj = None
-    object_label = ""
-    if need_objects:
-        if obj_path is None or obj_path.resolve() == image_table.resolve():
-            if not _has_centres(images):
-                raise InputError(f"{image_table.name}: has no object centres; give an object "
-                                 "table (--objects) or ask for segmentation (--segment)")
-            obj, object_label = images, str(image_table)
-        elif is_sqlite(obj_path):
-            names = sqlite_tables(obj_path)
-            obj_t = tables[1] if tables and len(tables) > 1 else _find_table(
-                obj_path, names, [f"Per_{object_name}", "Per_Object"], "object")
-            obj, object_label = _ids_canonical(_read(obj_path, object_name, obj_t)), \
-                f"{obj_path}:{obj_t}"
-        else:
-            obj, object_label = _ids_canonical(_read(obj_path, object_name)), str(obj_path)
-    if obj is images:
-        images = _image_rows(images)
+    if not need_objects:
+        return Sources(images, None, image_name, "", notes)
+    if obj_path is None or (obj_path.resolve() == image_table.resolve()
+                            and not is_sqlite(obj_path)):
+        if not _has_centres(images):
+            raise InputError(f"{image_table}: has no object centres; give an object table "
+                             "(--objects) or ask for segmentation (--segment)")
+        obj, images = images, _image_rows(images)
         notes.append(f"{image_table.name} is a single-cell table: {len(images)} images and "
                      f"{len(obj)} objects read from it")
-    return Sources(images, obj, image_name, object_label, notes)
+        return Sources(images, obj, image_name, str(image_table), notes)
+    if is_sqlite(obj_path):
+        obj_t = _sqlite_table(obj_path, tables, 1, object_name)
+        obj = _ids_canonical(_read(obj_path, object_name, obj_t))
+        if obj_path.resolve() == image_table.resolve():
+            notes.append(f"read {image_table.name}: images from table "
+                         f"{image_name.rsplit(':', 1)[1]}, objects from table {obj_t}")
+        return Sources(images, obj, image_name, f"{obj_path}:{obj_t}", notes)
+    return Sources(images, _ids_canonical(_read(obj_path, object_name)), image_name,
+                   str(obj_path), notes)
+
+
+def _sqlite_table(path: Path, tables: tuple[str, ...] | None, index: int,
+                  object_name: str) -> str:
+    """The image (``index`` 0) or object (1) table of a database: named in ``tables``, or
+    found (``*Per_Image``; ``*Per_<object_name>``, else ``*Per_Object``)."""
+    names = sqlite_tables(path)
+    if tables and len(tables) > index:
+        if tables[index] not in names:
+            raise InputError(f"{path}: no table {tables[index]} (tables: {', '.join(names)})")
+        return tables[index]
+    if index == 0:
+        return _find_table(path, names, ["Per_Image"], "image")
+    return _find_table(path, names, [f"Per_{object_name}", "Per_Object"], "object")
 
 
 def _image_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -282,15 +282,16 @@ def _check_agree(images: pd.DataFrame, objects: pd.DataFrame, ids: list[str],
                 f"{r[f'{k}_image']}: the two tables number images differently")
 
 
-def planes_as_channels(table: pd.DataFrame, wanted: tuple[str, ...] | None, first_file: Path,
-                       notes: list[str]) -> pd.DataFrame:
+def planes_as_channels(table: pd.DataFrame, wanted: tuple[str, ...] | None,
+                       first_files: list[Path], notes: list[str]) -> pd.DataFrame:
     """Name the planes of multi-channel files the image table does not address.
 
     CellProfiler records which plane of a stack is which channel in ``Frame_<ch>`` columns;
     other tools write a (C, H, W) TIFF or an OME-TIFF and one file column. Without those
     columns the planes get names only when nothing is guessed: an OME-TIFF's own channel
     names, or ``--channels`` naming exactly as many channels as the file has planes (file
-    order; said once in ``notes``). ``first_file`` is the first row's resolved file.
+    order; said once in ``notes``). ``first_files`` are the first rows' resolved files; the
+    first that can be read stands for all (the others are checked as each field is read).
 
     Returns the table with one ``FileName_/PathName_/Frame_`` triple per named plane.
 
@@ -299,14 +300,20 @@ def planes_as_channels(table: pd.DataFrame, wanted: tuple[str, ...] | None, firs
     InputError
         When a file holds several planes and they cannot be named without guessing.
     """
+    from cellprof.errors import ImageError
     from cellprof.images import channel_names, read_planes
 
     available = [c[len("FileName_"):] for c in table.columns if c.startswith("FileName_")]
     if any(f"Frame_{c}" in table.columns or f"Channel_{c}" in table.columns for c in available):
         return table
-    if not first_file.is_file():
-        return table  # reported per field when it is read
-    n_planes = read_planes(first_file).shape[0]
+    for first_file in first_files:
+        try:
+            n_planes = read_planes(first_file).shape[0]
+            break
+        except ImageError:
+            continue  # reported when its field is read
+    else:
+        return table
     if n_planes == 1:
         return table
     ome = channel_names(first_file)

@@ -102,8 +102,9 @@ def object_centres(table: pd.DataFrame, source: str | Path, object_name: str = "
 
     The keys are whichever of ``TableNumber``, ``ImageNumber`` and ``Metadata_*`` the table
     has (:func:`cellprof.sources.pair_objects` decides which pair objects with images);
-    ``ObjectNumber`` is NaN when the table has none. Database-style tables hold several objects' columns side by side
-    (``Nuclei_Location_Center_X``, ``Cells_Location_Center_X``); ``object_name`` picks one.
+    ``ObjectNumber`` is NaN when the table has none. Database-style tables hold several
+    objects' columns side by side (``Nuclei_Location_Center_X``,
+    ``Cells_Location_Center_X``); ``object_name`` picks one.
     """
     cols = {}
     for target in (CENTER_X, CENTER_Y):

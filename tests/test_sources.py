@@ -184,9 +184,9 @@ def _cytotable(tiny: TinyScreen, path: Path) -> Path:
     img, nuc = _database_style(tiny)
     img = img.rename(columns={"TableNumber": "Metadata_TableNumber",
                               "ImageNumber": "Metadata_ImageNumber"})
-    nuc = nuc.rename(columns={"TableNumber": "Metadata_TableNumber",
-                              "ImageNumber": "Metadata_ImageNumber",
-                              "Nuclei_Number_Object_Number": "Metadata_Nuclei_Number_Object_Number"})
+    nuc = nuc.rename(columns={
+        "TableNumber": "Metadata_TableNumber", "ImageNumber": "Metadata_ImageNumber",
+        "Nuclei_Number_Object_Number": "Metadata_Nuclei_Number_Object_Number"})
     table = nuc.merge(img, on=["Metadata_TableNumber", "Metadata_ImageNumber"])
     table.sample(frac=1.0, random_state=0).to_parquet(path, index=False)
     return path
