@@ -72,6 +72,8 @@ def _read(path: Path, object_name: str, sql_table: str | None = None) -> pd.Data
         with _connect(path) as con:
             cols = [r[1] for r in con.execute(f'PRAGMA table_info("{sql_table}")')]
             keep = [c for c in cols if _wanted(c, object_name)]
+            if not keep:  # what is missing is said by the step that needs it
+                return pd.DataFrame()
             query = "SELECT " + ", ".join(f'"{c}"' for c in keep) + f' FROM "{sql_table}"'
             try:
                 return pd.read_sql_query(query, con)

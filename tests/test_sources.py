@@ -202,3 +202,13 @@ def test_cytotable_single_cell_parquet_is_both_tables(tiny: TinyScreen, tmp_path
     assert res.exit_code == 0, res.output
     assert "single-cell table: 4 images and 16 objects" in res.output
     _assert_on_their_nuclei(out, tiny)
+
+
+def test_plate_shard_reports_no_objects_of_other_plates(tiny: TinyScreen, tmp_path: Path) -> None:
+    """Objects are paired with the whole image table before --plates picks a shard, so the
+    other plates' objects are simply not this shard's, not "unknown images"."""
+    out = tmp_path / "p1.h5"
+    summary = crop_screen(tiny.image_table, out, objects=tiny.objects,
+                          config=CropConfig(size=16, plates=("Week1_P1",)))
+    assert summary.issues == {} and summary.n_cells == 6
+    assert set(store.read_cells(out)["Metadata_Plate"]) == {"Week1_P1"}
