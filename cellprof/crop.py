@@ -23,15 +23,15 @@ from cellprof.errors import InputError
 from cellprof.fieldwork import FieldTask, field_mean, issue, process_field
 from cellprof.illumination import IlluminationAccumulator
 from cellprof.images import read_planes, resolve_image
-from cellprof.runner import (
-    Progress, commit_results, ordered_map, store_columns, worker_count,
-)
+from cellprof.runner import Progress, commit_results, ordered_map, worker_count
 from cellprof.safeio import atomic_path, fingerprint, refuse_inputs
+from cellprof.schema import CENTER_X, CENTER_Y, FIELD_KEY, OBJECT_NUMBER, store_columns
+from cellprof.sources import Sources, pair_objects, planes_as_channels, read_sources
 from cellprof.segment import SegmentConfig
 from cellprof.store import CropStoreWriter
 from cellprof.tables import (
     PLATE, canonical_columns, channels_of, complete_metadata, join_moa, object_centres,
-    read_moa_table, read_table, whole_numbers,
+    read_moa_table, whole_numbers,
 )
 
 
@@ -57,6 +57,9 @@ class CropConfig:
     """Channel to segment nuclei in (default: the first channel)."""
     plates: tuple[str, ...] | None = None
     """Only these plates (a shard of the screen, e.g. one cluster job per plate)."""
+    tables: tuple[str, ...] | None = None
+    """SQLite input: the image and object table names (default: found, ``*Per_Image`` and
+    ``*Per_<object_name>`` or ``*Per_Object``)."""
 
     def __post_init__(self) -> None:
         if not 8 <= self.size <= 1024:
@@ -78,37 +81,58 @@ class CropSummary:
     issues: dict[str, int]
     issues_file: Path | None
     resumed_fields: int
+    notes: tuple[str, ...] = ()
+    """What cellprof decided for the user and says once (e.g. the keys objects joined on)."""
 
 
 def plan(image_table: str | Path, objects: str | Path | None, config: CropConfig,
          root: str | Path | None = None, moa: str | Path | None = None,
+         notes: list[str] | None = None,
          ) -> tuple[list[FieldTask], list[str], list[dict[str, Any]]]:
-    """Read the tables into one task per field; return tasks, channels and table issues."""
+    """Read the tables into one task per field; return tasks, channels and table issues.
+
+    ``objects`` may be None for a SQLite file or a single-cell table that holds both
+    (see :mod:`cellprof.sources`); what was decided on the user's behalf (tables found,
+    join keys) is appended to ``notes``.
+    """
     image_table = Path(image_table)
-    table = canonical_columns(read_table(image_table))
+    notes = [] if notes is None else notes
+    src = read_sources(image_table, objects, object_name=config.object_name,
+                       tables=config.tables, need_objects=config.segment is None)
+    notes.extend(src.notes)
+    table = canonical_columns(src.images)
     keep = ("FileName_", "PathName_", "Frame_", "Channel_", "Height_", "Width_", "Metadata_")
     table = table[[c for c in table.columns
                    if c.startswith(keep) or c in ("ImageNumber", "TableNumber")]].copy()
-    available = channels_of(table)
-    if not available:
+    if not channels_of(table):
         raise InputError(f"{image_table}: no FileName_<channel> (or Image_FileName_<channel>) "
                          "columns: is this a CellProfiler image table?")
+    root_dir = Path(root) if root is not None else None
+    table = planes_as_channels(table, config.channels, _first_files(table, root_dir, image_table),
+                               notes)
+    available = channels_of(table)
     channels = list(config.channels) if config.channels else available
     unknown = [c for c in channels if c not in available]
     if unknown:
         raise InputError(f"{image_table}: no channel {', '.join(unknown)} "
                          f"(channels: {', '.join(available)})")
-    if "ImageNumber" not in table.columns:
+    had_numbers = "ImageNumber" in table.columns
+    if not had_numbers:  # a field's id in the store; never used to pair objects
         table["ImageNumber"] = np.arange(1, len(table) + 1)
     table["ImageNumber"] = whole_numbers(table["ImageNumber"], "ImageNumber", image_table)
     # Database exports number images per TableNumber: the pair identifies a field.
     table["_key"] = _field_keys(table)
     if table["_key"].duplicated().any():
         dup = table["_key"][table["_key"].duplicated()].iloc[0]
-        raise InputError(f"{image_table}: image {dup} appears twice (ImageNumber, with "
+        raise InputError(f"{src.image_name}: image {dup} appears twice (ImageNumber, with "
                          "TableNumber when present, must identify one row)")
+    issues: list[dict[str, Any]] = []
+    centres: dict[str, pd.DataFrame] = {}
+    if src.objects is not None:
+        centres = _object_centres(src, table, had_numbers, config, issues, notes)
+    elif config.segment is None:
+        raise InputError("give an object table (--objects) or ask for segmentation (--segment)")
     table = complete_metadata(table, channels[0])
-    screen_keys = set(table["_key"])  # every field of the screen, before --plates
     if config.plates:
         missing = sorted(set(config.plates) - set(table[PLATE]))
         if missing:
@@ -118,32 +142,7 @@ def plan(image_table: str | Path, objects: str | Path | None, config: CropConfig
     if moa is not None:
         table = join_moa(table, read_moa_table(moa), moa)
     meta_cols = [c for c in table.columns if c.startswith("Metadata_") or c == "TableNumber"]
-    root_dir = Path(root) if root is not None else None
-    issues: list[dict[str, Any]] = []
-
-    centres: dict[int, pd.DataFrame] = {}
-    if objects is not None and config.segment is None:
-        obj = object_centres(read_table(objects), objects, config.object_name)
-        obj["Location_Center_X"] += config.offset[0]
-        obj["Location_Center_Y"] += config.offset[1]
-        if "TableNumber" in table.columns and "TableNumber" not in obj.columns:
-            raise InputError(f"{objects}: missing column TableNumber (the image table "
-                             f"{image_table.name} has one, so ImageNumber alone is ambiguous)")
-        obj["_key"] = _field_keys(obj)
-        # Objects of plates left out by --plates are not strays: only those of no image.
-        stray = obj[~obj["_key"].isin(screen_keys)]
-        for _, r in stray.iterrows():
-            issues.append(issue("unknown_image", objects, r["_row"],
-                                f"image {r['_key']} is not in {image_table.name}"))
-        obj = obj[obj["_key"].isin(set(table["_key"]))]
-        dup = obj.duplicated(["_key", "ObjectNumber"])
-        for _, r in obj[dup].iterrows():
-            issues.append(issue("duplicate_object", objects, r["_row"],
-                                f"object {r['ObjectNumber']} of image {r['_key']} appears "
-                                "again; the first row is kept"))
-        centres = dict(iter(obj[~dup].groupby("_key")))
-    elif config.segment is None:
-        raise InputError("give an object table (--objects) or ask for segmentation (--segment)")
+    object_file = str(objects if objects is not None else image_table)
 
     tasks = []
     for i, r in enumerate(table.itertuples(index=False)):
@@ -166,10 +165,10 @@ def plan(image_table: str | Path, objects: str | Path | None, config: CropConfig
         tasks.append(FieldTask(                         # a field without objects
             key=rec["_key"], image_number=int(rec["ImageNumber"]), row=i + 2,
             meta={c: _plain(rec[c]) for c in meta_cols}, files=files,
-            table_file=str(image_table), object_file=str(objects or ""),
+            table_file=str(image_table), object_file=object_file,
             centres=None if config.segment is not None else
-            obj[["Location_Center_X", "Location_Center_Y"]].to_numpy(np.float64),
-            object_numbers=obj["ObjectNumber"].to_numpy(np.int64),
+            obj[[CENTER_X, CENTER_Y]].to_numpy(np.float64),
+            object_numbers=obj[OBJECT_NUMBER].to_numpy(np.int64),
             object_rows=obj["_row"].to_numpy(np.int64),
             expected_shape=_expected_shape(rec, channels[0]),
         ))
@@ -178,8 +177,43 @@ def plan(image_table: str | Path, objects: str | Path | None, config: CropConfig
     return tasks, channels, issues
 
 
-_NO_OBJECTS = pd.DataFrame({"ObjectNumber": np.zeros(0, np.int64), "_row": np.zeros(0, np.int64),
-                            "Location_Center_X": np.zeros(0), "Location_Center_Y": np.zeros(0)})
+_NO_OBJECTS = pd.DataFrame({OBJECT_NUMBER: np.zeros(0, np.int64), "_row": np.zeros(0, np.int64),
+                            CENTER_X: np.zeros(0), CENTER_Y: np.zeros(0)})
+
+
+def _object_centres(src: Sources, table: pd.DataFrame, had_numbers: bool, config: CropConfig,
+                    issues: list[dict[str, Any]], notes: list[str]) -> dict[str, pd.DataFrame]:
+    """Each field's objects (centres, numbers, rows), paired with the image table's rows
+    by :func:`cellprof.sources.pair_objects`; objects of no listed image are reported."""
+    obj = object_centres(canonical_columns(src.objects), src.object_name, config.object_name)
+    obj[CENTER_X] += config.offset[0]
+    obj[CENTER_Y] += config.offset[1]
+    obj["_key"] = pair_objects(table, had_numbers, obj, src.image_name, src.object_name, notes)
+    stray = obj[obj["_key"].isna()]
+    for row, number in zip(stray["_row"], stray.get("ImageNumber", stray["_row"]), strict=True):
+        where = f"image {number}" if "ImageNumber" in obj.columns else "its image"
+        issues.append(issue("unknown_image", src.object_name, row,
+                            f"{where} is not in {src.image_name}"))
+    obj = obj[obj["_key"].notna()].copy()
+    if obj[OBJECT_NUMBER].isna().any():  # numbered per image, in table order
+        obj[OBJECT_NUMBER] = obj.groupby("_key").cumcount() + 1
+    # A repeated object row would become a duplicate cell: reported, the first row kept.
+    dup = obj.duplicated(["_key", OBJECT_NUMBER])
+    for row, key, number in zip(obj["_row"][dup], obj["_key"][dup], obj[OBJECT_NUMBER][dup],
+                                strict=True):
+        issues.append(issue("duplicate_object", src.object_name, row,
+                            f"object {number} of image {key} appears again; the first row "
+                            "is kept"))
+    return dict(iter(obj[~dup].groupby("_key")))
+
+
+def _first_files(table: pd.DataFrame, root: Path | None, image_table: Path, n: int = 8
+                 ) -> list[Path]:
+    """The first rows' files of the first channel, resolved as the crop will resolve them."""
+    ch = channels_of(table)[0]
+    return [resolve_image(rec.get(f"PathName_{ch}"), rec[f"FileName_{ch}"], root=root,
+                          table_dir=image_table.parent)[0]
+            for _, rec in table.head(n).iterrows() if isinstance(rec[f"FileName_{ch}"], str)]
 
 
 def _field_keys(table: pd.DataFrame) -> pd.Series:
@@ -259,7 +293,8 @@ def crop_screen(
     out = Path(out)
     if out.exists() and not overwrite:
         raise InputError(f"{out}: exists; pass --overwrite to replace it")
-    tasks, channels, plan_issues = plan(image_table, objects, config, root, moa)
+    notes: list[str] = []
+    tasks, channels, plan_issues = plan(image_table, objects, config, root, moa, notes)
     workers = worker_count(workers, len(tasks))
     if strict and plan_issues:
         raise InputError(_describe(plan_issues[0]))
@@ -275,7 +310,7 @@ def crop_screen(
                         *(path for t in tasks for _, path, _ in t.files)])
     source = _source_dtype(tasks)
     dtype = _store_dtype(source, config.illumination)
-    cell_cols, field_cols = store_columns(tasks, channels)
+    cell_cols, field_cols = store_columns(pd.DataFrame([t.meta for t in tasks]), channels)
     writer = CropStoreWriter(out, channels=channels, crop_size=config.size, dtype=dtype,
                              cell_columns=cell_cols, field_columns=field_cols,
                              config=settings, resume=not overwrite,
@@ -284,7 +319,7 @@ def crop_screen(
     try:
         if writer.resumed_fields == 0 and plan_issues:
             writer.add_issues(pd.DataFrame(plan_issues))
-        done = set(writer.done_fields("Field_Key")["Field_Key"])
+        done = set(writer.done_fields(FIELD_KEY)[FIELD_KEY])
         if config.illumination:
             _attach_illumination(tasks, writer, workers, progress)
         todo = [t for t in tasks if t.key not in done]
@@ -292,7 +327,7 @@ def crop_screen(
                          nucleus, source)
         commit_results(ordered_map(work, todo, workers), writer, strict=strict,
                        total=len(tasks), done=len(done), progress=progress)
-        return finish_store(writer, out)
+        return finish_store(writer, out, notes)
     finally:
         writer.close()
 
@@ -338,7 +373,8 @@ def _attach_illumination(tasks: list[FieldTask], writer: CropStoreWriter, worker
         t.illum = have.get(str(t.meta.get(PLATE, "")))
 
 
-def finish_store(writer: CropStoreWriter, out: Path) -> CropSummary:
+def finish_store(writer: CropStoreWriter, out: Path, notes: list[str] | None = None
+                 ) -> CropSummary:
     """Write the issue log beside the store, then complete and rename the store (every
     way of making a crop store ends here, pre-cut imports included)."""
     issues = writer.issues()
@@ -348,13 +384,14 @@ def finish_store(writer: CropStoreWriter, out: Path) -> CropSummary:
         issues_file = out.with_name(out.name + ".issues.csv")
         with atomic_path(issues_file) as tmp:
             issues.to_csv(tmp, index=False)
-    fields = writer.done_fields("Field_Key")
+    fields = writer.done_fields(FIELD_KEY)
     summary = CropSummary(
         out=out, n_fields=len(fields), n_fields_failed=int((fields["Status"] != "ok").sum()),
         n_cells=int(fields["Count_Cropped"].sum()),
         n_edge_skipped=int(fields["Count_EdgeSkipped"].sum()),
         n_rejected=int(fields["Count_Rejected"].sum()), issues=counts,
         issues_file=issues_file, resumed_fields=writer.resumed_fields,
+        notes=tuple(notes or ()),
     )
     writer.finish({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(summary).items()})
     return summary

@@ -33,6 +33,7 @@ import pandas as pd
 
 from cellprof import chunks, store
 from cellprof.errors import InputError, StoreError
+from cellprof.schema import IMAGE_NUMBER, PLATE, TABLE_NUMBER
 
 NORMALIZATIONS = ("max", "percentile")
 
@@ -65,7 +66,7 @@ class DataConfig:
 
 def field_ids(cells: pd.DataFrame) -> np.ndarray:
     """One id per field: plate, table and image number (the CellProfiler keys)."""
-    parts = [cells[c].astype(str) for c in ("Metadata_Plate", "TableNumber", "ImageNumber")
+    parts = [cells[c].astype(str) for c in (PLATE, TABLE_NUMBER, IMAGE_NUMBER)
              if c in cells.columns]
     key = parts[0]
     for p in parts[1:]:
@@ -92,7 +93,7 @@ def plate_percentiles(path: str | Path, channels: tuple[str, ...]) -> dict[str, 
     """Per plate: ``(2, C)`` median over its fields of the 1st and 99th percentiles."""
     fields = store.read_fields(path)
     out = {}
-    for plate, g in fields[fields["Status"] == "ok"].groupby("Metadata_Plate"):
+    for plate, g in fields[fields["Status"] == "ok"].groupby(PLATE):
         lo = [g[f"Intensity_Percentile01_{c}"].median() for c in channels]
         hi = [g[f"Intensity_Percentile99_{c}"].median() for c in channels]
         out[str(plate)] = np.array([lo, hi], dtype=np.float32)
@@ -194,7 +195,7 @@ class CropData:
         if len(self.train_idx) < 2:
             raise StoreError(f"{path}: only {len(self.train_idx)} training cell(s) after "
                              "holding out validation fields")
-        self.plates = self.cells["Metadata_Plate"].astype(str).to_numpy()
+        self.plates = self.cells[PLATE].astype(str).to_numpy()
         self.percentiles = plate_percentiles(path, self.info.channels) \
             if config.normalization == "percentile" else None
         shape = (self.info.n_cells, len(self.info.channels), self.info.crop_size,

@@ -35,8 +35,9 @@ from cellprof.device import PRECISIONS, Compute, setup, to_device
 from cellprof.errors import InputError
 from cellprof.loader import as_tensor, model_input
 from cellprof.model import VAEPlus
-from cellprof.profiles import ProfileWriter, aggregate, profile_table, write_table
+from cellprof.profiles import ProfileWriter, export  # noqa: F401 - export: embed's table
 from cellprof.safeio import fingerprint, refuse_inputs
+from cellprof.schema import PLATE
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def embed(checkpoint: str | Path, crops: str | Path, out: str | Path, *,
     check_fits(ckpt, info.channels, info.crop_size, crops)
     method = DataConfig(**ckpt["data_config"]).normalization
     cells = store.read_cells(crops)
-    plates = cells["Metadata_Plate"].astype(str).to_numpy()
+    plates = cells[PLATE].astype(str).to_numpy()
     # Percentile scaling uses the embedded store's own plates (they may be new plates).
     pct = plate_percentiles(crops, info.channels) if method == "percentile" else None
     d = model.config.latent_dim
@@ -163,17 +164,3 @@ def _read_block(ds: h5py.Dataset, lo: int, hi: int) -> np.ndarray:
     first = lo // rows * rows
     parts = list(chunks.read_chunks(ds, range(first, hi, rows)))
     return np.concatenate(parts)[lo - first:hi - first]
-
-
-def export(profiles: str | Path, path: str | Path, level: str = "cell",
-           method: str = "mean") -> Path:
-    """A pycytominer-friendly table (``Metadata_*`` then features) at cell or well level."""
-    table = profile_table(profiles)
-    if level == "well":
-        table = aggregate(table, ["Metadata_Plate", "Metadata_Well"], method)
-    elif level != "cell":
-        raise InputError(f"--level must be cell or well, got {level!r}")
-    meta = [c for c in table.columns if str(c).startswith("Metadata_")]
-    rest = [c for c in table.columns if c not in meta]
-    return write_table(table[meta + rest], path)
-

@@ -18,7 +18,7 @@ from cellprof.errors import ImageError, WrongSize
 from cellprof.illumination import correct
 from cellprof.images import intensity_stats, read_planes
 from cellprof.segment import SegmentConfig, find_nuclei
-from cellprof.tables import CENTER_X, CENTER_Y
+from cellprof.schema import CENTER_X, CENTER_Y, PLATE, cell_rows, field_row
 
 
 @dataclass
@@ -125,10 +125,8 @@ def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
     """
     out_dtype = np.dtype(dtype)
     empty = np.zeros((0, len(channels), size, size), dtype=out_dtype)
-    record: dict[str, Any] = {"Field_Key": task.key, "ImageNumber": task.image_number,
-                              **task.meta, "Status": "ok", "Count_Cropped": 0,
-                              "Count_EdgeSkipped": 0, "Count_Rejected": 0,
-                              "Count_Objects": 0 if task.centres is None else len(task.centres)}
+    record = field_row(task.key, task.image_number, task.meta,
+                       n_objects=0 if task.centres is None else len(task.centres))
     for ch, path, _ in task.files:
         record[f"PathName_{ch}"] = str(path.parent)
         record[f"FileName_{ch}"] = path.name
@@ -199,14 +197,8 @@ def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
     record.update(Count_Objects=len(centres), Count_Cropped=len(kept),
                   Count_EdgeSkipped=n_edge, Count_Rejected=n_bad)
     kept_idx = np.asarray(kept, dtype=np.int64)
-    cells = pd.DataFrame({
-        **{k: [v] * len(kept) for k, v in task.meta.items()},
-        "ImageNumber": np.full(len(kept), task.image_number, dtype=np.int64),
-        "ObjectNumber": np.asarray(numbers)[kept_idx].astype(np.int64),
-        CENTER_X: centres[kept_idx, 0] if len(kept) else np.zeros(0),
-        CENTER_Y: centres[kept_idx, 1] if len(kept) else np.zeros(0),
-        "Crop_Padded": np.asarray(padded, dtype=bool),
-    })
+    cells = cell_rows(task.meta, task.image_number, np.asarray(numbers)[kept_idx],
+                      centres[kept_idx], np.asarray(padded, dtype=bool))
     array = np.stack(crops).astype(out_dtype, copy=False) if crops else empty
     return FieldResult(task.key, record, array, cells, issues)
 
@@ -214,6 +206,6 @@ def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
 def field_mean(task: FieldTask) -> tuple[str, np.ndarray | None]:
     """A field's channels as float64 for the illumination estimate (None if unreadable)."""
     try:
-        return str(task.meta.get("Metadata_Plate", "")), load_field(task).astype(np.float64)
+        return str(task.meta.get(PLATE, "")), load_field(task).astype(np.float64)
     except ImageError:
-        return str(task.meta.get("Metadata_Plate", "")), None
+        return str(task.meta.get(PLATE, "")), None

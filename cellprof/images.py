@@ -51,6 +51,32 @@ def read_planes(path: str | Path) -> np.ndarray:
     return _as_planes(np.asarray(data), axes, path)
 
 
+def channel_names(path: str | Path) -> list[str] | None:
+    """The channel names an OME-TIFF's metadata gives, in plane order; None when the file
+    is not OME or names no channels (or not all of them)."""
+    path = Path(path)
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            xml = tif.ome_metadata if tif.is_ome else None
+    except Exception:  # unreadable here is reported when the field is read
+        return None
+    if not xml:
+        return None
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    pixels = next((e for e in root.iter() if e.tag.endswith("}Pixels")), None)
+    if pixels is None:
+        return None
+    names = [e.get("Name") for e in pixels if e.tag.endswith("}Channel")]
+    return names if names and all(names) else None
+
+
 def _as_planes(data: np.ndarray, axes: str, path: Path) -> np.ndarray:
     if len(axes) == data.ndim:
         axes = "".join(a for a, n in zip(axes, data.shape, strict=True) if n != 1)

@@ -15,6 +15,7 @@ from pathlib import Path
 from cellprof import store
 from cellprof.errors import InputError
 from cellprof.safeio import refuse_inputs, refuse_repeats
+from cellprof.schema import merged_columns
 from cellprof.store import CELLS, CROPS, FIELDS, ISSUES, ColumnTable, CropStoreWriter
 
 
@@ -37,12 +38,13 @@ def merge_stores(inputs: Sequence[str | Path], out: str | Path, *, overwrite: bo
                 f"{info.path}: channels {', '.join(info.channels)} at {info.crop_size} px "
                 f"({info.dtype}) do not match {first.path}: {', '.join(first.channels)} at "
                 f"{first.crop_size} px ({first.dtype})")
-    cell_kinds, field_kinds = {}, {}
+    layouts = []
     for p in inputs:
         with store.open_store(p) as f:
-            for table, kinds in ((f[CELLS], cell_kinds), (f[FIELDS], field_kinds)):
-                for col in ColumnTable(table).columns:
-                    kinds.setdefault(col, table[col].attrs["kind"])
+            layouts.append(tuple({c: f[t][c].attrs["kind"] for c in ColumnTable(f[t]).columns}
+                                 for t in (CELLS, FIELDS)))
+    cell_kinds = merged_columns(cells for cells, _ in layouts)
+    field_kinds = merged_columns(fields for _, fields in layouts)
     writer = CropStoreWriter(
         out, channels=first.channels, crop_size=first.crop_size, dtype=first.dtype,
         cell_columns=cell_kinds, field_columns=field_kinds, resume=False,

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from cellprof.errors import InputError
+from cellprof.schema import PLATE
 from cellprof.tables import batch_of
 
 METHODS = ("none", "zscore", "robust", "sphere")
@@ -127,7 +128,7 @@ def whitening_matrix(centred: np.ndarray, dof: int, eps: float = SPHERE_EPS) -> 
 
 
 def normalize(table: pd.DataFrame, features: Sequence[str], *, method: str,
-              controls: np.ndarray, strata: str = "Metadata_Plate", scope: str = "plate",
+              controls: np.ndarray, strata: str = PLATE, scope: str = "plate",
               eps: float = SPHERE_EPS, unit: str = "well") -> tuple[pd.DataFrame, list[str]]:
     """Normalise ``features`` of ``table`` per scope group against the rows ``controls``.
 

@@ -9,7 +9,10 @@ Layout of a profiles file (``cellprof embed --out profiles.h5``)::
                       normalization, model_config (JSON), n_done, complete, created
 
 As tables, profiles follow pycytominer: ``Metadata_*`` columns first, then one column per
-feature; everything that is not ``Metadata_`` is a feature unless named otherwise.
+feature; everything that is not ``Metadata_`` is a feature unless named otherwise. Exported
+tables (:func:`export`) prefix CellProfiler's identifiers too (``Metadata_ImageNumber``,
+``Metadata_ObjectNumber`` …), as CytoTable does, so pycytominer's
+``aggregate(compute_object_count=True)`` and ``normalize`` keep them as metadata.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import pandas as pd
 from cellprof import __version__
 from cellprof.errors import InputError, StoreError
 from cellprof.safeio import OutputLock, atomic_path, fingerprint_change, partial_path
+from cellprof.schema import COMPOUND, CONCENTRATION, PLATE, WELL
 from cellprof.store import ColumnTable, column_kind
 
 log = logging.getLogger("cellprof")
@@ -200,6 +204,43 @@ def aggregate(table: pd.DataFrame, by: Sequence[str], method: str = "mean",
     out = pd.concat([groups[constant].first(), groups.size().rename("Metadata_Count"), agg],
                     axis=1).reset_index()
     return out
+
+
+LEVELS = ("cell", "well", "treatment")
+FORMATS = ("parquet", "csv")
+
+
+def export_table(profiles: str | Path, level: str = "cell", method: str = "mean") -> pd.DataFrame:
+    """A profiles file as a pycytominer-ready table: ``Metadata_*`` columns, then features.
+
+    ``cell``: one row per cell, identifiers prefixed ``Metadata_``; ``well``: cells averaged
+    per plate and well (``Metadata_Count`` cells); ``treatment``: wells averaged per compound
+    and concentration, each well counting once as in ``cellprof match``
+    (``Metadata_Count`` wells, ``Metadata_Cell_Count`` cells). Not normalised.
+    """
+    if level not in LEVELS:
+        raise InputError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
+    table = profile_table(profiles)
+    table = table.rename(columns={c: f"Metadata_{c}" for c in META_KEYS if c in table.columns})
+    if level in ("well", "treatment"):
+        table = aggregate(table, [PLATE, WELL], method)
+    if level == "treatment":
+        missing = [c for c in (COMPOUND, CONCENTRATION) if c not in table.columns]
+        if missing:
+            raise InputError(f"{profiles}: --level treatment needs {', '.join(missing)} in the "
+                             "profiles' metadata")
+        cells = table.groupby([COMPOUND, CONCENTRATION], dropna=False)["Metadata_Count"].sum()
+        table = aggregate(table.drop(columns="Metadata_Count"), [COMPOUND, CONCENTRATION],
+                          method).merge(cells.rename("Metadata_Cell_Count").reset_index(),
+                                        on=[COMPOUND, CONCENTRATION], how="left")
+    meta = metadata_columns(table)
+    return table[meta + [c for c in table.columns if c not in meta]]
+
+
+def export(profiles: str | Path, path: str | Path, level: str = "cell",
+           method: str = "mean") -> Path:
+    """Write :func:`export_table` as CSV or Parquet (by suffix), atomically."""
+    return write_table(export_table(profiles, level, method), path)
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:

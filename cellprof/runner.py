@@ -22,8 +22,7 @@ from typing import Any, Protocol, TypeVar
 import pandas as pd
 
 from cellprof.errors import InputError
-from cellprof.store import CropStoreWriter, column_kind
-from cellprof.tables import COMPOUND, CONCENTRATION, MOA, PLATE, SITE, WELL
+from cellprof.store import CropStoreWriter
 
 log = logging.getLogger("cellprof")
 T = TypeVar("T")
@@ -112,28 +111,3 @@ def commit_results(results: Iterable[Any], writer: CropStoreWriter, *, strict: b
         n += 1
         if progress:
             progress("crop", n, total)
-
-
-def store_columns(tasks: list[Any], channels: list[str]) -> tuple[dict[str, str], dict[str, str]]:
-    """Column kinds of the cell and field tables, fixed before the first field is written."""
-    meta = pd.DataFrame([t.meta for t in tasks])
-    kinds = {c: column_kind(meta[c]) for c in meta.columns}
-    for col in (PLATE, WELL, COMPOUND, MOA):
-        kinds[col] = "str"
-    kinds[SITE] = kinds.get(SITE, "int")
-    kinds[CONCENTRATION] = "float"
-    ordered = {c: kinds[c] for c in (PLATE, WELL, SITE, COMPOUND, CONCENTRATION, MOA)}
-    ordered.update({c: k for c, k in kinds.items() if c not in ordered})
-    cells = {**ordered, "ImageNumber": "int", "ObjectNumber": "int",
-             "Location_Center_X": "float", "Location_Center_Y": "float", "Crop_Padded": "bool"}
-    fields = {"Field_Key": "str", "ImageNumber": "int", **ordered, "Status": "str",
-              "Height": "int", "Width": "int", "Count_Objects": "int", "Count_Cropped": "int",
-              "Count_EdgeSkipped": "int", "Count_Rejected": "int"}
-    for ch in channels:
-        fields[f"PathName_{ch}"] = "str"
-        fields[f"FileName_{ch}"] = "str"
-    for ch in channels:
-        for stat in ("MeanIntensity", "StdIntensity", "MinIntensity", "MaxIntensity",
-                     "Percentile01", "MedianIntensity", "Percentile99"):
-            fields[f"Intensity_{stat}_{ch}"] = "float"
-    return cells, fields

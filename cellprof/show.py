@@ -44,12 +44,12 @@ from cellprof.errors import InputError, StoreError
 from cellprof.model import VAEPlus
 from cellprof.plots import save_grid, save_strip
 from cellprof.profiles import profile_attrs, read_profiles
-from cellprof.tables import COMPOUND, CONCENTRATION, MOA
 from cellprof.device import setup
+from cellprof.schema import COMPOUND, CONCENTRATION, IMAGE_NUMBER, MOA, OBJECT_NUMBER, PLATE, WELL
 
 PAGE_TREATMENTS = 8  # treatments per reconstructions page: 16 rows of crops stay legible
 BATCH_CHUNKS = 8  # store chunks (of 64 cells) read and encoded together
-CELL_KEYS = ("Metadata_Plate", "Metadata_Well", "ImageNumber", "ObjectNumber")
+CELL_KEYS = (PLATE, WELL, IMAGE_NUMBER, OBJECT_NUMBER)
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ def _normalized(s: _Screen, idx: np.ndarray) -> Iterator[tuple[np.ndarray, np.nd
     """
     size = store.CHUNK_CELLS
     blocks = idx // size
-    plates = s.cells["Metadata_Plate"].astype(str).to_numpy()
+    plates = s.cells[PLATE].astype(str).to_numpy()
     with store.open_store(s.crops) as f:
         ds = f[store.CROPS]
         unique = np.unique(blocks)

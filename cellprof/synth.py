@@ -53,6 +53,7 @@ from cellprof._synth_render import (PARAM_INDEX, PARAMS, PlateEffects, plate_eff
                                     sample_cells)
 from cellprof.errors import InputError
 from cellprof.safeio import atomic_path, write_text
+from cellprof.schema import COMPOUND, CONCENTRATION, PLATE, SITE, WELL
 
 CHANNELS = ("DNA", "Tubulin", "Actin")
 
@@ -265,9 +266,8 @@ def _image_row(number: int, names: list[str], folder: Path, plate: str, well: st
         row[f"PathName_{channel}"] = str(folder)
     if config.multichannel:
         row.update({f"Frame_{channel}": k for k, channel in enumerate(CHANNELS)})
-    row.update({"Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Site": site,
-                "Metadata_Compound": treatment.compound,
-                "Metadata_Concentration": float(treatment.concentration), "Count_Nuclei": n_cells})
+    row.update({PLATE: plate, WELL: well, SITE: site, COMPOUND: treatment.compound,
+                CONCENTRATION: float(treatment.concentration), "Count_Nuclei": n_cells})
     for channel in CHANNELS:
         row[f"Height_{channel}"], row[f"Width_{channel}"] = config.shape
     return row

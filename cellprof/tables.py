@@ -20,16 +20,21 @@ import pandas as pd
 
 from cellprof.errors import InputError
 
-#: Canonical per-cell metadata names (CellProfiler / pycytominer conventions).
-PLATE, WELL, SITE = "Metadata_Plate", "Metadata_Well", "Metadata_Site"
-COMPOUND, CONCENTRATION, MOA = "Metadata_Compound", "Metadata_Concentration", "Metadata_MOA"
-CENTER_X, CENTER_Y = "Location_Center_X", "Location_Center_Y"
+from cellprof.schema import (  # noqa: F401 - the canonical names, re-exported for users
+    CENTER_X, CENTER_Y, COMPOUND, CONCENTRATION, IMAGE_NUMBER, MOA, OBJECT_NUMBER, PLATE, SITE,
+    TABLE_NUMBER, WELL,
+)
 
 # Bare or oddly cased names users' tables carry for the canonical metadata columns.
 _ALIASES = {
     "plate": PLATE, "well": WELL, "site": SITE, "field": SITE, "compound": COMPOUND,
     "concentration": CONCENTRATION, "moa": MOA, "replicate": "Metadata_Replicate",
 }
+
+
+def is_metadata_alias(name: str) -> bool:
+    """Whether a bare column name (``plate``, ``Compound`` …) stands for canonical metadata."""
+    return str(name).lower() in _ALIASES
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -107,13 +112,16 @@ def whole_numbers(values: pd.Series, column: str, source: str | Path) -> pd.Seri
 
 def object_centres(table: pd.DataFrame, source: str | Path, object_name: str = "Nuclei"
                    ) -> pd.DataFrame:
-    """``ImageNumber, ObjectNumber, Location_Center_X/Y`` from an object table of either style.
+    """``ObjectNumber, Location_Center_X/Y`` and the image keys of an object table.
 
-    Database-style tables hold several objects' columns side by side
-    (``Nuclei_Location_Center_X``, ``Cells_Location_Center_X``); ``object_name`` picks one.
+    The keys are whichever of ``TableNumber``, ``ImageNumber`` and ``Metadata_*`` the table
+    has (:func:`cellprof.sources.pair_objects` decides which pair objects with images);
+    ``ObjectNumber`` is NaN when the table has none. Database-style tables hold several
+    objects' columns side by side (``Nuclei_Location_Center_X``,
+    ``Cells_Location_Center_X``); ``object_name`` picks one.
     """
     cols = {}
-    for target in ("Location_Center_X", "Location_Center_Y"):
+    for target in (CENTER_X, CENTER_Y):
         cands = [target, f"{object_name}_{target}"] + [
             c for c in table.columns if c.endswith("_" + target)]
         found = next((c for c in cands if c in table.columns), None)
@@ -123,17 +131,19 @@ def object_centres(table: pd.DataFrame, source: str | Path, object_name: str = "
         cols[target] = found
     obj = next((c for c in ("ObjectNumber", f"{object_name}_Number_Object_Number",
                             "Number_Object_Number") if c in table.columns), None)
-    require_columns(table, ["ImageNumber"], source)
-    images = whole_numbers(table["ImageNumber"], "ImageNumber", source)
+    # Numbers that are empty or not whole would pair or number cells wrongly: named, refused.
+    numbers = {c: whole_numbers(table[c], c, source)
+               for c in (TABLE_NUMBER, IMAGE_NUMBER) if c in table.columns}
     out = pd.DataFrame({
-        "ImageNumber": images,
-        "ObjectNumber": whole_numbers(table[obj], obj, source) if obj
-        else images.groupby(images).cumcount() + 1,
-        CENTER_X: pd.to_numeric(table[cols["Location_Center_X"]], errors="coerce"),
-        CENTER_Y: pd.to_numeric(table[cols["Location_Center_Y"]], errors="coerce"),
-    })
-    if "TableNumber" in table.columns:
-        out.insert(0, "TableNumber", table["TableNumber"])
+        OBJECT_NUMBER: whole_numbers(table[obj], obj, source) if obj
+        else np.nan,  # numbered per image once paired
+        CENTER_X: pd.to_numeric(table[cols[CENTER_X]], errors="coerce"),
+        CENTER_Y: pd.to_numeric(table[cols[CENTER_Y]], errors="coerce"),
+    }, index=table.index)
+    # Keys that can pair an object with its image: CellProfiler's numbers, field metadata.
+    keys = [c for c in table.columns if c in (TABLE_NUMBER, IMAGE_NUMBER)
+            or (str(c).startswith("Metadata_") and c not in out.columns)]
+    out = pd.concat([table[keys].assign(**numbers), out], axis=1).reset_index(drop=True)
     out["_row"] = np.arange(len(table)) + 2  # 1-based line in the file, after the header
     return out
 

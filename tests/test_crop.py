@@ -194,7 +194,7 @@ def test_existing_output_needs_overwrite(tiny: TinyScreen, tmp_path: Path) -> No
 def test_frame_column_picks_a_plane_of_each_channels_stack(tiny: TinyScreen,
                                                            tmp_path: Path) -> None:
     """One 2-plane stack per channel (say, two z-planes): Frame_<ch> = 1 picks the second;
-    without Frame_ columns the field is reported, not guessed."""
+    without Frame_ columns the crop stops before reading a field, naming the fix."""
     images = tiny.images.copy()
     for _, rec in images.iterrows():
         for c in CHANNELS:
@@ -207,6 +207,6 @@ def test_frame_column_picks_a_plane_of_each_channels_stack(tiny: TinyScreen,
     crops, cells = store.read_crops(tmp_path / "framed.h5"), store.read_cells(tmp_path / "framed.h5")
     assert len(crops) == 12 and crops[0, 2, 8, 8] == disc_value(2, cells["ObjectNumber"][0])
     images.to_csv(tiny.image_table, index=False)
-    summary = crop_screen(tiny.image_table, tmp_path / "unframed.h5", objects=tiny.objects,
-                          config=CFG)
-    assert summary.n_cells == 0 and summary.issues == {"unreadable_image": 4}
+    with pytest.raises(InputError, match="holds 2 planes .*channel DNA.*add Frame_<channel>"):
+        crop_screen(tiny.image_table, tmp_path / "unframed.h5", objects=tiny.objects,
+                    config=CFG)

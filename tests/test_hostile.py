@@ -286,7 +286,7 @@ def test_embed_checks_its_options_before_embedding(tiny_model: tuple[Path, Path]
     model, crops = tiny_model
     res = runner.invoke(app, ["embed", str(model), str(crops), "--out", str(tmp_path / "p.h5"),
                               "--format", "csv", "--level", "plate"])
-    one_line_error(res, "--level must be cell or well")
+    one_line_error(res, "--level must be one of cell, well, treatment")
     assert not (tmp_path / "p.h5").exists() and not (tmp_path / "p.h5.partial").exists()
 
 

@@ -4,17 +4,18 @@ Every command maps its options onto a library call (``cellprof.crop.crop_screen`
 what the CLI does a notebook can do too. Errors a user can fix (:class:`CellprofError`)
 print as one red line and exit with status 1, never a traceback. Commands live in
 :mod:`cellprof.cli.prepare` (synth, crop, merge), :mod:`cellprof.cli.learn` (train, embed,
-measure)
-and :mod:`cellprof.cli.report` (match, show, demo).
+measure), :mod:`cellprof.cli.report` (match, show, demo) and :mod:`cellprof.cli.export`
+(export).
 """
 
 # Importing the command modules registers their commands, in this order in --help.
 from cellprof.cli import prepare  # noqa: F401, I001
 from cellprof.cli import learn  # noqa: F401
 from cellprof.cli import report  # noqa: F401
+from cellprof.cli import export  # noqa: F401
 from cellprof.cli._app import app, console, unwrap_help
 
-unwrap_help(app)
+unwrap_help(app)  # after every command is registered
 
 
 def main() -> None:

@@ -160,7 +160,8 @@ def embed(
     format: Annotated[Optional[str], typer.Option(
         "--format", help="Also write a table: parquet or csv (Metadata_ columns, then "
                          "features) as OUT.<level>.<format>.", show_default=False)] = None,
-    level: Annotated[str, typer.Option(help="Table level: cell, or well (mean).")] = "cell",
+    level: Annotated[str, typer.Option(
+        help="Table level: cell, well or treatment (means; see `cellprof export`).")] = "cell",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
 ) -> None:
     """Embed every cell: posterior means (N, 256) plus the store's per-cell metadata.
@@ -188,8 +189,10 @@ def _check_format(format: str | None, level: str) -> None:
     """Refuse a bad table option before the long run, not after it."""
     if format not in (None, "parquet", "csv"):
         raise CellprofError(f"--format must be parquet or csv, got {format!r}")
-    if level not in ("cell", "well"):
-        raise CellprofError(f"--level must be cell or well, got {level!r}")
+    from cellprof.profiles import LEVELS
+
+    if level not in LEVELS:
+        raise CellprofError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
 
 
 def _done(verb: str, res: object, format: str | None, level: str, t0: float) -> None:
@@ -214,7 +217,8 @@ def measure(
     format: Annotated[Optional[str], typer.Option(
         "--format", help="Also write a table: parquet or csv (Metadata_ columns, then "
                          "features) as OUT.<level>.<format>.", show_default=False)] = None,
-    level: Annotated[str, typer.Option(help="Table level: cell, or well (mean).")] = "cell",
+    level: Annotated[str, typer.Option(
+        help="Table level: cell, well or treatment (means; see `cellprof export`).")] = "cell",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
 ) -> None:
     """Hand-crafted features of every cell: the classical baseline beside `embed`.

@@ -56,20 +56,27 @@ def synth(
 @app.command()
 def crop(
     image_table: Annotated[Optional[Path], typer.Argument(
-        help="CellProfiler image table (Image.csv, BBBC021_v1_image.csv …; CSV, CSV.gz or "
-             "Parquet; spreadsheet or database naming).", show_default=False)] = None,
+        help="CellProfiler image table (Image.csv, JUMP load_data.csv, BBBC021_v1_image.csv "
+             "…; CSV, CSV.gz or Parquet; spreadsheet or database naming), an ExportToDatabase "
+             "SQLite file, or a CytoTable single-cell Parquet.", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Crop store to write (.h5).")] = ...,
     objects: Annotated[Optional[Path], typer.Option(
-        help="Object table with ImageNumber, ObjectNumber, Location_Center_X/Y "
-             "(e.g. Nuclei.csv).", show_default=False)] = None,
+        help="Object table with Location_Center_X/Y and ImageNumber or Metadata_Plate/Well/"
+             "Site (e.g. Nuclei.csv); not needed for SQLite or single-cell tables.",
+        show_default=False)] = None,
+    tables: Annotated[Optional[str], typer.Option(
+        help="SQLite input: IMAGE,OBJECTS table names (default: found, e.g. Per_Image,"
+             "Per_Nuclei).", show_default=False)] = None,
     segment: Annotated[bool, typer.Option(
         "--segment", help="No object table: find nuclei with scikit-image "
                           "(threshold + split touching nuclei).")] = False,
     singlecell: Annotated[Optional[Path], typer.Option(
-        help="Folder of pre-cut single-cell .npy arrays (use with --metadata).",
+        help="Folder of pre-cut single-cell crops (.npy, .tif, .png), listed by --metadata "
+             "or labelled by class sub-folders (apo/, meta/ …).",
         show_default=False)] = None,
     metadata: Annotated[Optional[Path], typer.Option(
-        help="With --singlecell: one row per crop (crop_path, plate, well, compound …).",
+        help="With --singlecell: one row per crop (crop_path, plate, well, compound, any "
+             "label …); without it, every crop under DIR, its sub-folder its class.",
         show_default=False)] = None,
     channels: Annotated[Optional[str], typer.Option(
         help="Channels to keep, in order, e.g. DAPI,Tubulin,Actin (default: all in table "
@@ -107,13 +114,20 @@ def crop(
     """Cut single-cell crops into one HDF5 crop store.
 
     \b
-    Three inputs:
+    Inputs:
       cellprof crop Image.csv --objects Nuclei.csv --out crops.h5
+      cellprof crop load_data.csv --objects Nuclei.csv --out crops.h5   (JUMP)
+      cellprof crop screen.sqlite [--tables Per_Image,Per_Nuclei] --out crops.h5
+      cellprof crop cytotable.parquet --out crops.h5   (single-cell table)
       cellprof crop Image.csv --segment --out crops.h5
       cellprof crop --singlecell DIR --metadata meta.csv --out crops.h5
+      cellprof crop --singlecell DIR --out crops.h5   (crops in DIR/<class>/)
 
-    --channels A,B,C picks and orders channels, --root DIR finds images moved since
-    the tables were written, and --moa moa.csv labels treatments with their MOA.
+    A JUMP load_data.csv and its objects are joined on the Metadata_ keys both tables
+    share; a CytoTable single-cell table is both the image and the object table.
+    --channels A,B,C picks and orders channels (or names an image's planes), --root DIR
+    finds images moved since the tables were written, and --moa moa.csv labels
+    treatments with their MOA.
 
     Writes OUT (crops (N, C, H, W), per-cell Metadata_* table, per-field statistics; see
     docs/formats.md) and, when anything was reported, OUT.issues.csv (kind, file, row,
@@ -126,8 +140,6 @@ def crop(
     t0 = time.perf_counter()
     try:
         if singlecell is not None:
-            if metadata is None:
-                raise CellprofError("--singlecell needs --metadata TABLE")
             refuse_inputs(out, [metadata, moa])
             with _progress() as bar:
                 summary = import_singlecell(singlecell, metadata, out, moa=moa,
@@ -139,8 +151,6 @@ def crop(
             for given in (image_table, objects, moa):
                 if given is not None and not given.is_file():
                     raise CellprofError(f"{given}: no such file")
-            if objects is None and not segment:
-                raise CellprofError("give --objects OBJECT_TABLE, or --segment to find nuclei")
             try:
                 ox, oy = (float(v) for v in offset.split(","))
             except ValueError:
@@ -148,7 +158,8 @@ def crop(
             cfg = CropConfig(size=size, channels=_split(channels), edge=edge,
                              illumination=illumination, offset=(ox, oy), object_name=object_name,
                              segment=SegmentConfig(min_area=min_area) if segment else None,
-                             nucleus_channel=nucleus_channel, plates=_split(plates))
+                             nucleus_channel=nucleus_channel, plates=_split(plates),
+                             tables=_split(tables))
             with _progress() as bar:
                 summary = crop_screen(image_table, out, objects=None if segment else objects,
                                       config=cfg, root=root, moa=moa, workers=workers,
@@ -182,6 +193,8 @@ def _print_crop_summary(s: object, seconds: float) -> None:
     table.add_row("cells cropped", f"{s.n_cells}  ({s.n_cells / max(seconds, 1e-9):.0f}/s)")
     table.add_row("skipped at image edge", str(s.n_edge_skipped))
     table.add_row("rejected objects", str(s.n_rejected))
+    for note in getattr(s, "notes", ()):
+        console.print(f"note: {note}", soft_wrap=True, highlight=False)
     for kind, n in s.issues.items():
         table.add_row(f"issue: {kind}", str(n))
     if s.issues_file:

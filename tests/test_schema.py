@@ -1,0 +1,47 @@
+"""Every way of making a crop store writes the layout :mod:`cellprof.schema` declares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cellprof import schema, store
+from cellprof.crop import CropConfig, crop_screen
+from cellprof.merge import merge_stores
+from cellprof.singlecell import import_singlecell
+from conftest import TinyScreen
+
+
+def _layout_ok(path: Path) -> None:
+    cells, fields = store.read_cells(path), store.read_fields(path)
+    assert tuple(cells.columns[:6]) == schema.KEY_METADATA
+    assert tuple(cells.columns[-5:]) == tuple(schema.CELL_KEYS)
+    assert list(fields.columns[:2]) == [schema.FIELD_KEY, schema.IMAGE_NUMBER]
+    assert set(schema.COUNTS) <= set(fields.columns)
+    for ch in store.read_info(path).channels:
+        assert {f"Intensity_{s}_{ch}" for s in schema.INTENSITY_STATS} <= set(fields.columns)
+
+
+def test_cropped_imported_and_merged_stores_share_one_layout(tiny: TinyScreen,
+                                                             tmp_path: Path) -> None:
+    cropped = tmp_path / "cropped.h5"
+    crop_screen(tiny.image_table, cropped, objects=tiny.objects, config=CropConfig(size=16))
+    _layout_ok(cropped)
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    for i in range(3):
+        np.save(folder / f"{i}.npy", np.zeros((16, 16, 3), np.uint16))
+    pd.DataFrame({"crop_path": [f"{i}.npy" for i in range(3)], "plate": "P9", "well": "A01",
+                  "site": ["s1", "s2", "s3"]}).to_csv(folder / "m.csv", index=False)
+    imported = tmp_path / "imported.h5"
+    import_singlecell(folder, folder / "m.csv", imported, channels=("DNA", "Tubulin", "Actin"))
+    _layout_ok(imported)
+    merged = tmp_path / "merged.h5"
+    merge_stores([cropped, imported], merged)
+    _layout_ok(merged)
+    cells = store.read_cells(merged)
+    # a site stored as a number in one shard and as text in the other keeps both values
+    assert cells["Metadata_Site"].astype(str).tolist()[-3:] == ["s1", "s2", "s3"]
+    assert len(cells) > 3 and set(cells["Metadata_Site"].astype(str)[:-3]) == {"1"}
