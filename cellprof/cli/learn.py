@@ -89,9 +89,9 @@ def train(
     """Train the adversarial progressive VAE on a crop store.
 
     On CUDA when present, else the CPU; bf16 autocast with channels-last where the
-    hardware has bf16 (--precision). Multi-GPU or
-    multi-node: the same command under `torchrun --nproc-per-node N cellprof train ...`
-    (DDP; only rank 0 writes). Ctrl-C saves a checkpoint; `--resume` continues exactly.
+    hardware has bf16 (--precision). Multi-GPU or multi-node: the same command under
+    `torchrun --nproc-per-node N cellprof train ...` (DDP; only rank 0 writes).
+    Ctrl-C saves a checkpoint; `--resume` continues exactly.
     """
     from cellprof.data import DataConfig
     from cellprof.model import ModelConfig
