@@ -280,11 +280,14 @@ def main() -> None:
     ap.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--docs", type=Path, default=None)
     ap.add_argument("--label", default="", help="model name in the results (default: the variant)")
-    ap.add_argument("--report", type=Path, nargs="+", default=None, metavar="RESULTS_JSON",
-                    help="only combine earlier results files into a table, curve.png and --docs")
+    ap.add_argument("--report", nargs="+", default=None, metavar="RESULTS[=LABEL]",
+                    help="only combine earlier results files (results*.json, or a run's "
+                         "printed log) into a table, curve.png and --docs")
+    ap.add_argument("--at-step", type=int, default=None,
+                    help="with --report: the table's rows at this step (default: each run's last)")
     args = ap.parse_args()
     if args.report:
-        report(args.report, args.work, args.docs)
+        report(args.report, args.work, args.docs, args.at_step)
         return
     if not (DATA / "singlecell_moa").is_dir():
         raise SystemExit(f"needs {DATA / 'singlecell_moa'} (the shared real data)")
@@ -354,23 +357,52 @@ def curve_plot(results: list[dict], path: Path, baselines: dict[str, float]) -> 
     return path
 
 
-def report(files: list[Path], out: Path, docs: Path | None) -> None:
-    """Combine results files into one table, curve.png and (optionally) the docs block."""
-    runs = [json.loads(f.read_text()) for f in files]
+def _load(spec: str) -> tuple[list[dict], dict]:
+    """Rows of a results file (``results*.json``) or of a run's printed log (one JSON row a
+    line), optionally ``PATH=LABEL`` to name the model of every trained row."""
+    path, _, label = spec.partition("=")
+    text = Path(path).read_text()
+    if path.endswith(".json"):
+        run_ = json.loads(text)
+        rows, meta = run_["results"], run_
+    else:
+        rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        meta = {}
+    out = []
+    for r in rows:
+        tag = r.get("tag") or ""
+        name = r.get("label") or (f"{r['model']} [{tag}]" if tag not in ("", "final")
+                                  else r["model"])
+        if label and "step" in r and r["model"] != "untrained encoder":
+            name = label
+        out.append({**r, "model": name})
+    return out, meta
+
+
+def report(specs: list[str], out: Path, docs: Path | None, at_step: int | None) -> None:
+    """Combine results into one table (rows at ``at_step``, else each run's last), curve.png
+    and (optionally) the docs block."""
     results: list[dict] = []
-    for run_ in runs:
-        for r in run_["results"]:
-            tag = r.get("tag") or ""
-            label = r.get("label") or (f"{r['model']} [{tag}]" if tag not in ("", "final")
-                                       else r["model"])
-            results.append({**r, "model": label})
-    # the curve of a model is its first seed's checkpoints (flagged when trained)
-    first = {}
+    metas = []
+    for spec in specs:
+        rows, meta = _load(spec)
+        results += rows
+        if meta:
+            metas.append(meta)
+    # a model's curve: the checkpoints of its first seed
+    first: dict[str, int] = {}
     for r in results:
-        if "step" in r and r.get("seed") is not None and r["model"] not in (
-                "untrained encoder",):
+        if "step" in r and isinstance(r.get("seed"), int) and r["model"] != "untrained encoder":
             first.setdefault(r["model"], r["seed"])
             r["curve"] = r["seed"] == first[r["model"]]
+    last = {}
+    for r in results:
+        if "step" in r and r["model"] != "untrained encoder":
+            key = (r["model"], r["seed"])
+            last[key] = max(last.get(key, 0), r["step"])
+    for r in results:
+        if "step" in r and r["model"] != "untrained encoder":
+            r["final"] = r["step"] == (at_step or last[(r["model"], r["seed"])])
     base = {f"{r['model']} ({r['nsc']:.2f})": r["nsc"] for r in results
             if r["model"] in ("hand-crafted", "chance")}
     untrained = [r["nsc"] for r in results if r["model"] == "untrained encoder"]
@@ -382,11 +414,12 @@ def report(files: list[Path], out: Path, docs: Path | None) -> None:
     print(text)
     print(f"curve: {plot}")
     if docs is not None:
-        meta = runs[-1]
+        meta = metas[-1]
         block = "\n".join([
             START,
             f"Measured {meta['date']} on {meta['cpus']} CPU cores ({meta['machine'] or 'x86_64'}), "
-            f"torch {meta['torch']}, fp32; {meta['steps']} steps x batch {meta['batch_size']} "
+            f"torch {meta['torch']}, fp32; {at_step or meta['steps']} steps x batch "
+            f"{meta['batch_size']} "
             f"per run; seeds {', '.join(map(str, sorted({r['seed'] for r in results if isinstance(r.get('seed'), int)})))}; "
             "mean ± sd over seeds (n = runs).", "", text, "", END])
         doc = docs.read_text()
