@@ -31,6 +31,7 @@ from cellprof import store
 from cellprof.classic import TEXTURE_LEVELS, TEXTURE_SCALE, classical_features
 from cellprof.errors import InputError
 from cellprof.profiles import ProfileWriter
+from cellprof.safeio import fingerprint, refuse_inputs
 
 PROFILE_KIND = "hand-crafted"
 
@@ -94,7 +95,9 @@ def measure(crops: str | Path, out: str | Path, *, config: MeasureConfig = Measu
              "store": str(Path(crops).resolve()), "channels": channels,
              "nucleus_channel": channels[0], "texture_levels": TEXTURE_LEVELS,
              "texture_scale": TEXTURE_SCALE}
-    writer = ProfileWriter(out, cells, names, attrs, logvar=False)
+    refuse_inputs(out, [crops])  # --overwrite must never replace the store it reads
+    writer = ProfileWriter(out, cells, names, attrs, logvar=False, resume=not overwrite,
+                           inputs=fingerprint({"crop store": crops}))
     start, n = writer.n_done, info.n_cells
     step = max(store.CHUNK_CELLS, config.batch_size // store.CHUNK_CELLS * store.CHUNK_CELLS)
     t0, done = time.perf_counter(), 0

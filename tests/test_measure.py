@@ -147,3 +147,12 @@ def test_show_says_hand_crafted_profiles_cannot_be_decoded(tiny_model: tuple[Pat
     with pytest.raises(StoreError, match=r"hand-crafted features \(cellprof measure\), not "
                        r"latents.*cellprof embed file or leave out --profiles"):
         show(ckpt, crops, tmp_path / "figs", profiles=measured)
+
+
+def test_measure_never_writes_over_its_store(synthetic_store: Path, tmp_path: Path) -> None:
+    """--out naming the crop store is refused even with --overwrite (the store survives)."""
+    copy = tmp_path / "crops.h5"
+    copy.write_bytes(synthetic_store.read_bytes())
+    with pytest.raises(InputError, match="is the input"):
+        measure(copy, copy, overwrite=True)
+    assert store.read_info(copy).n_cells == store.read_info(synthetic_store).n_cells
