@@ -285,7 +285,14 @@ def main() -> None:
                          "printed log) into a table, curve.png and --docs")
     ap.add_argument("--at-step", type=int, default=None,
                     help="with --report: the table's rows at this step (default: each run's last)")
+    ap.add_argument("--mean-images", nargs="+", default=None, metavar="CHECKPOINT[=LABEL]",
+                    help="only draw the mean held-out cell beside each checkpoint's mean "
+                         "reconstruction into WORK/mean_images.png")
     args = ap.parse_args()
+    if args.mean_images:
+        _, _, train_store = stores(args.work)
+        print(mean_images(train_store, args.mean_images, args.work / "mean_images.png"))
+        return
     if args.report:
         report(args.report, args.work, args.docs, args.at_step)
         return
@@ -428,6 +435,37 @@ def report(specs: list[str], out: Path, docs: Path | None, at_step: int | None) 
         else:
             doc = doc.rstrip() + "\n\n" + block + "\n"
         docs.write_text(doc)
+
+
+def mean_images(train_store: Path, specs: list[str], path: Path, seed: int = 0,
+                n: int = 400) -> Path:
+    """Per channel, the mean of n held-out cells beside the mean of each model's
+    reconstructions of them: a frame or stripes drawn on every cell stand out here."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    data = CropData(train_store, DataConfig(), seed=seed)
+    x = data.normalized(data.val_indices()[:n])
+    cols = [("cells", x)]
+    for spec in specs:
+        ckpt, _, label = spec.partition("=")
+        cols.append((label or Path(ckpt).parent.name, reconstruct(load_model(Path(ckpt))[0], x)))
+    fig = Figure(figsize=(2.0 * len(cols), 6.4))
+    FigureCanvasAgg(fig)
+    for j, (name, images) in enumerate(cols):
+        mean = images.mean(axis=0)
+        for c, channel in enumerate(CHANNELS):
+            ax = fig.add_subplot(len(CHANNELS), len(cols), c * len(cols) + j + 1)
+            ax.imshow(mean[c], cmap="magma")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_title(name, fontsize=7)
+            if j == 0:
+                ax.set_ylabel(channel, fontsize=8)
+    fig.suptitle(f"Mean of {len(x)} held-out cells and of their reconstructions", fontsize=9)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    return path
 
 
 def table(results: list[dict]) -> str:

@@ -97,9 +97,10 @@ def adaptive_scale(pixel: Tensor, fm: Tensor, last_weight: Tensor,
                    max_scale: float = 1e4) -> Tensor:
     """||d pixel / d W|| / ||d fm / d W|| on the decoder's output layer ``W``, detached.
 
-    Multiplying the feature-matching term by this gives it the pixel term's gradient size
-    where both act on the same weights, whatever the relative scale of the two losses; the
-    schedule's ramp weights (already in ``fm``) still switch it on gradually. Computed with
+    With ``fm`` the sum of every matched layer's term at full weight, multiplying the
+    weighted feature-matching term by this gives it the pixel term's gradient size (where
+    both act on the same weights) once the schedule has every layer on, and proportionally
+    less during the ramp, whatever the relative scale of the two losses. Computed with
     ``autograd.grad``, which leaves ``.grad`` and DDP's gradient hooks untouched.
     """
     g_pix, = torch.autograd.grad(pixel, last_weight, retain_graph=True)
@@ -164,7 +165,9 @@ def compute_losses(model: nn.Module, x: Tensor, x_real_for_disc: Tensor | None,
     out["fm"] = sum((w * d for w, d in zip(weights, distances)), distances[0].new_zeros(()))
     if (config.fm_balance == "adaptive" and any(weights) and out["fm"].requires_grad
             and torch.is_grad_enabled()):
-        out["fm_scale"] = adaptive_scale(out["pixel"], out["fm"], core.decoder.output_weight)
+        # Balanced against every matched layer at full weight, so the ramp still ramps.
+        full = sum(distances, distances[0].new_zeros(()))
+        out["fm_scale"] = adaptive_scale(out["pixel"], full, core.decoder.output_weight)
         out["fm"] = out["fm"] * out["fm_scale"]
     for k, d in enumerate(distances):
         out[f"fm_{k}"] = d.detach()

@@ -35,7 +35,7 @@ from cellprof.errors import CheckpointError
 VARIANTS = ("vae", "vae-gan", "vae-gan-progressive")
 PADDINGS = ("zeros", "replicate")
 BALANCES = ("fixed", "adaptive")
-LEGACY_DEFAULTS = {"decoder_padding": "zeros"}
+LEGACY_DEFAULTS = {"decoder_padding": "zeros", "fm_balance": "fixed"}
 """Fields whose default changed, with the value checkpoints saved before the field existed
 were trained with (those checkpoints lack the field)."""
 LEAK = 0.01  # LeakyReLU slope of every layer in the reference code
@@ -104,11 +104,11 @@ class ModelConfig:
     its valid convolutions see border pixels as often as interior ones (0: the reference)."""
     fm_weight: float = 1.0
     """Multiplies every feature-matching term (1: the reference's scaling)."""
-    fm_balance: str = "fixed"
-    """'fixed': feature matching weighs fm_weight x the ramp (the reference). 'adaptive': it
-    is also scaled, each step, so that its gradient on the decoder's output layer is as large
-    as the pixel term's (VQGAN's adaptive weight, Esser et al. 2021): at the reference's
-    scale it is 40-70x larger, which leaves the pixel term no say (docs/method.md)."""
+    fm_balance: str = "adaptive"
+    """'adaptive': feature matching is scaled, each step, so that its gradient on the
+    decoder's output layer is as large as the pixel term's (VQGAN's adaptive weight, Esser
+    et al. 2021); at the reference's scale it is 40-70x larger, which leaves the pixel term
+    no say (docs/method.md, "The frame"). 'fixed': fm_weight x the ramp (the reference)."""
 
     def __post_init__(self) -> None:
         # Accept lists (JSON) and ints where a tuple / float is meant, so from_dict round-trips.

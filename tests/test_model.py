@@ -168,7 +168,7 @@ def test_feature_matching_never_trains_the_discriminator() -> None:
 
 
 def test_losses_are_composed_as_in_the_reference() -> None:
-    config = tiny(beta=3.0)
+    config = tiny(beta=3.0, fm_balance="fixed")
     model = model_of(config)
     losses = compute_losses(model, crops(4, config), crops(4, config, seed=1), step=3750)
     assert set(losses) == {"pixel", "kl", "fm", "encoder", "decoder", "disc", "total",
@@ -350,12 +350,12 @@ def test_invalid_border_options_name_the_field(field: str, value: object) -> Non
 
 def test_checkpoints_without_the_new_fields_load_with_the_old_behaviour() -> None:
     old = {k: v for k, v in ModelConfig().to_dict().items()
-           if k not in ("warmup", "decoder_padding", "disc_padding", "fm_weight")}
+           if k not in ("warmup", "decoder_padding", "disc_padding", "fm_weight", "fm_balance")}
     config = ModelConfig.from_dict(old)
-    # they were trained with the reference's zero padding, whatever today's default
+    # they were trained with the reference's zero padding and scale, whatever today's default
     assert (config.warmup, config.decoder_padding, config.disc_padding,
-            config.fm_weight) == (None, "zeros", 0, 1.0)
-    assert ModelConfig().decoder_padding == "replicate"
+            config.fm_weight, config.fm_balance) == (None, "zeros", 0, 1.0, "fixed")
+    assert (ModelConfig().decoder_padding, ModelConfig().fm_balance) == ("replicate", "adaptive")
     assert ModelConfig.from_dict(ModelConfig().to_dict()) == ModelConfig()
 
 
@@ -372,6 +372,18 @@ def test_adaptive_balance_gives_feature_matching_the_pixel_terms_gradient() -> N
     assert 0 < float(losses["fm_scale"]) < 1  # at the reference's scale fm is the larger
     losses["total"].backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_adaptive_balance_keeps_the_progressive_ramp() -> None:
+    """Half-way up every layer's ramp, feature matching has half the pixel term's gradient."""
+    config = tiny(fm_balance="adaptive", warmup=0, ramp_start=0, ramp_length=10)
+    model = model_of(config)
+    x, x_real = crops(4, config), crops(4, config, seed=1)
+    losses = compute_losses(model, x, x_real, step=5)
+    w = model.decoder.output_weight
+    g_pix, = torch.autograd.grad(losses["pixel"], w, retain_graph=True)
+    g_fm, = torch.autograd.grad(losses["fm"], w, retain_graph=True)
+    assert float(g_fm.norm()) == pytest.approx(0.5 * float(g_pix.norm()), rel=1e-4)
 
 
 def test_adaptive_balance_is_off_in_eval_and_without_feature_matching() -> None:
