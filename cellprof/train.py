@@ -19,8 +19,8 @@ Run folder::
 from __future__ import annotations
 
 import csv
-import json
 import functools
+import json
 import math
 import os
 import signal
