@@ -587,7 +587,7 @@ def test_single_compound_moas_are_named_or_dropped_from_queries() -> None:
     cells = screen()
     cells.loc[cells["Metadata_Compound"] == "F", "Metadata_MOA"] = "W"
     cells.loc[cells["Metadata_Compound"] == "E", "Metadata_MOA"] = "V"
-    with pytest.raises(InputError, match=r"single compound.*: V, W;.*allow_single"):
+    with pytest.raises(InputError, match=r"single compound.*: V, W;.*--allow-single-compound-moa"):
         prepare(cells, MatchConfig())
     treat, report = prepare(cells, MatchConfig(allow_single_compound_moa=True))
     assert report["single_compound_moas"] == ["V", "W"]
