@@ -74,18 +74,28 @@ def test_fp32_training_is_the_plain_float32_loop(synthetic_store: Path, tmp_path
         assert torch.equal(got[k], want[k]), k
 
 
-def test_bf16_losses_are_float32_and_close_to_fp32() -> None:
+@pytest.mark.parametrize("balance", ["fixed", "adaptive"])
+def test_bf16_losses_are_float32_and_close_to_fp32(balance: str) -> None:
     torch.manual_seed(0)
-    model = VAEPlus(ModelConfig(**TINY, image_size=36, variant="vae-gan"))
+    model = VAEPlus(ModelConfig(**TINY, image_size=36, variant="vae-gan", fm_balance=balance))
     x, xr = torch.rand(6, 3, 36, 36), torch.rand(6, 3, 36, 36)
     torch.manual_seed(1)
     ref = compute_losses(model, x, xr, 0)
     torch.manual_seed(1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = compute_losses(model, x, xr, 0)
+    # Every term, each matched layer's distance unscaled. The adaptive balance's scale is a
+    # ratio of two gradient norms, which bf16 moves by tens of percent on this tiny random
+    # model, so under it the scaled fm and total are only checked to be finite float32.
+    close = ["pixel", "kl", "disc", *(k for k in ref if k.startswith("fm_") and k[3:].isdigit())]
+    if balance == "fixed":
+        close += ["fm", "total"]
     for k in ("pixel", "kl", "fm", "disc", "total"):
-        assert low[k].dtype == torch.float32, k
+        assert low[k].dtype == torch.float32 and torch.isfinite(low[k]), k
+    for k in close:
         assert low[k].item() == pytest.approx(ref[k].item(), rel=0.05), k
+    if balance == "adaptive":
+        assert float(low["fm_scale"]) > 0 and float(ref["fm_scale"]) > 0
     low["total"].backward()  # and the backward pass runs under bf16 too
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
