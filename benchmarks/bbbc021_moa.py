@@ -245,7 +245,8 @@ def run(model: str, seed: int, steps: int, batch: int, curve_every: int, train_s
     points = list(range(curve_every, steps, curve_every)) + [steps] if curve_every else [steps]
     tc = TrainConfig(steps=steps, batch_size=batch, seed=seed, log_every=25,
                      val_every=max(points[0], 100), image_every=points[-1],
-                     checkpoint_every=10**9, device="cpu", **train_set)
+                     checkpoint_every=10**9, device="cpu",
+                     **{"precision": "fp32", **train_set})  # the documented runs are fp32
     rows, t0 = [], time.perf_counter()
     for i, point in enumerate(points):
         train(train_store, out, model_config=None if i else config,

@@ -243,7 +243,7 @@ def train(
                 val = validate(model, data, d.device, config.batch_size)
                 row.update(val)
             if step % config.log_every == 0 or row or step == config.steps:
-                row.update({k: float(losses[k].detach()) for k in terms}, step=step,
+                row.update({k: float(losses[k].detach()) for k in terms if k in losses}, step=step,
                            total=float(losses["total"].detach()), cells_per_s=rate,
                            lr=config.lr, disc_lr=config.disc_lr if gan else "",
                            epoch=step * config.batch_size * d.world / len(data.train_idx),
@@ -300,7 +300,8 @@ def _columns(config: ModelConfig, gan: bool) -> tuple[list[str], list[str]]:
     if not gan:
         return ["pixel", "kl"], []
     layers = range(config.matched_layers)
-    return (["pixel", "kl", "fm", *(f"fm_{k}" for k in layers), "disc"],
+    scale = ["fm_scale"] if config.fm_balance == "adaptive" else []
+    return (["pixel", "kl", "fm", *(f"fm_{k}" for k in layers), *scale, "disc"],
             [f"w_{k}" for k in layers])
 
 

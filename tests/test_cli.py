@@ -124,3 +124,31 @@ def test_train_and_embed_defaults_are_the_librarys() -> None:
                     checked += 1
         assert checked >= (15 if command == "train" else 3)
     assert ModelConfig().dec_filters == ModelConfig().enc_filters  # --filters sets both
+
+
+def test_train_border_and_balance_options_reach_the_model(synthetic_store, tmp_path) -> None:
+    """--decoder-padding / --fm-balance set the model, and the adaptive scale is logged."""
+    import csv
+    import json
+
+    from typer.testing import CliRunner
+
+    common = ["--steps", "3", "--batch-size", "4", "--latent-dim", "8", "--filters", "8",
+              "--model", "vae-gan", "--device", "cpu", "--precision", "fp32",
+              "--val-every", "1000", "--image-every", "1000", "--log-every", "1"]
+    runner = CliRunner()
+    for padding, balance in (("zeros", "fixed"), ("replicate", "adaptive")):
+        out = tmp_path / f"{padding}-{balance}"
+        res = runner.invoke(app, ["train", str(synthetic_store), "--out", str(out), *common,
+                                  "--decoder-padding", padding, "--fm-balance", balance])
+        assert res.exit_code == 0, res.output
+        model = json.loads((out / "config.json").read_text())["model_config"]
+        assert (model["decoder_padding"], model["fm_balance"]) == (padding, balance)
+        with open(out / "losses.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert ("fm_scale" in rows[0]) == (balance == "adaptive")
+        if balance == "adaptive":
+            assert all(0 < float(r["fm_scale"]) < 1e4 for r in rows)
+    res = runner.invoke(app, ["train", str(synthetic_store), "--out", str(tmp_path / "bad"),
+                              *common, "--fm-balance", "sometimes"])
+    assert res.exit_code != 0 and "fm_balance" in res.output

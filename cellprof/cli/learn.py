@@ -30,7 +30,8 @@ _M = defaults("cellprof.model", "ModelConfig")
 _E = defaults("cellprof.embed", "EmbedConfig")
 _PRECISION_HELP = "auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16."
 
-_KEPT_ON_RESUME = ("model", "latent_dim", "filters", "beta", "schedule", "normalization",
+_KEPT_ON_RESUME = ("model", "latent_dim", "filters", "beta", "decoder_padding", "fm_balance",
+                   "schedule", "normalization",
                    "augment", "val_fraction")
 
 
@@ -58,6 +59,12 @@ def train(
         help="Latent dimensions (profile length).")] = _M["latent_dim"],
     filters: Annotated[int, typer.Option(help="Encoder and decoder conv filters.")] = _M["enc_filters"],
     beta: Annotated[float, typer.Option(help="Weight of the KL term.")] = _M["beta"],
+    decoder_padding: Annotated[str, typer.Option(
+        help="How the decoder's convolutions pad: replicate, or zeros (the reference's, "
+             "which draws a frame; docs/method.md).")] = _M["decoder_padding"],
+    fm_balance: Annotated[str, typer.Option(
+        help="adaptive (feature matching as strong as the pixel term at the decoder's "
+             "output) or fixed (the reference's scale).")] = _M["fm_balance"],
     schedule: Annotated[str, typer.Option(
         help="Progressive schedule: paper (layer k from step 2,500(k+1), over 2,500 steps) "
              "or scaled (the same proportions of --steps, for short runs).")] = "paper",
@@ -105,7 +112,8 @@ def train(
         if not resume:
             try:
                 mcfg = ModelConfig(variant=model, latent_dim=latent_dim, enc_filters=filters,
-                                   dec_filters=filters, beta=beta)
+                                   dec_filters=filters, beta=beta,
+                                   decoder_padding=decoder_padding, fm_balance=fm_balance)
             except ValueError as exc:
                 raise CellprofError(str(exc)) from None
             if schedule == "scaled":
