@@ -324,9 +324,12 @@ def main() -> None:
         for r in results:
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
                               for k, v in r.items()}), flush=True)
+    evaluators: dict[int, Evaluator] = {}  # the data read once per seed (its held-out split)
     for model in [m for m in args.models.split(",") if m]:
         for seed in seeds:
-            ev = Evaluator(moa_store, train_store, seed, week4_store)
+            if seed not in evaluators:
+                evaluators[seed] = Evaluator(moa_store, train_store, seed, week4_store)
+            ev = evaluators[seed]
             out = args.work / f"{args.tag or 'run'}_{model}_s{seed}"
             every = args.curve_every if seed == seeds[0] else 0
             for row in run(model, seed, args.steps, args.batch_size, every, train_store, out,

@@ -130,8 +130,7 @@ def embed(checkpoint: str | Path, crops: str | Path, out: str | Path, *,
                            inputs=fingerprint({"checkpoint": ckpt["path"], "crop store": crops}))
     start = writer.n_done
     n = info.n_cells
-    step = max(store.CHUNK_CELLS, config.batch_size // store.CHUNK_CELLS * store.CHUNK_CELLS)
-    blocks = [(lo, min(lo + step, n)) for lo in range(start, n, step)]
+    blocks = store.blocks(start, n, config.batch_size)
     t0, done = time.perf_counter(), 0
     try:
         with store.open_store(crops) as f, ThreadPoolExecutor(1) as reader, \

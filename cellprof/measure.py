@@ -99,15 +99,13 @@ def measure(crops: str | Path, out: str | Path, *, config: MeasureConfig = Measu
     writer = ProfileWriter(out, cells, names, attrs, logvar=False, resume=not overwrite,
                            inputs=fingerprint({"crop store": crops}))
     start, n = writer.n_done, info.n_cells
-    step = max(store.CHUNK_CELLS, config.batch_size // store.CHUNK_CELLS * store.CHUNK_CELLS)
     t0, done = time.perf_counter(), 0
     try:
         with store.open_store(crops) as f:
             ds = f[store.CROPS]
             if progress:
                 progress("measure", start, n)
-            for lo in range(start, n, step):
-                hi = min(lo + step, n)
+            for lo, hi in store.blocks(start, n, config.batch_size):
                 x = ds[lo:hi][:, order]
                 feats = classical_features(x, channels, batch=hi - lo)
                 writer.write(lo, feats[names].to_numpy(np.float32))

@@ -547,3 +547,14 @@ def read_crops(path: str | Path, rows: slice | np.ndarray | None = None) -> np.n
 def read_illumination(path: str | Path) -> dict[str, np.ndarray]:
     with open_store(path) as f:
         return {str(ds.attrs["plate"]): ds[()] for ds in f[ILLUMINATION].values()}
+
+
+def blocks(start: int, n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``(lo, hi)`` cell ranges from ``start`` to ``n`` of about ``batch_size`` cells, whole
+    chunks each (at least one), so a streamed pass decompresses every chunk once.
+
+    >>> blocks(0, 150, 100)
+    [(0, 64), (64, 128), (128, 150)]
+    """
+    step = max(CHUNK_CELLS, batch_size // CHUNK_CELLS * CHUNK_CELLS)
+    return [(lo, min(lo + step, n)) for lo in range(start, n, step)]

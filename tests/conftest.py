@@ -133,3 +133,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+class Stop(Exception):
+    """Raised by the callback of :func:`stop_after` to interrupt a long job mid-run."""
+
+
+def stop_after(cells: int):
+    """A ``progress`` callback that interrupts its job once ``cells`` cells are done, as
+    Ctrl-C would between blocks."""
+    def progress(stage: str, done: int, total: int) -> None:
+        if done >= cells:
+            raise Stop
+    return progress

@@ -17,6 +17,7 @@ from cellprof.data import normalize
 from cellprof.embed import EmbedConfig, embed, export, load_encoder
 from cellprof.errors import CheckpointError, InputError, StoreError
 from cellprof.profiles import profile_table, read_profiles
+from conftest import Stop, stop_after
 
 
 @pytest.fixture
@@ -44,16 +45,9 @@ def test_interrupted_embedding_resumes(trained, tmp_path: Path) -> None:
     ckpt, crops = trained
     whole = embed(ckpt, crops, tmp_path / "whole.h5", config=EmbedConfig(batch_size=64))
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(stage: str, done: int, total: int) -> None:
-        if done >= 64:
-            raise Stop
-
     out = tmp_path / "cut.h5"
     with pytest.raises(Stop):
-        embed(ckpt, crops, out, config=EmbedConfig(batch_size=64), progress=stop_after_first)
+        embed(ckpt, crops, out, config=EmbedConfig(batch_size=64), progress=stop_after(64))
     assert not out.exists() and (tmp_path / "cut.h5.partial").exists()
     res = embed(ckpt, crops, out, config=EmbedConfig(batch_size=64))
     assert res.resumed_from == 64

@@ -19,7 +19,7 @@ from cellprof.errors import InputError, StoreError
 from cellprof.match import MatchConfig, run_match
 from cellprof.measure import MeasureConfig, measure
 from cellprof.profiles import profile_attrs, read_profiles
-from conftest import CHANNELS
+from conftest import CHANNELS, Stop, stop_after
 
 
 def chance_nsc(treatments_csv: Path) -> float:
@@ -74,17 +74,10 @@ def test_measure_then_match_beats_chance(measured: Path, tmp_path: Path) -> None
 
 def test_interrupted_measure_resumes(synthetic_store: Path, measured: Path,
                                      tmp_path: Path) -> None:
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(stage: str, done: int, total: int) -> None:
-        if done >= 64:
-            raise Stop
-
     out = tmp_path / "cut.h5"
     with pytest.raises(Stop):
         measure(synthetic_store, out, config=MeasureConfig(batch_size=64),
-                progress=stop_after_first)
+                progress=stop_after(64))
     assert not out.exists() and (tmp_path / "cut.h5.partial").exists()
     res = measure(synthetic_store, out, config=MeasureConfig(batch_size=64))
     assert res.resumed_from == 64 and not (tmp_path / "cut.h5.partial").exists()

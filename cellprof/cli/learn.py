@@ -29,6 +29,13 @@ _D = defaults("cellprof.data", "DataConfig")
 _M = defaults("cellprof.model", "ModelConfig")
 _E = defaults("cellprof.embed", "EmbedConfig")
 _PRECISION_HELP = "auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16."
+# The optional table `embed` and `measure` both write beside their profiles file.
+_TableFormat = Annotated[Optional[str], typer.Option(
+    "--format", help="Also write a table: parquet or csv (Metadata_ columns, then "
+                     "features) as OUT.<level>.<format>.", show_default=False)]
+_TableLevel = Annotated[str, typer.Option(
+    help="Table level: cell, well or treatment (means; see `cellprof export`).")]
+_Overwrite = Annotated[bool, typer.Option(help="Replace an existing OUT.")]
 
 _KEPT_ON_RESUME = ("model", "latent_dim", "filters", "beta", "decoder_padding", "fm_balance",
                    "schedule", "normalization",
@@ -165,12 +172,9 @@ def embed(
         help="Also keep each cell's posterior log-variance.")] = _E["logvar"],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = _E["device"],
     precision: Annotated[str, typer.Option(help=_PRECISION_HELP)] = _E["precision"],
-    format: Annotated[Optional[str], typer.Option(
-        "--format", help="Also write a table: parquet or csv (Metadata_ columns, then "
-                         "features) as OUT.<level>.<format>.", show_default=False)] = None,
-    level: Annotated[str, typer.Option(
-        help="Table level: cell, well or treatment (means; see `cellprof export`).")] = "cell",
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+    format: _TableFormat = None,
+    level: _TableLevel = "cell",
+    overwrite: _Overwrite = False,
 ) -> None:
     """Embed every cell: posterior means (N, 256) plus the store's per-cell metadata.
 
@@ -222,12 +226,9 @@ def measure(
         help="Channel the nucleus is segmented on (default: the store's first).",
         show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(help="Crops measured at once.")] = 256,
-    format: Annotated[Optional[str], typer.Option(
-        "--format", help="Also write a table: parquet or csv (Metadata_ columns, then "
-                         "features) as OUT.<level>.<format>.", show_default=False)] = None,
-    level: Annotated[str, typer.Option(
-        help="Table level: cell, well or treatment (means; see `cellprof export`).")] = "cell",
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+    format: _TableFormat = None,
+    level: _TableLevel = "cell",
+    overwrite: _Overwrite = False,
 ) -> None:
     """Hand-crafted features of every cell: the classical baseline beside `embed`.
 
