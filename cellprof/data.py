@@ -168,6 +168,34 @@ class RawBatch:
     flips: np.ndarray | None
     """(N,) mirror flags, None without augmentation."""
 
+    def model_input(self) -> np.ndarray:
+        """The batch as float32 model input on the CPU, in one pass over its pixels.
+
+        The same numbers as :func:`normalize` then :func:`orient` (and as the device path,
+        :func:`cellprof.loader.model_input`), about 2x faster: each crop is turned while it is
+        cast to float32 (a quarter turn is a strided view), and the per-crop maximum, which
+        no turn changes, is taken on the raw integers (float32 holds every uint16 exactly).
+        """
+        if self.crops is None:
+            raise ValueError("this batch was drawn without its crops (gather=False)")
+        raw = self.crops
+        out = np.empty(raw.shape, np.float32)
+        if self.turns is None or self.flips is None:
+            out[...] = raw
+        else:
+            for k in range(4):
+                for f in (False, True):
+                    idx = np.flatnonzero((self.turns == k) & (self.flips == f))
+                    if len(idx):
+                        y = np.rot90(raw[idx], k, axes=(2, 3))
+                        out[idx] = y[..., ::-1] if f else y
+        if self.scale is None:
+            out /= np.maximum(raw.max(axis=(2, 3), keepdims=True).astype(np.float32), 1e-12)
+            return out
+        out -= self.scale[0][:, :, None, None]
+        out /= self.scale[1][:, :, None, None]
+        return np.maximum(out, 0.0, out=out)
+
 
 class CropData:
     """Training and validation batches from one crop store (see module docstring).
@@ -307,11 +335,7 @@ class CropData:
 
     def train_batch(self, step: int, batch_size: int) -> np.ndarray:
         """This rank's ``(batch_size, C, H, W)`` float32 batch of step ``step``."""
-        b = self.raw_batch(step, batch_size)
-        x = normalize(b.crops, self.config.normalization, self.plates[b.cells], self.percentiles)
-        if b.turns is not None:
-            x = orient(x, b.turns, b.flips)
-        return np.ascontiguousarray(x)
+        return self.raw_batch(step, batch_size).model_input()
 
     def disc_step(self, step: int, batch_size: int) -> int:
         """The stream step whose batch is the discriminator's real crops at ``step``."""

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cellprof import chunks, store
-from cellprof.data import CropData, DataConfig, normalize, orient
+from cellprof.data import CropData, DataConfig, RawBatch, normalize, orient
 from cellprof.loader import Loader, as_tensor, model_input, orientation_groups
 
 CPU = torch.device("cpu")
@@ -23,10 +23,19 @@ CONFIGS = {
 }
 
 
+def reference(data: CropData, step: int, batch: int) -> np.ndarray:
+    """The batch computed the plain way: normalise all crops, then orient them."""
+    b = data.raw_batch(step, batch)
+    x = normalize(b.crops, data.config.normalization, data.plates[b.cells], data.percentiles)
+    return x if b.turns is None else orient(x, b.turns, b.flips)
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_prefetched_batches_equal_the_numpy_reference(synthetic_store: Path, name: str) -> None:
-    """Thread-prepared, torch-finished batches are `train_batch`/`disc_batch`, exactly; and
-    drawn on the calling thread (ahead=0) they are the same again."""
+    """Thread-prepared batches, finished in numpy on the thread (CPU device) or in torch
+    (a store held on the device), are the plain normalise-then-orient numbers, exactly, as
+    are `train_batch`/`disc_batch`; drawn on the calling thread (ahead=0) they are the same
+    again."""
     data = CropData(synthetic_store, CONFIGS[name])
     seen = {}
     for ahead, resident in ((3, None), (0, None), (2, True)):  # True: gathered "on device"
@@ -38,6 +47,8 @@ def test_prefetched_batches_equal_the_numpy_reference(synthetic_store: Path, nam
         seen[(ahead, resident)] = got
     fresh = CropData(synthetic_store, CONFIGS[name])  # a new process's view: resume
     for (s, x, xr), (_, x0, xr0), (_, x1, xr1) in zip(*seen.values()):
+        np.testing.assert_array_equal(x, reference(fresh, s, 8))
+        np.testing.assert_array_equal(xr, reference(fresh, fresh.disc_step(s, 8), 8))
         np.testing.assert_array_equal(x, fresh.train_batch(s, 8))
         np.testing.assert_array_equal(xr, fresh.disc_batch(s, 8))
         np.testing.assert_array_equal(x, x0)
@@ -49,7 +60,8 @@ def test_prefetched_batches_equal_the_numpy_reference(synthetic_store: Path, nam
 
 def test_device_transform_equals_numpy_on_full_range_uint16() -> None:
     """Values above 32,767 survive the int16 transport; max and percentile scaling and the
-    eight orientations match numpy's to the bit."""
+    eight orientations match numpy's to the bit, on the device path and the CPU's one-pass
+    path alike."""
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 65536, size=(40, 3, 9, 9)).astype(np.uint16)
     raw[0, 0] = 65535
@@ -57,6 +69,8 @@ def test_device_transform_equals_numpy_on_full_range_uint16() -> None:
     got = model_input(as_tensor(raw), None, orientation_groups(turns, flips))
     want = orient(normalize(raw, "max"), turns, flips)
     np.testing.assert_array_equal(got.numpy(), want)
+    one_pass = RawBatch(np.arange(40), raw, None, turns, flips).model_input()
+    np.testing.assert_array_equal(one_pass, want)
     plates = np.array(["a", "b"] * 20)
     pct = {"a": np.array([[100, 200, 300], [60000, 50000, 40000]], np.float32),
            "b": np.array([[0, 0, 0], [65535, 1000, 1000]], np.float32)}
@@ -64,6 +78,13 @@ def test_device_transform_equals_numpy_on_full_range_uint16() -> None:
     scale = np.stack([lohi[0], np.maximum(lohi[1] - lohi[0], 1e-6)])
     got = model_input(as_tensor(raw), torch.from_numpy(scale), None)
     np.testing.assert_array_equal(got.numpy(), normalize(raw, "percentile", plates, pct))
+    want = orient(normalize(raw, "percentile", plates, pct), turns, flips)
+    np.testing.assert_array_equal(RawBatch(np.arange(40), raw, scale, turns, flips)
+                                  .model_input(), want)
+    for dtype in (np.uint8, np.float32):  # stores of other types take the same path
+        small = (raw // 257).astype(dtype)
+        np.testing.assert_array_equal(RawBatch(np.arange(40), small, None, turns, flips)
+                                      .model_input(), orient(normalize(small, "max"), turns, flips))
     assert len(orientation_groups(turns, flips)) == 8  # every symmetry was checked
 
 
