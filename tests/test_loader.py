@@ -159,3 +159,14 @@ def test_crops_written_by_parallel_chunks_read_as_hdf5_wrote_them(tmp_path: Path
         for lo in range(0, sum(commits), 64):
             key = (lo, 0, 0, 0)
             assert a["crops"].id.read_direct_chunk(key) == b["crops"].id.read_direct_chunk(key)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
+def test_chunk_decoding_reads_what_hdf5s_filters_wrote_for_every_type(
+        tmp_path: Path, dtype: type) -> None:
+    values = np.random.default_rng(3).integers(0, 250, size=(64, 2, 5, 5)).astype(dtype)
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        ds = f.create_dataset("crops", data=values, chunks=values.shape, compression="gzip",
+                              compression_opts=1, shuffle=True)
+        _, raw = ds.id.read_direct_chunk((0, 0, 0, 0))
+        np.testing.assert_array_equal(chunks.decode(raw, values.shape, ds.dtype), values)
