@@ -14,6 +14,7 @@ exactly the computation cellprof always did on the CPU: NCHW, no autocast.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -113,6 +114,40 @@ class Compute:
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         """A 4-d batch in this layout (a no-op for NCHW)."""
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def try_compile(networks: Sequence[torch.nn.Module], trial: Callable[[], None],
+                model: torch.nn.Module) -> str:
+    """Compile each network's ``forward`` (``torch.compile``), or leave them eager; a note.
+
+    ``trial`` runs one forward and backward at the real shapes, which compiles every graph
+    the loop will use; when that fails (a missing C++ compiler, an operator Inductor cannot
+    handle) the networks are left as they were, and the note says why in one line. Either
+    way ``model``'s weights, buffers, gradients and the random state are restored, so the
+    run is exactly what it would have been without the trial. The state dict's keys do
+    not change (``forward`` is wrapped on the instance), so checkpoints load everywhere.
+    """
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    for net in networks:
+        net.forward = torch.compile(net.forward)
+    try:
+        trial()
+        note = f"--compile: {len(networks)} networks compiled (torch.compile)"
+    except Exception as exc:  # noqa: BLE001 - any compile failure falls back to eager
+        for net in networks:
+            del net.forward  # the class's own forward again
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        note = (f"--compile: torch.compile failed ({type(exc).__name__}: {first[:160]}); "
+                "training without it")
+    finally:
+        model.load_state_dict(saved)
+        model.zero_grad(set_to_none=True)
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+    return note
 
 
 def to_device(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from cellprof.checkpoint import check_fits, load_checkpoint
 from cellprof.data import CropData, DataConfig
-from cellprof.device import PRECISIONS, Compute, agree, check_replicas, setup
+from cellprof.device import PRECISIONS, Compute, agree, check_replicas, setup, try_compile
 from cellprof.errors import CellprofError, CheckpointError, InputError
 from cellprof.loader import Loader
 from cellprof.losses import compute_losses, layer_weights
@@ -66,6 +66,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     explode_factor: float = 1e3
     """Stop when the loss exceeds this multiple of its early median."""
+    compile: bool = False
+    """``torch.compile`` the three networks (:func:`cellprof.device.try_compile`): minutes
+    of compiling, then faster steps on GPUs; falls back to eager with a note."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "val_every", "image_every",
@@ -86,7 +89,7 @@ class TrainConfig:
 
 
 RESUME_MAY_CHANGE = ("steps", "lr", "disc_lr", "log_every", "val_every", "image_every",
-                     "checkpoint_every", "explode_factor", "device", "precision")
+                     "checkpoint_every", "explode_factor", "device", "precision", "compile")
 """Settings a resumed run takes from the command (recorded in config.json and, for the
 learning rates, in every losses.csv row); the others must stay as saved, since the data
 stream (seed, batch size) and the optimiser's meaning (decay, momentum) depend on them."""
@@ -142,6 +145,8 @@ class TrainResult:
     signal: int = 0
     """The signal that interrupted the run (SIGINT 2, SIGTERM 15), 0 if none; the CLI
     exits 128 + it, as shells and schedulers expect of a stopped job."""
+    notes: list[str] = field(default_factory=list)
+    """One-line notes for the user (e.g. how ``--compile`` went)."""
 
 
 @holding_run_lock
@@ -195,6 +200,7 @@ def train(
         model, device_ids=[d.device.index] if d.device.type == "cuda" else None) \
         if d.world > 1 else model
     conv_weights = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
+    notes = [_compile(model, compute, config.batch_size, data, gan)] if config.compile else []
     described = {"model_config": model_config.to_dict(), "train_config": asdict(config),
                  "data_config": asdict(data_config), "data": data.describe()}
     terms, weight_cols = _columns(model_config, gan)
@@ -264,7 +270,22 @@ def train(
     check_replicas(model, d)
     wait = batches.wait_s / max(time.perf_counter() - t0, 1e-9)
     return TrainResult(run.out, step, status, saved, val, rate, wait,
-                       stop.signum if status == "interrupted" else 0)
+                       stop.signum if status == "interrupted" else 0, notes)
+
+
+def _compile(model: VAEPlus, compute: Compute, batch_size: int, data: CropData,
+             gan: bool) -> str:
+    """Compile the networks with a trial step at the loop's shapes (see try_compile)."""
+    shape = (batch_size, len(data.channels), data.info.crop_size, data.info.crop_size)
+
+    def trial() -> None:
+        x = compute.layout(torch.rand(shape, device=compute.device))
+        with compute.autocast():
+            losses = compute_losses(model, x, x.flip(0) if gan else None, step=10**9)
+        losses["total"].backward()
+
+    networks = [n for n in (model.encoder, model.decoder, model.discriminator) if n is not None]
+    return try_compile(networks, trial, model)
 
 
 def _resumed_configs(ckpt: dict[str, Any], model_config: ModelConfig | None,

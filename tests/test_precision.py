@@ -128,3 +128,39 @@ def test_old_checkpoints_with_amp_resume(synthetic_store: Path, tmp_path: Path) 
     res = train(synthetic_store, out, config=replace(saved, steps=2), resume=True)
     assert res.step == 2
     assert load_checkpoint(out / "model.pt")["train_config"]["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("works", [True, False])
+def test_compile_compiles_or_falls_back_and_the_run_is_the_eager_one(
+        synthetic_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        works: bool) -> None:
+    """--compile wraps each network's forward; when compiling fails the run trains eager
+    with a one-line note. Either way the trial step leaves no trace: the same weights as a
+    run without --compile (this stand-in compiler computes exactly what eager does)."""
+    wrapped = []
+
+    def fake_compile(fn):
+        def run(*args, **kwargs):
+            if not works:
+                raise RuntimeError("Inductor: no C++ compiler\nmore detail")
+            wrapped.append(fn)
+            return fn(*args, **kwargs)
+        return run
+
+    cfg = ModelConfig(**TINY)
+    base = TrainConfig(steps=4, precision="fp32", device="cpu", **FAST)
+    train(synthetic_store, tmp_path / "eager", model_config=cfg, config=base)
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    res = train(synthetic_store, tmp_path / "compiled", model_config=cfg,
+                config=replace(base, compile=True))
+    assert len(res.notes) == 1
+    if works:
+        assert "3 networks compiled" in res.notes[0] and wrapped
+    else:
+        assert res.notes[0].startswith("--compile: torch.compile failed (RuntimeError: "
+                                       "Inductor: no C++ compiler)") and not wrapped
+    want = load_checkpoint(tmp_path / "eager" / "model.pt")["model"]
+    got = load_checkpoint(tmp_path / "compiled" / "model.pt")["model"]
+    assert want.keys() == got.keys()  # checkpoints of compiled runs load anywhere
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
