@@ -37,6 +37,11 @@ from torch import Tensor, nn
 from cellprof.model import ModelConfig, VAEPlus
 
 
+MIN_SIGMA2 = 1e-4
+"""Floor of the calibrated variance (a 1% error per pixel), so a batch reconstructed
+almost perfectly does not make the likelihood's scale explode."""
+
+
 def pixel_loss(recon: Tensor, x: Tensor) -> Tensor:
     """1/2 * sum of squared error per crop, averaged over the batch (the reference's L2)."""
     return 0.5 * (recon - x).pow(2).flatten(1).sum(1).mean()
@@ -108,6 +113,22 @@ def adaptive_scale(pixel: Tensor, fm: Tensor, last_weight: Tensor,
     return (g_pix.norm() / (g_fm.norm() + 1e-8)).clamp(max=max_scale).detach()
 
 
+def jitter(x: Tensor, offsets: Tensor, max_shift: int) -> Tensor:
+    """Crops (N, C, H, W) shifted by ``offsets`` (N, 2) in 0..2*max_shift, reflect-padded.
+
+    Crop i is the H x W window at (offsets[i, 0], offsets[i, 1]) of ``x`` reflect-padded by
+    ``max_shift``: offset ``max_shift`` is the crop itself. Differentiable in ``x`` (a gather),
+    on any device.
+    """
+    n, c, h, w = x.shape
+    padded = F.pad(x, (max_shift,) * 4, mode="reflect")
+    rows = offsets[:, 0, None] + torch.arange(h, device=x.device)  # (N, H)
+    cols = offsets[:, 1, None] + torch.arange(w, device=x.device)  # (N, W)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
+
+
 def discriminator_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
     """Binary cross-entropy of real (target 1) and fake (target 0) logits, mean over both."""
     logits = torch.cat([logits_real, logits_fake])
@@ -146,15 +167,28 @@ def compute_losses(model: nn.Module, x: Tensor, x_real_for_disc: Tensor | None,
     config = core.config
     recon, mu, logvar = model(x)
     out = {"pixel": pixel_loss(recon, x), "kl": kl_loss(mu, logvar)}
+    likelihood = out["pixel"]  # -log p(x | z) up to constants, variance 1
+    if config.likelihood == "calibrated":
+        out["sigma2"] = (recon.detach() - x).pow(2).mean().clamp_min(MIN_SIGMA2)
+        likelihood = out["pixel"] / out["sigma2"]
     if core.discriminator is None:
-        out["encoder"] = out["pixel"] + config.beta * out["kl"]
-        out["decoder"] = out["pixel"]
+        out["encoder"] = likelihood + config.beta * out["kl"]
+        out["decoder"] = likelihood
         out["total"] = out["encoder"]
         return out
     if x_real_for_disc is None:
         raise ValueError(f"variant {config.variant!r} needs x_real_for_disc, a batch of real crops")
     n_real, n = len(x_real_for_disc), len(x)
     judged, matched = torch.cat([x_real_for_disc, recon.detach()]), torch.cat([x, recon])
+    if config.disc_jitter:
+        # One offset per crop: a crop and its reconstruction move together, so matching
+        # compares them at the same position. Drawn from the global generator, like the
+        # reparameterisation noise, so checkpoints resume it exactly.
+        j = config.disc_jitter
+        pair = torch.randint(0, 2 * j + 1, (n, 2), device=x.device)
+        real = torch.randint(0, 2 * j + 1, (n_real, 2), device=x.device)
+        judged = jitter(judged, torch.cat([real, pair]), j)
+        matched = jitter(matched, torch.cat([pair, pair]), j)
     if config.disc_padding:
         pad = (config.disc_padding,) * 4
         judged, matched = F.pad(judged, pad, mode="reflect"), F.pad(matched, pad, mode="reflect")
@@ -167,11 +201,11 @@ def compute_losses(model: nn.Module, x: Tensor, x_real_for_disc: Tensor | None,
             and torch.is_grad_enabled()):
         # Balanced against every matched layer at full weight, so the ramp still ramps.
         full = sum(distances, distances[0].new_zeros(()))
-        out["fm_scale"] = adaptive_scale(out["pixel"], full, core.decoder.output_weight)
+        out["fm_scale"] = adaptive_scale(likelihood, full, core.decoder.output_weight)
         out["fm"] = out["fm"] * out["fm_scale"]
     for k, d in enumerate(distances):
         out[f"fm_{k}"] = d.detach()
-    out["encoder"] = out["fm"] + out["pixel"] + config.beta * out["kl"]
-    out["decoder"] = out["fm"] + out["pixel"]
+    out["encoder"] = out["fm"] + likelihood + config.beta * out["kl"]
+    out["decoder"] = out["fm"] + likelihood
     out["total"] = out["encoder"] + out["disc"]
     return out

@@ -34,8 +34,11 @@ from cellprof.errors import CheckpointError
 
 VARIANTS = ("vae", "vae-gan", "vae-gan-progressive")
 PADDINGS = ("zeros", "replicate")
+UPSAMPLINGS = ("nearest", "bilinear")
 BALANCES = ("fixed", "adaptive")
-LEGACY_DEFAULTS = {"decoder_padding": "zeros", "fm_balance": "fixed"}
+LIKELIHOODS = ("unit", "calibrated")
+LEGACY_DEFAULTS = {"decoder_padding": "zeros", "fm_balance": "fixed",
+                   "decoder_upsample": "nearest"}
 """Fields whose default changed, with the value checkpoints saved before the field existed
 were trained with (those checkpoints lack the field)."""
 LEAK = 0.01  # LeakyReLU slope of every layer in the reference code
@@ -86,6 +89,12 @@ class ModelConfig:
     """Feature matching uses discriminator layers 0..matched_layers-1."""
     beta: float = 2.0
     """Weight of the KL term in the encoder loss (beta-VAE)."""
+    likelihood: str = "unit"
+    """The decoder's Gaussian: 'unit' (variance 1, the reference's: half the squared error)
+    or 'calibrated' (variance = the batch's mean squared error, detached: the maximum-
+    likelihood variance of Rybkin et al. 2021). On crops scaled to [0, 1] with a squared
+    error of ~0.015 per pixel, variance 1 weighs reconstruction ~70x less than the data
+    do, and beta x KL then wins: the latent keeps ever less about each cell."""
     variant: str = "vae-gan-progressive"
     """'vae' (no discriminator), 'vae-gan' (all matching terms from step 0) or the paper's ramp."""
     ramp_start: int = 2500
@@ -99,9 +108,22 @@ class ModelConfig:
     """How the decoder's "full" convolutions pad their input: 'replicate' (the border band is
     computed like the interior) or 'zeros' (the reference's, which draws a frame about 8 px in
     from the edge that the full model never unlearns; docs/method.md, "The frame")."""
+    decoder_upsample: str = "bilinear"
+    """How the decoder doubles its maps: 'bilinear' (no block edges) or 'nearest' (the
+    reference's: each value becomes a 2x2 block, and the convolutions that follow see an
+    edge at every block boundary, in the same place for every cell; feature matching
+    sharpens those edges into stripes that every reconstruction carries, docs/method.md,
+    "The frame")."""
     disc_padding: int = 0
     """Reflect-pad crops and reconstructions by this many px before the discriminator, so
     its valid convolutions see border pixels as often as interior ones (0: the reference)."""
+    disc_jitter: int = 0
+    """Before the discriminator, shift each crop and its reconstruction together by the same
+    random offset of up to this many px in x and y (reflect-padded). The discriminator's valid
+    convolutions and 2x2 pools see each pixel position differently, so the feature-matching
+    gradient carries a fixed pattern of rows and columns that every reconstruction would
+    learn; random shifts average it out (the translation of DiffAugment, Zhao et al. 2020).
+    0: no shift (the reference)."""
     fm_weight: float = 1.0
     """Multiplies every feature-matching term (1: the reference's scaling)."""
     fm_balance: str = "adaptive"
@@ -119,7 +141,7 @@ class ModelConfig:
                 object.__setattr__(self, name, float(getattr(self, name)))
         for name in ("in_channels", "image_size", "latent_dim", "enc_filters", "kernel_size",
                      "dec_filters", "matched_layers", "ramp_start", "ramp_length",
-                     "disc_padding"):
+                     "disc_padding", "disc_jitter"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"ModelConfig.{name} must be an integer, got {value!r}")
@@ -143,19 +165,28 @@ class ModelConfig:
                              f"logit layer is not matched), got {self.matched_layers}")
         if not isinstance(self.beta, float) or not math.isfinite(self.beta) or self.beta < 0:
             raise ValueError(f"ModelConfig.beta must be a finite number >= 0, got {self.beta!r}")
-        for name in ("ramp_start", "ramp_length", "disc_padding"):
+        for name in ("ramp_start", "ramp_length", "disc_padding", "disc_jitter"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ModelConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.warmup is not None and (not isinstance(self.warmup, int)
                                         or isinstance(self.warmup, bool) or self.warmup < 0):
             raise ValueError(f"ModelConfig.warmup must be None or an integer >= 0, "
                              f"got {self.warmup!r}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"ModelConfig.likelihood must be one of {LIKELIHOODS}, "
+                             f"got {self.likelihood!r}")
         if self.fm_balance not in BALANCES:
             raise ValueError(f"ModelConfig.fm_balance must be one of {BALANCES}, "
                              f"got {self.fm_balance!r}")
         if self.decoder_padding not in PADDINGS:
             raise ValueError(f"ModelConfig.decoder_padding must be one of {PADDINGS}, "
                              f"got {self.decoder_padding!r}")
+        if self.decoder_upsample not in UPSAMPLINGS:
+            raise ValueError(f"ModelConfig.decoder_upsample must be one of {UPSAMPLINGS}, "
+                             f"got {self.decoder_upsample!r}")
+        if self.disc_jitter >= self.image_size:
+            raise ValueError(f"ModelConfig.disc_jitter must be below image_size "
+                             f"({self.image_size}), got {self.disc_jitter}")
         if self.disc_padding >= self.image_size:
             raise ValueError(f"ModelConfig.disc_padding must be below image_size "
                              f"({self.image_size}), got {self.disc_padding}")
@@ -245,7 +276,7 @@ class Decoder(nn.Module):
                                  bias=False),
                        nn.BatchNorm2d(f), nn.LeakyReLU(LEAK)]
             if i < 3:
-                layers.append(nn.Upsample(size=pre_pool[2 - i], mode="nearest"))
+                layers.append(nn.Upsample(size=pre_pool[2 - i], mode=config.decoder_upsample))
         self.body = nn.Sequential(*layers)
         self.to_image = nn.Sequential(nn.Conv2d(f, config.in_channels, 1, bias=False),
                                       nn.BatchNorm2d(config.in_channels), nn.LeakyReLU(LEAK))

@@ -318,11 +318,12 @@ def _restore(ckpt: dict[str, Any], model: VAEPlus, opt_vae: torch.optim.Optimize
 
 def _columns(config: ModelConfig, gan: bool) -> tuple[list[str], list[str]]:
     """losses.csv's loss terms and schedule-weight columns."""
+    base = ["pixel", "kl"] + (["sigma2"] if config.likelihood == "calibrated" else [])
     if not gan:
-        return ["pixel", "kl"], []
+        return base, []
     layers = range(config.matched_layers)
     scale = ["fm_scale"] if config.fm_balance == "adaptive" else []
-    return (["pixel", "kl", "fm", *(f"fm_{k}" for k in layers), *scale, "disc"],
+    return ([*base, "fm", *(f"fm_{k}" for k in layers), *scale, "disc"],
             [f"w_{k}" for k in layers])
 
 

@@ -7,10 +7,11 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cellprof.errors import CheckpointError
-from cellprof.losses import (compute_losses, discriminator_loss, feature_matching_loss,
+from cellprof.losses import (compute_losses, discriminator_loss, feature_matching_loss, jitter,
                              kl_loss, layer_weights, pixel_loss)
 from cellprof.model import ModelConfig, VAEPlus, count_parameters, spatial_plan
 
@@ -331,6 +332,75 @@ def test_disc_padding_judges_padded_crops_and_keeps_the_losses_wired() -> None:
     assert model.discriminator.convs[3].kernel_size == (spatial_plan(44, 5)[1],) * 2
 
 
+def test_jitter_shifts_each_crop_by_its_own_offset_through_a_reflect_pad() -> None:
+    x = torch.arange(2 * 1 * 5 * 5, dtype=torch.float32).reshape(2, 1, 5, 5)
+    # offset 2 of 0..4 is no shift; (0, 4): two rows up (reflected), two columns left
+    out = jitter(x, torch.tensor([[2, 2], [0, 4]]), 2)
+    torch.testing.assert_close(out[0], x[0])
+    want = F.pad(x[1:], (2, 2, 2, 2), mode="reflect")[0, :, 0:5, 4:9]
+    torch.testing.assert_close(out[1], want)
+    assert float(out[1, 0, 2, 0]) == float(x[1, 0, 0, 2])  # pixel (0, 2) moved to (2, 0)
+    # differentiable: every pixel of a crop reaches its shifted copy
+    y = x.clone().requires_grad_(True)
+    jitter(y, torch.tensor([[1, 3], [4, 0]]), 2).sum().backward()
+    assert float(y.grad.sum()) == 2 * 25
+
+
+def test_disc_jitter_moves_a_crop_and_its_reconstruction_together() -> None:
+    """With jitter the matching terms still compare each crop with its own reconstruction:
+    a perfect reconstruction has zero matching distance, whatever the shift."""
+    config = tiny(variant="vae-gan", disc_jitter=3, fm_balance="fixed")
+    model = model_of(config)
+    x, x_real = crops(6, config), crops(6, config, seed=1)
+    model.decoder.forward = lambda z: x.clone().requires_grad_(True)  # recon == x
+    torch.manual_seed(0)
+    losses = compute_losses(model, x, x_real, step=0)
+    assert all(float(losses[f"fm_{k}"]) < 1e-8 for k in range(4))
+    model = model_of(config)  # a real decoder: finite, wired, and the shift is random
+    losses = compute_losses(model, x, x_real, step=0)
+    losses["total"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+    still = model_of(dataclasses.replace(config, disc_jitter=0))
+    still.load_state_dict(model.state_dict())
+    fm = []
+    for m in (model, still):  # the same latent noise (drawn first), with and without shifts
+        torch.manual_seed(1)
+        fm.append(float(compute_losses(m, x, x_real, step=0)["fm_0"]))
+    assert fm[0] != fm[1]
+
+
+def test_bilinear_upsampling_draws_no_block_edges() -> None:
+    """A decoder fed a smooth ramp keeps it smooth with bilinear upsampling; nearest
+    upsampling turns it into 2x2 blocks whose edges are the same for every cell."""
+    for mode in ("bilinear", "nearest"):
+        model = model_of(tiny(decoder_upsample=mode, variant="vae"))
+        ups = [m for m in model.decoder.body if isinstance(m, nn.Upsample)]
+        assert len(ups) == 3 and all(u.mode == mode for u in ups)
+        ramp = torch.linspace(0, 1, 8).expand(1, 1, 8, 8)
+        out = ups[-1](ramp)[0, 0, 4]  # one row of the doubled map
+        steps = out.diff()
+        assert bool((steps[1:-1] == 0).any()) == (mode == "nearest"), (mode, steps)
+
+
+def test_calibrated_likelihood_scales_the_pixel_term_by_the_batchs_error() -> None:
+    config = tiny(variant="vae", likelihood="calibrated", beta=2.0)
+    model = model_of(config)
+    x = crops(4, config)
+    torch.manual_seed(0)
+    out = compute_losses(model, x, None, step=0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        recon, mu, logvar = model(x)
+    sigma2 = float((recon - x).pow(2).mean())
+    assert float(out["sigma2"]) == pytest.approx(sigma2, rel=1e-5)
+    want = float(pixel_loss(recon, x)) / sigma2 + 2.0 * float(kl_loss(mu, logvar))
+    assert float(out["encoder"].detach()) == pytest.approx(want, rel=1e-5)
+    # losses.csv's pixel column keeps its meaning (half the squared error per crop)
+    assert float(out["pixel"].detach()) == pytest.approx(float(pixel_loss(recon, x)), rel=1e-5)
+    unit = compute_losses(model_of(tiny(variant="vae")), x, None, step=0)
+    assert "sigma2" not in unit
+
+
 def test_fm_weight_scales_only_the_feature_matching_term() -> None:
     config = tiny(variant="vae-gan")
     x, x_real = crops(4, config), crops(4, config, seed=1)
@@ -342,6 +412,9 @@ def test_fm_weight_scales_only_the_feature_matching_term() -> None:
 
 @pytest.mark.parametrize("field, value", [("warmup", -1), ("decoder_padding", "reflect"),
                                           ("disc_padding", -2), ("disc_padding", 68),
+                                          ("disc_jitter", -1), ("disc_jitter", 68),
+                                          ("decoder_upsample", "cubic"),
+                                          ("likelihood", "laplace"),
                                           ("fm_weight", -1.0)])
 def test_invalid_border_options_name_the_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"ModelConfig.{field}"):
@@ -350,12 +423,16 @@ def test_invalid_border_options_name_the_field(field: str, value: object) -> Non
 
 def test_checkpoints_without_the_new_fields_load_with_the_old_behaviour() -> None:
     old = {k: v for k, v in ModelConfig().to_dict().items()
-           if k not in ("warmup", "decoder_padding", "disc_padding", "fm_weight", "fm_balance")}
+           if k not in ("warmup", "decoder_padding", "disc_padding", "fm_weight", "fm_balance",
+                        "decoder_upsample", "disc_jitter", "likelihood")}
     config = ModelConfig.from_dict(old)
     # they were trained with the reference's zero padding and scale, whatever today's default
     assert (config.warmup, config.decoder_padding, config.disc_padding,
             config.fm_weight, config.fm_balance) == (None, "zeros", 0, 1.0, "fixed")
-    assert (ModelConfig().decoder_padding, ModelConfig().fm_balance) == ("replicate", "adaptive")
+    assert (config.decoder_upsample, config.disc_jitter, config.likelihood) == \
+        ("nearest", 0, "unit")
+    assert (ModelConfig().decoder_padding, ModelConfig().fm_balance,
+            ModelConfig().decoder_upsample) == ("replicate", "adaptive", "bilinear")
     assert ModelConfig.from_dict(ModelConfig().to_dict()) == ModelConfig()
 
 
