@@ -38,6 +38,7 @@ import torch
 
 from cellprof import store
 from cellprof.checkpoint import check_fits
+from cellprof.controls import check_control_options, control_rows, use_compound_column
 from cellprof.data import DataConfig, normalize, plate_percentiles
 from cellprof.embed import load_encoder
 from cellprof.errors import InputError, StoreError
@@ -58,8 +59,14 @@ class ShowConfig:
 
     cells_per_treatment: int = 8
     """Cells drawn at random per treatment for the reconstructions."""
-    control: str = "DMSO"
-    """Compound name of the negative control (its concentrations are pooled)."""
+    control: str | None = None
+    """Compound name of the negative control (its concentrations are pooled); None means
+    DMSO, unless ``control_query`` chooses the controls (give one, not both)."""
+    control_query: str | None = None
+    """The controls as a pandas query on the cells' metadata, e.g.
+    ``"Metadata_pert_type == 'negcon'"`` (JUMP, LINCS); see :mod:`cellprof.controls`."""
+    compound_column: str = "Metadata_Compound"
+    """The column naming each cell's compound (``Metadata_pert_iname`` …)."""
     treatment: str | None = None
     """Interpolation target: "compound@conc", or a compound (its highest concentration);
     None picks the treatment whose mean latent is farthest from the control's."""
@@ -73,6 +80,8 @@ class ShowConfig:
     """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; always float32."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "control",
+                           check_control_options(self.control, self.control_query))
         for name, option, least in (("cells_per_treatment", "--cells", 1), ("steps", "--steps", 2),
                                     ("mean_cells", "mean_cells", 1)):
             if getattr(self, name) < least:
@@ -166,24 +175,33 @@ def _open(checkpoint: str | Path, crops: str | Path, config: ShowConfig) -> _Scr
     model, ckpt = load_encoder(checkpoint, device)
     info = store.read_info(crops)
     check_fits(ckpt, info.channels, info.crop_size, crops)
-    cells = store.read_cells(crops)
+    cells = use_compound_column(store.read_cells(crops), config.compound_column,
+                                f"{crops}: the crop store's cells")
     if COMPOUND not in cells.columns or (cells[COMPOUND].astype(str) == "").all():
         raise InputError(f"{crops}: no compound metadata ({COMPOUND}), so treatments cannot be "
-                         "told apart; crop from an image table naming each well's compound "
-                         "and concentration")
+                         "told apart; name the compound column with --compound-column, or "
+                         "crop from an image table naming each well's compound and "
+                         "concentration")
     compound = cells[COMPOUND].astype(str).to_numpy()
-    if not (compound == config.control).any():
+    controls = control_rows(cells, config.control, config.control_query,
+                            f"{crops}: the crop store's cells")
+    if not controls.any():
         names = sorted(set(compound))
         raise InputError(f"{crops}: no cells of the control {config.control!r} in {COMPOUND}; "
-                         f"name the control compound with --control (compounds here: "
+                         f"name the control compound with --control or choose the controls "
+                         f"with --control-query (compounds here: "
                          f"{', '.join(names[:8])}{', ...' if len(names) > 8 else ''})")
+    # the controls are pooled under their compound's name, or "control" when a query
+    # chose cells of several compounds
+    named = set(compound[controls])
+    control = named.pop() if len(named) == 1 else "control"
     has_conc = CONCENTRATION in cells.columns
     conc = pd.to_numeric(cells[CONCENTRATION], errors="coerce").to_numpy(np.float64) \
         if has_conc else np.full(len(cells), np.nan)
     kinds = pd.DataFrame({
-        "label": [config.control if c == config.control else f"{c}@{x:g}" if has_conc else c
-                  for c, x in zip(compound, conc)],
-        "rest": compound != config.control, "compound": compound, "conc": conc,
+        "label": [control if k else f"{c}@{x:g}" if has_conc else c
+                  for c, x, k in zip(compound, conc, controls)],
+        "rest": ~controls, "compound": compound, "conc": conc,
         "moa": cells[MOA].astype(str).to_numpy() if MOA in cells.columns else ""})
     order = kinds.sort_values(["rest", "compound", "conc"], kind="stable")["label"].unique()
     rows = kinds.groupby("label").indices
