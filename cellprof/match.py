@@ -13,8 +13,9 @@ same-mechanism treatments first (mAP)? Conventions are those of BBBC021 (Ljosa e
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field
 from math import nan
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ METRICS = ("cosine", "correlation", "euclidean")
 _ID_COLUMN = re.compile(r"(^|_)(ImageNumber|TableNumber)$|ObjectNumber(_\d+)?$"
                         r"|Number_Object_Number$|(^|_)Parent_[^_]+$")
 NONFINITE = ("error", "drop-features", "drop-rows")
+NORMALIZE_AT = ("well", "site", "cell")
 _CONTROL = "Metadata__control"  # prepare()'s own mark of control rows, never an output
 
 
@@ -77,9 +79,13 @@ class MatchConfig:
     compound_column: str = "Metadata_Compound"
     """The column naming each row's compound (``Metadata_pert_iname``,
     ``Metadata_JCP2022`` … in JUMP and LINCS); it is copied to ``Metadata_Compound``."""
-    level: str = "well"
-    """Level normalised against controls: "well", "site", or "cell" (each cell against the
-    control cells, then cells -> wells; the spread is then between cells, not wells)."""
+    normalize_at: str = "well"
+    """The rows normalised against the control rows of the same kind: "well", "site", or
+    "cell" (each cell against the control cells, then cells -> wells; the spread is then
+    between cells, not wells). Named apart from the output ``--level`` of embed/export,
+    which says what a table's rows are; this says where the control statistics come from."""
+    level: InitVar[str | None] = None
+    """Deprecated name of ``normalize_at`` (one release): accepted with a warning."""
     nonfinite: str = "error"
     """NaN/inf in features: error | drop-features | drop-rows (what is dropped is reported)."""
     allow_single_compound_moa: bool = False
@@ -91,15 +97,21 @@ class MatchConfig:
     seed: int = 0
     """Seed of those shuffles: the same seed gives the same p-values."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, level: str | None) -> None:
+        if level is not None:
+            warnings.warn("MatchConfig(level=...) is deprecated: use normalize_at",
+                          DeprecationWarning, stacklevel=3)
+            object.__setattr__(self, "normalize_at", level)
         object.__setattr__(self, "normalize", method_name(self.normalize))
         object.__setattr__(self, "control",
                            check_control_options(self.control, self.control_query))
         for name, allowed in (("scope", SCOPES), ("aggregate", ("mean", "median")),
-                              ("metric", METRICS), ("level", ("well", "site", "cell")),
+                              ("metric", METRICS),
+                              ("normalize_at", NORMALIZE_AT),
                               ("nonfinite", NONFINITE)):
             if getattr(self, name) not in allowed:
-                raise InputError(f"--{name} must be one of {', '.join(allowed)}, "
+                raise InputError(f"--{name.replace('_', '-')} must be one of "
+                                 f"{', '.join(allowed)}, "
                                  f"got {getattr(self, name)!r}")
         if not self.sphere_eps > 0:
             raise InputError(f"sphere_eps must be positive, got {self.sphere_eps}")
@@ -258,9 +270,9 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
     if CONCENTRATION not in table.columns:  # one dose per compound (JUMP: all at 10 µM)
         table = table.assign(**{CONCENTRATION: np.nan})
     _require_moa(table)
-    if config.level == "site" and SITE not in table.columns:
-        raise InputError(f"--level site needs a {SITE} column in the profiles (use --level "
-                         "well for well-level tables)")
+    if config.normalize_at == "site" and SITE not in table.columns:
+        raise InputError(f"--normalize-at site needs a {SITE} column in the profiles (use "
+                         "--normalize-at well for well-level tables)")
     features = feature_names(table)
     if not features:
         raise InputError("profiles have no numeric feature columns (everything numeric "
@@ -290,19 +302,18 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
         raise InputError(f"{MOA} differs between rows of treatment(s) "
                          f"{', '.join(f'{c}@{v:g}' for c, v in kinds.index[kinds > 1][:5])}")
 
-    keys = [PLATE, WELL] + ([SITE] if config.level == "site" else [])
+    keys = [PLATE, WELL] + ([SITE] if config.normalize_at == "site" else [])
+    grouped = "site" if config.normalize_at == "site" else "well"  # what a row of wells is
     if config.control_query is not None and (
             mixed := table.groupby(keys)[_CONTROL].nunique() > 1).any():
         raise InputError(f"--control-query {config.control_query!r} selects some rows of "
                          f"{' '.join(map(str, mixed.index[mixed][0]))} but not others: a "
-                         f"{'well' if config.level == 'cell' else config.level} is a control "
-                         "or not")
+                         f"{grouped} is a control or not")
     wells = aggregate(table, keys + [COMPOUND, CONCENTRATION, _CONTROL], config.aggregate,
                       features)
     if (dup := wells.duplicated(keys, keep=False)).any():
         where = wells.loc[dup, keys].iloc[0].tolist()
-        raise InputError(f"{' '.join(map(str, where))}: one "
-                         f"{'well' if config.level == 'cell' else config.level} holds several "
+        raise InputError(f"{' '.join(map(str, where))}: one {grouped} holds several "
                          "treatments (compound/concentration differ between its rows)")
     wells = wells.drop(columns="Metadata_Count")
     controls = wells.pop(_CONTROL).to_numpy(bool)
@@ -315,7 +326,7 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
         raise InputError(f"no wells of control {config.control!r} in {COMPOUND}: set "
                          "--control to the negative-control compound, choose the controls "
                          "with --control-query, or --normalize none")
-    if config.level == "cell":
+    if config.normalize_at == "cell":
         # control statistics from the spread between control cells, then cells -> wells
         cell_controls = table[_CONTROL].to_numpy(bool)
         report["n_cells"], report["n_control_cells"] = len(table), int(cell_controls.sum())
@@ -328,7 +339,7 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
     else:
         wells, zero = normalize(wells, features, method=config.normalize, controls=controls,
                                 strata=PLATE, scope=config.scope, eps=config.sphere_eps,
-                                unit=config.level)
+                                unit=config.normalize_at)
     report["zero_spread_features"] = zero
     features = [f for f in features if f not in zero]
     if not features:

@@ -80,11 +80,11 @@ def test_controls_by_query_are_the_controls_by_name() -> None:
     """A control named 'vehicle' by role is normalised against exactly as --control vehicle,
     and excluded from the treatments the same way; at well and at cell level."""
     cells = jump_style(noisy_screen(), control_name="vehicle")
-    for level in ("well", "cell"):
+    for at in ("well", "cell"):
         by_query, rq = prepare(cells, MatchConfig(compound_column="Metadata_pert_iname",
-                                                  control_query=NEGCON, level=level))
+                                                  control_query=NEGCON, normalize_at=at))
         by_name, rn = prepare(cells, MatchConfig(compound_column="Metadata_pert_iname",
-                                                 control="vehicle", level=level))
+                                                 control="vehicle", normalize_at=at))
         pd.testing.assert_frame_equal(by_query, by_name)
         assert rq["n_control_wells"] == rn["n_control_wells"] == 12
         assert "vehicle" not in set(by_query["Metadata_Compound"])
@@ -151,7 +151,7 @@ def test_a_query_that_splits_a_well_is_refused() -> None:
     cells.loc[0, "Metadata_pert_type"] = "trt"  # one cell of a DMSO well
     with pytest.raises(InputError, match=r"selects some rows of Week1_1 W00 but not others"):
         prepare(cells, MatchConfig(compound_column="Metadata_pert_iname",
-                                   control_query=NEGCON, level="cell"))
+                                   control_query=NEGCON, normalize_at="cell"))
 
 
 def test_control_rows_by_name_and_by_query() -> None:

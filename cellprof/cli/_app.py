@@ -229,6 +229,13 @@ def _split(value: str | None) -> tuple[str, ...] | None:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
 
 
+def _given(ctx: typer.Context) -> set[str]:
+    """Options the user typed (or set in the environment), as opposed to defaults."""
+    return {name for name in ctx.params
+            if getattr(ctx.get_parameter_source(name), "name", "") in
+            ("COMMANDLINE", "ENVIRONMENT", "PROMPT")}
+
+
 def _fail(exc: CellprofError) -> None:
     console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)

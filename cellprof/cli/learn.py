@@ -14,6 +14,7 @@ from rich.table import Table
 
 from cellprof.cli._app import (
     _fail,
+    _given,
     _progress,
     app,
     console,
@@ -40,13 +41,6 @@ _Overwrite = Annotated[bool, typer.Option(help="Replace an existing OUT.")]
 _KEPT_ON_RESUME = ("model", "latent_dim", "filters", "beta", "decoder_padding", "fm_balance",
                    "schedule", "normalization",
                    "augment", "val_fraction")
-
-
-def _given(ctx: typer.Context) -> set[str]:
-    """Options the user typed (or set in the environment), as opposed to defaults."""
-    return {name for name in ctx.params
-            if getattr(ctx.get_parameter_source(name), "name", "") in
-            ("COMMANDLINE", "ENVIRONMENT", "PROMPT")}
 
 
 @app.command()

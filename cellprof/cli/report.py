@@ -11,6 +11,7 @@ from rich.table import Table
 
 from cellprof.cli._app import (
     _fail,
+    _given,
     _progress,
     app,
     console,
@@ -32,6 +33,7 @@ _CompoundColumn = Annotated[str, typer.Option(
 
 @app.command()
 def match(
+    ctx: typer.Context,
     profiles: Annotated[list[Path], typer.Argument(
         help="Profiles from `cellprof embed` (.h5), or any cell/site/well feature table "
              "(CSV, CSV.gz, Parquet) with Metadata_ columns or CellProfiler's "
@@ -57,9 +59,13 @@ def match(
     control: _Control = None,
     control_query: _ControlQuery = None,
     compound_column: _CompoundColumn = _MC["compound_column"],
-    level: Annotated[str, typer.Option(
-        help="Level normalised against controls: well, site, or cell (each cell against "
-             "the control cells, then averaged into wells).")] = _MC["level"],
+    normalize_at: Annotated[str, typer.Option(
+        help="Rows normalised against the control rows of their kind: well, site, or cell "
+             "(each cell against the control cells, then averaged into wells). Not "
+             "--level, which in embed and export is what a table's rows are.")
+    ] = _MC["normalize_at"],
+    level: Annotated[Optional[str], typer.Option(
+        hidden=True, help="Deprecated name of --normalize-at.")] = None,
     nonfinite: Annotated[str, typer.Option(
         help="NaN/inf features: error, drop-features or drop-rows (reported).")
     ] = _MC["nonfinite"],
@@ -83,9 +89,17 @@ def match(
     from cellprof.match import MatchConfig, moa_rows, run_match, summary_rows
 
     try:
+        if level is not None:  # the old name, kept for one release
+            if "normalize_at" in _given(ctx):
+                raise CellprofError("--level is the deprecated name of --normalize-at: "
+                                    "give only --normalize-at")
+            console.print("[yellow]note:[/] match --level is deprecated and will be removed "
+                          "in the next release: use --normalize-at")
+            normalize_at = level
         cfg = MatchConfig(normalize=normalize, scope=scope, aggregate=aggregate, metric=metric,
                           control=control, control_query=control_query,
-                          compound_column=compound_column, level=level, nonfinite=nonfinite,
+                          compound_column=compound_column, normalize_at=normalize_at,
+                          nonfinite=nonfinite,
                           allow_single_compound_moa=allow_single_compound_moa,
                           permutations=permutations, seed=seed)
         res = run_match(profiles[0] if len(profiles) == 1 else profiles, out, cfg,
