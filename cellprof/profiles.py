@@ -6,7 +6,7 @@ Layout of a profiles file (``cellprof embed --out profiles.h5``)::
     /logvar           (N, D) float32   posterior log-variance (only with --logvar)
     /cells/<column>   N rows           the crop store's per-cell metadata, same order
     attributes        format, schema_version, feature_names (JSON), checkpoint, store,
-                      normalization, model_config (JSON), n_done, complete, created
+                      crop_scaling, model_config (JSON), n_done, complete, created
 
 As tables, profiles follow pycytominer: ``Metadata_*`` columns first, then one column per
 feature; everything that is not ``Metadata_`` is a feature unless named otherwise. Exported

@@ -6,7 +6,7 @@ figure has one contrast stretch per channel shared by all its crops
 (:func:`cellprof.plots.composite`), so a stain that a treatment dims looks dimmer:
 
 ``reconstructions.png``
-    Per treatment, control first: random cells as the model sees them (crops normalised as
+    Per treatment, control first: random cells as the model sees them (crops scaled as
     in training) over their reconstructions ``decode(mu)``. Beyond 8 treatments the pairs go
     to ``reconstructions_01.png``, ``_02`` ..., each page led by the control (own stretch).
 ``typical_cells.png``
@@ -39,7 +39,7 @@ import torch
 from cellprof import store
 from cellprof.checkpoint import check_fits
 from cellprof.controls import check_control_options, control_rows, use_compound_column
-from cellprof.data import DataConfig, normalize, plate_percentiles
+from cellprof.data import DataConfig, plate_percentiles, scale_crops
 from cellprof.embed import load_encoder
 from cellprof.errors import InputError, StoreError
 from cellprof.model import VAEPlus
@@ -113,7 +113,7 @@ class _Screen:
     cells: pd.DataFrame
     rows: dict[str, np.ndarray]  # treatment -> its store rows; control first
     moa: dict[str, str]  # treatment -> MOA ("" when unknown)
-    method: str  # the checkpoint's normalisation
+    method: str  # the checkpoint's crop scaling
     pct: dict[str, np.ndarray] | None
 
     @property
@@ -206,7 +206,7 @@ def _open(checkpoint: str | Path, crops: str | Path, config: ShowConfig) -> _Scr
     order = kinds.sort_values(["rest", "compound", "conc"], kind="stable")["label"].unique()
     rows = kinds.groupby("label").indices
     known = kinds[kinds["moa"] != ""].groupby("label")["moa"].first()
-    method = DataConfig(**ckpt["data_config"]).normalization
+    method = DataConfig.from_dict(ckpt["data_config"]).crop_scaling
     pct = plate_percentiles(crops, info.channels) if method == "percentile" else None
     return _Screen(Path(crops), model, ckpt, device, info.channels, cells,
                    {t: np.asarray(rows[t]) for t in order},
@@ -222,7 +222,7 @@ def _pick(s: _Screen, treatment: str, n: int, seed: int, purpose: int) -> np.nda
     return rows
 
 
-def _normalized(s: _Screen, idx: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _scaled(s: _Screen, idx: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Model input of store rows ``idx`` (sorted, unique) in batches: (positions in idx, x).
 
     Whole chunks are read: one cell of a gzip chunk costs as much as its 64 neighbours.
@@ -238,7 +238,7 @@ def _normalized(s: _Screen, idx: np.ndarray) -> Iterator[tuple[np.ndarray, np.nd
             pos = np.flatnonzero(np.isin(blocks, group))
             raw = np.concatenate([ds[b * size:(b + 1) * size][idx[blocks == b] - b * size]
                                   for b in group])
-            yield pos, normalize(raw, s.method, plates[idx[pos]], s.pct)
+            yield pos, scale_crops(raw, s.method, plates[idx[pos]], s.pct)
 
 
 def _encode(s: _Screen, x: np.ndarray) -> torch.Tensor:
@@ -283,7 +283,7 @@ def _means(s: _Screen, profiles: str | Path | None, config: ShowConfig) -> dict[
         picked = {t: _pick(s, t, config.mean_cells, config.seed, 1) for t in s.order}
         idx = np.unique(np.concatenate(list(picked.values())))
         feats = np.empty((len(idx), s.model.config.latent_dim), np.float32)
-        for pos, x in _normalized(s, idx):
+        for pos, x in _scaled(s, idx):
             feats[pos] = _encode(s, x).cpu().numpy()
     return {t: feats[np.searchsorted(idx, rows)].astype(np.float64).mean(0).astype(np.float32)
             for t, rows in picked.items()}
@@ -313,7 +313,7 @@ def _reconstruction_pages(s: _Screen, out_dir: Path, config: ShowConfig) -> list
     idx = np.unique(np.concatenate(list(picked.values())))
     shape = (len(idx), len(s.channels)) + (s.model.config.image_size,) * 2
     x, rec = np.empty(shape, np.float32), np.empty(shape, np.float32)
-    for pos, batch in _normalized(s, idx):
+    for pos, batch in _scaled(s, idx):
         x[pos], rec[pos] = batch, _decode(s, _encode(s, batch))
     control, rest = s.order[0], s.order[1:]
     per = PAGE_TREATMENTS if len(s.order) <= PAGE_TREATMENTS else PAGE_TREATMENTS - 1

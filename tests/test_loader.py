@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from cellprof import chunks, store
-from cellprof.data import CropData, DataConfig, normalize, orient
+from cellprof.data import CropData, DataConfig, orient, scale_crops
 from cellprof.loader import Loader, as_tensor, model_input, orientation_groups
 
 CPU = torch.device("cpu")
 CONFIGS = {
     "memory": DataConfig(),
-    "percentile": DataConfig(normalization="percentile"),
+    "percentile": DataConfig(crop_scaling="percentile"),
     "no-augment": DataConfig(augment=False),
     "streamed": DataConfig(memory_limit_gb=1e-6, group_blocks=1),
 }
@@ -55,7 +55,7 @@ def test_device_transform_equals_numpy_on_full_range_uint16() -> None:
     raw[0, 0] = 65535
     turns, flips = rng.integers(0, 4, 40), rng.integers(0, 2, 40).astype(bool)
     got = model_input(as_tensor(raw), None, orientation_groups(turns, flips))
-    want = orient(normalize(raw, "max"), turns, flips)
+    want = orient(scale_crops(raw, "max"), turns, flips)
     np.testing.assert_array_equal(got.numpy(), want)
     plates = np.array(["a", "b"] * 20)
     pct = {"a": np.array([[100, 200, 300], [60000, 50000, 40000]], np.float32),
@@ -63,7 +63,7 @@ def test_device_transform_equals_numpy_on_full_range_uint16() -> None:
     lohi = np.stack([pct[p] for p in plates], axis=1)
     scale = np.stack([lohi[0], np.maximum(lohi[1] - lohi[0], 1e-6)])
     got = model_input(as_tensor(raw), torch.from_numpy(scale), None)
-    np.testing.assert_array_equal(got.numpy(), normalize(raw, "percentile", plates, pct))
+    np.testing.assert_array_equal(got.numpy(), scale_crops(raw, "percentile", plates, pct))
     assert len(orientation_groups(turns, flips)) == 8  # every symmetry was checked
 
 
