@@ -8,7 +8,9 @@ mark controls by a role column (``Metadata_pert_type == 'negcon'``), not by a na
 conventions are served here, once, for every command that chooses compounds or controls:
 
 - :func:`use_compound_column` takes the user's compound column as ``Metadata_Compound``
-  (the original column stays, so outputs keep the name the user knows);
+  (the original column stays, so outputs keep the name the user knows), and
+  :func:`use_concentration_column` the dose column (``Metadata_mmoles_per_liter``) as
+  ``Metadata_Concentration``;
 - :func:`control_rows` selects the controls by name or by a pandas query on the metadata.
 """
 
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from cellprof.errors import InputError
-from cellprof.schema import COMPOUND
+from cellprof.schema import COMPOUND, CONCENTRATION
 
 #: Compound columns of the public screens (JUMP-Cell Painting, LINCS, CDRP …), suggested
 #: when a table has no ``Metadata_Compound``.
@@ -53,26 +55,40 @@ def missing_compound_message(table: pd.DataFrame, source: str) -> str:
             "concentration)")
 
 
-def use_compound_column(table: pd.DataFrame, column: str | None, source: str = "profiles"
-                        ) -> pd.DataFrame:
-    """``table`` with ``column`` copied to ``Metadata_Compound`` (replacing any there).
-
-    ``None`` or ``Metadata_Compound`` itself leaves the table as it is. ``column`` may be
-    given in CellProfiler's database naming (``Image_Metadata_pert_iname``) too.
-
-    >>> t = pd.DataFrame({"Metadata_pert_iname": ["DMSO", "taxol"]})
-    >>> use_compound_column(t, "Metadata_pert_iname")["Metadata_Compound"].tolist()
-    ['DMSO', 'taxol']
+def use_column(table: pd.DataFrame, column: str | None, canonical: str, option: str,
+               source: str = "profiles") -> pd.DataFrame:
+    """``table`` with ``column`` copied to ``canonical`` (replacing any there); ``None`` or
+    ``canonical`` itself leaves the table as it is. ``column`` may be given in
+    CellProfiler's database naming (``Image_Metadata_pert_iname``) or without its
+    ``Metadata_`` prefix. ``option`` names the CLI option in the error for a missing column.
     """
-    if column is None or column == COMPOUND:
+    if column is None or column == canonical:
         return table
     name = column if column in table.columns else next(
         (c for c in (column.removeprefix("Image_"), f"Metadata_{column}") if c in table.columns),
         None)
     if name is None:
-        raise InputError(f"--compound-column {column}: {source} have no such column "
+        raise InputError(f"{option} {column}: {source} have no such column "
                          f"(metadata columns: {_listing(metadata_names(table)) or 'none'})")
-    return table.assign(**{COMPOUND: table[name].astype(object).where(table[name].notna())})
+    return table.assign(**{canonical: table[name].astype(object).where(table[name].notna())})
+
+
+def use_compound_column(table: pd.DataFrame, column: str | None, source: str = "profiles"
+                        ) -> pd.DataFrame:
+    """``table`` with ``column`` copied to ``Metadata_Compound`` (see :func:`use_column`).
+
+    >>> t = pd.DataFrame({"Metadata_pert_iname": ["DMSO", "taxol"]})
+    >>> use_compound_column(t, "Metadata_pert_iname")["Metadata_Compound"].tolist()
+    ['DMSO', 'taxol']
+    """
+    return use_column(table, column, COMPOUND, "--compound-column", source)
+
+
+def use_concentration_column(table: pd.DataFrame, column: str | None,
+                             source: str = "profiles") -> pd.DataFrame:
+    """``table`` with ``column`` (LINCS' ``Metadata_mmoles_per_liter`` …) copied to
+    ``Metadata_Concentration`` (see :func:`use_column`)."""
+    return use_column(table, column, CONCENTRATION, "--concentration-column", source)
 
 
 def control_rows(table: pd.DataFrame, control: str | None = DEFAULT_CONTROL,

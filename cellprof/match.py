@@ -25,7 +25,7 @@ import pandas as pd
 
 from cellprof.controls import (
     check_control_options, control_rows, describe_control, missing_compound_message,
-    use_compound_column,
+    use_compound_column, use_concentration_column,
 )
 from cellprof.errors import InputError
 from cellprof.normalize import SCOPES, SPHERE_EPS, method_name, normalize
@@ -79,6 +79,9 @@ class MatchConfig:
     compound_column: str = "Metadata_Compound"
     """The column naming each row's compound (``Metadata_pert_iname``,
     ``Metadata_JCP2022`` … in JUMP and LINCS); it is copied to ``Metadata_Compound``."""
+    concentration_column: str = "Metadata_Concentration"
+    """The column giving each row's dose (LINCS: ``Metadata_mmoles_per_liter``); it is
+    copied to ``Metadata_Concentration``. A table without one has one dose per compound."""
     normalize_at: str = "well"
     """The rows normalised against the control rows of the same kind: "well", "site", or
     "cell" (each cell against the control cells, then cells -> wells; the spread is then
@@ -144,19 +147,26 @@ def feature_names(table: pd.DataFrame) -> list[str]:
     return [c for c in feature_columns(table) if not _ID_COLUMN.search(str(c))]
 
 
+def _use_columns(table: pd.DataFrame, columns: tuple[str | None, str | None], source: str
+                 ) -> pd.DataFrame:
+    """The user's (compound, concentration) columns copied to cellprof's names."""
+    table = use_compound_column(table, columns[0], source)
+    return use_concentration_column(table, columns[1], source)
+
+
 def _join_image_table(table: pd.DataFrame, image_table: str | Path, source: str | Path,
-                      compound_column: str | None = None) -> pd.DataFrame:
+                      columns: tuple[str | None, str | None] = (None, None)) -> pd.DataFrame:
     """Compound and concentration of each plate+well, from an image table (one row per
-    site: the sites of a well must agree). The compound is ``compound_column`` of the
-    image table when given (kept beside ``Metadata_Compound``); a table without a
-    concentration gives one dose per compound."""
-    images = canonical_columns(read_table(image_table))
-    images = use_compound_column(images, compound_column, f"{image_table}: the image table")
+    site: the sites of a well must agree). ``columns`` are the image table's compound and
+    concentration columns when not cellprof's names (they are kept beside them); a table
+    without a concentration gives one dose per compound."""
+    images = _use_columns(canonical_columns(read_table(image_table)), columns,
+                          f"{image_table}: the image table")
     if COMPOUND not in images.columns:
         raise InputError(f"{image_table}: " + missing_compound_message(images, "the image table"))
     require_columns(images, [PLATE, WELL], image_table)
     require_columns(table, [PLATE, WELL], source)
-    carried = [c for c in (COMPOUND, CONCENTRATION, compound_column)
+    carried = [c for c in (COMPOUND, CONCENTRATION, *columns)
                if c is not None and c in images.columns]
     carried = list(dict.fromkeys(carried))
     images = images[[PLATE, WELL, *carried]].astype({PLATE: str, WELL: str})
@@ -180,8 +190,8 @@ def _join_image_table(table: pd.DataFrame, image_table: str | Path, source: str 
 
 
 def load_profiles(path: str | Path, image_table: str | Path | None = None,
-                  moa: str | Path | None = None, compound_column: str | None = None
-                  ) -> pd.DataFrame:
+                  moa: str | Path | None = None, compound_column: str | None = None,
+                  concentration_column: str | None = None) -> pd.DataFrame:
     """Profiles as one pycytominer-style table, with compound, concentration and MOA.
 
     ``path`` is a cellprof profiles ``.h5`` or a CSV / CSV.gz / Parquet table at cell, site
@@ -191,7 +201,8 @@ def load_profiles(path: str | Path, image_table: str | Path | None = None,
     and concentration (6 significant digits, so 0.3 and 0.300 agree). Without them the
     profiles' own columns are used (``Metadata_moa`` is accepted too). ``compound_column``
     names the compound column when it is not ``Metadata_Compound`` (JUMP's and LINCS'
-    ``Metadata_pert_iname`` …), in the image table when one is given, else in the profiles.
+    ``Metadata_pert_iname`` …), in the image table when one is given, else in the profiles;
+    ``concentration_column`` likewise the dose (``Metadata_mmoles_per_liter``).
     """
     path = Path(path)
     hdf5 = False
@@ -200,9 +211,11 @@ def load_profiles(path: str | Path, image_table: str | Path | None = None,
             hdf5 = fh.read(4) == b"\x89HDF"
     table = canonical_columns(profile_table(path) if hdf5 else read_table(path))
     if image_table is not None:
-        table = _join_image_table(table, image_table, path, compound_column)
+        table = _join_image_table(table, image_table, path,
+                                  (compound_column, concentration_column))
     else:
-        table = use_compound_column(table, compound_column, f"{path}: the profiles")
+        table = _use_columns(table, (compound_column, concentration_column),
+                             f"{path}: the profiles")
     if moa is not None:
         missing = [c for c in (COMPOUND, CONCENTRATION) if c not in table.columns]
         if missing:
@@ -260,7 +273,8 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
     and without unlabelled treatments, and a report of every count and exclusion.
     """
     # a table given as a DataFrame gets the naming a file gets (Metadata_moa -> Metadata_MOA)
-    table = use_compound_column(canonical_columns(table), config.compound_column)
+    table = _use_columns(canonical_columns(table),
+                         (config.compound_column, config.concentration_column), "profiles")
     if COMPOUND not in table.columns:
         raise InputError(missing_compound_message(table, "profiles"))
     for col in (PLATE, WELL):
@@ -396,16 +410,16 @@ def run_match(profiles: str | Path | pd.DataFrame | Sequence[str | Path], out_di
     """Load, prepare, match; write metrics.json, treatments.csv, map_per_moa.csv,
     confusion_nsc.png and treatment_profiles.parquet into ``out_dir`` (each atomically;
     metrics.json last)."""
+    columns = {"compound_column": config.compound_column,
+               "concentration_column": config.concentration_column}
     if isinstance(profiles, pd.DataFrame):
         table = profiles
     elif isinstance(profiles, (list, tuple)):  # shards, e.g. one profiles file per plate
         refuse_repeats(profiles, "match")
-        table = pd.concat([load_profiles(p, image_table=image_table, moa=moa,
-                                         compound_column=config.compound_column)
+        table = pd.concat([load_profiles(p, image_table=image_table, moa=moa, **columns)
                            for p in profiles], ignore_index=True)
     else:
-        table = load_profiles(profiles, image_table=image_table, moa=moa,
-                              compound_column=config.compound_column)
+        table = load_profiles(profiles, image_table=image_table, moa=moa, **columns)
     treat, report = prepare(table, config)
     res = retrieve(treat, config.metric)
     excluded = single_batch_moas(treat)

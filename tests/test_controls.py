@@ -76,6 +76,25 @@ def test_jump_names_through_the_cli_give_the_default_names_nsc(tmp_path: Path) -
     assert "12 wells: Metadata_pert_type == 'negcon'" in out
 
 
+def test_lincs_names_with_doses_through_the_cli(tmp_path: Path) -> None:
+    """LINCS: compound Metadata_pert_iname, dose Metadata_mmoles_per_liter, controls
+    Metadata_broad_sample == 'DMSO' (pycytominer's samples= query there)."""
+    cells = noisy_screen()
+    lincs = cells.rename(columns={"Metadata_Compound": "Metadata_pert_iname",
+                                  "Metadata_Concentration": "Metadata_mmoles_per_liter"})
+    lincs["Metadata_broad_sample"] = np.where(lincs["Metadata_pert_iname"] == "DMSO", "DMSO",
+                                              "BRD-K" + lincs["Metadata_pert_iname"])
+    plain, _ = match_cli(cells, tmp_path / "plain")
+    got, _ = match_cli(lincs, tmp_path / "lincs", "--compound-column", "Metadata_pert_iname",
+                       "--concentration-column", "Metadata_mmoles_per_liter",
+                       "--control-query", "Metadata_broad_sample == 'DMSO'")
+    for key in ("nsc", "nscb", "map", "n_treatments", "n_control_wells"):
+        assert got[key] == plain[key], key
+    assert got["n_treatments"] == 12  # 6 compounds x 2 doses, not merged
+    per = pd.read_csv(tmp_path / "lincs" / "report" / "treatments.csv")
+    assert {"A@1", "A@2"} <= set(per["treatment"])
+
+
 def test_controls_by_query_are_the_controls_by_name() -> None:
     """A control named 'vehicle' by role is normalised against exactly as --control vehicle,
     and excluded from the treatments the same way; at well and at cell level."""

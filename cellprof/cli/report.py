@@ -59,6 +59,9 @@ def match(
     control: _Control = None,
     control_query: _ControlQuery = None,
     compound_column: _CompoundColumn = _MC["compound_column"],
+    concentration_column: Annotated[str, typer.Option(
+        help="Column giving the dose, e.g. Metadata_mmoles_per_liter (LINCS); a table "
+             "without one has one treatment per compound.")] = _MC["concentration_column"],
     normalize_at: Annotated[str, typer.Option(
         help="Rows normalised against the control rows of their kind: well, site, or cell "
              "(each cell against the control cells, then averaged into wells). Not "
@@ -98,7 +101,8 @@ def match(
             normalize_at = level
         cfg = MatchConfig(normalize=normalize, scope=scope, aggregate=aggregate, metric=metric,
                           control=control, control_query=control_query,
-                          compound_column=compound_column, normalize_at=normalize_at,
+                          compound_column=compound_column,
+                          concentration_column=concentration_column, normalize_at=normalize_at,
                           nonfinite=nonfinite,
                           allow_single_compound_moa=allow_single_compound_moa,
                           permutations=permutations, seed=seed)
