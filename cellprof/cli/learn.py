@@ -16,6 +16,7 @@ from cellprof.cli._app import (
     _fail,
     _given,
     _progress,
+    _renamed,
     app,
     console,
 )
@@ -137,14 +138,8 @@ def train(
                                     f"drop {', '.join(kept)} (or start over with --overwrite)")
             tcfg = replace(saved_train_config(out), **{
                 k: v for k, v in asdict(tcfg).items() if k in given})
-        if normalization is not None:  # the old name, kept for one release
-            if "crop_scaling" in _given(ctx):
-                raise CellprofError("--normalization is the deprecated name of "
-                                    "--crop-scaling: give only --crop-scaling")
-            console.print("[yellow]note:[/] train --normalization is deprecated and will be "
-                          "removed in the next release: use --crop-scaling")
-            crop_scaling = normalization
-        dcfg = DataConfig(crop_scaling=crop_scaling, augment=augment,
+        dcfg = DataConfig(crop_scaling=_renamed(ctx, "normalization", "crop_scaling"),
+                          augment=augment,
                           val_fraction=val_fraction, memory_limit_gb=memory_limit)
         with _progress() as bar:
             res = run_train(crops, out, model_config=mcfg, config=tcfg, data_config=dcfg,

@@ -11,8 +11,8 @@ from rich.table import Table
 
 from cellprof.cli._app import (
     _fail,
-    _given,
     _progress,
+    _renamed,
     app,
     console,
 )
@@ -92,13 +92,7 @@ def match(
     from cellprof.match import MatchConfig, moa_rows, run_match, summary_rows
 
     try:
-        if level is not None:  # the old name, kept for one release
-            if "normalize_at" in _given(ctx):
-                raise CellprofError("--level is the deprecated name of --normalize-at: "
-                                    "give only --normalize-at")
-            console.print("[yellow]note:[/] match --level is deprecated and will be removed "
-                          "in the next release: use --normalize-at")
-            normalize_at = level
+        normalize_at = _renamed(ctx, "level", "normalize_at")  # --level: one more release
         cfg = MatchConfig(normalize=normalize, scope=scope, aggregate=aggregate, metric=metric,
                           control=control, control_query=control_query,
                           compound_column=compound_column,
