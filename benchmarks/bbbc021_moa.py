@@ -50,7 +50,7 @@ import torch
 
 from cellprof.checkpoint import initial_checkpoint, load_checkpoint, model_config_of
 from cellprof.classic import classical_features
-from cellprof.data import CropData, DataConfig, normalize
+from cellprof.data import CropData, DataConfig, scale_crops
 from cellprof.diagnostics import frame_report
 from cellprof.match import MatchConfig, prepare
 from cellprof.merge import merge_stores
@@ -233,16 +233,16 @@ class Evaluator:
                  week4_store: Path | None = None) -> None:
         self.cells = read_cells(moa_store)
         raw = read_crops(moa_store)
-        self.x_moa = normalize(raw, "max")
+        self.x_moa = scale_crops(raw, "max")
         self.week4 = None
         if week4_store is not None:
             w4 = read_cells(week4_store)
             keep = w4["Metadata_Plate"].isin(["Week4_27801", "Week4_27821"]).to_numpy()
             self.week4 = (w4[keep].reset_index(drop=True),
-                          normalize(read_crops(week4_store)[keep], "max"))
+                          scale_crops(read_crops(week4_store)[keep], "max"))
         data = CropData(train_store, DataConfig(), seed=seed)
         idx = data.val_indices()
-        self.x_val = data.normalized(idx)
+        self.x_val = data.scaled(idx)
 
     def __call__(self, checkpoint: Path) -> dict[str, Any]:
         model, ckpt = load_model(checkpoint)
@@ -360,7 +360,7 @@ def main() -> None:
                         **cell_level(w4[0], classical_features(w4_raw, CHANNELS).to_numpy())})
         results.append({"model": "hand-crafted (max-normalised crops)", "seed": None,
                         **moa_metrics(cells, classical_features(
-                            normalize(read_crops(moa_store), "max"), CHANNELS).to_numpy())})
+                            scale_crops(read_crops(moa_store), "max"), CHANNELS).to_numpy())})
         for seed in seeds:
             path = initial_checkpoint(args.work / f"untrained_{seed}.pt",
                                       ModelConfig(**model_set), CHANNELS, seed)
@@ -494,7 +494,7 @@ def mean_images(train_store: Path, specs: list[str], path: Path, seed: int = 0,
     from matplotlib.figure import Figure
 
     data = CropData(train_store, DataConfig(), seed=seed)
-    x = data.normalized(data.val_indices()[:n])
+    x = data.scaled(data.val_indices()[:n])
     cols = [("cells", x)]
     for spec in specs:
         ckpt, _, label = spec.partition("=")

@@ -25,7 +25,7 @@ import torch
 
 from cellprof.checkpoint import initial_checkpoint
 from cellprof.crop import CropConfig, crop_screen
-from cellprof.data import normalize
+from cellprof.data import scale_crops
 from cellprof.embed import EmbedConfig, embed
 from cellprof.match import MatchConfig, run_match
 from cellprof.model import ModelConfig, VAEPlus
@@ -58,7 +58,7 @@ def main() -> None:
         for device in devices:
             model = VAEPlus(ModelConfig(in_channels=len(info.channels),
                                         image_size=info.crop_size)).to(device).eval()
-            x = torch.from_numpy(normalize(read_crops(store, slice(0, args.batch_size)),
+            x = torch.from_numpy(scale_crops(read_crops(store, slice(0, args.batch_size)),
                                            "max")).to(device)
             with torch.no_grad():
                 model.encode(x)

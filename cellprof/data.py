@@ -1,4 +1,4 @@
-"""Training data from a crop store: split by field, normalise, augment, batch.
+"""Training data from a crop store: split by field, scale, augment, batch.
 
 Two properties drive the design:
 
@@ -24,7 +24,10 @@ finishes it in torch on its device instead (:mod:`cellprof.loader`), to the same
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+import warnings
+from collections.abc import Mapping
+from dataclasses import InitVar, dataclass, fields
+from typing import Any
 from pathlib import Path
 
 import h5py
@@ -32,19 +35,21 @@ import numpy as np
 import pandas as pd
 
 from cellprof import chunks, store
-from cellprof.errors import InputError, StoreError
+from cellprof.errors import CheckpointError, InputError, StoreError
 from cellprof.schema import IMAGE_NUMBER, PLATE, TABLE_NUMBER
 
-NORMALIZATIONS = ("max", "percentile")
+CROP_SCALINGS = ("max", "percentile")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """How crops become training tensors."""
 
-    normalization: str = "max"
-    """``max``: each crop divided by its own per-channel maximum (the paper's);
-    ``percentile``: per-plate per-channel (x - p1) / (p99 - p1) from field statistics."""
+    crop_scaling: str = "max"
+    """How raw intensities become model input. ``max``: each crop divided by its own
+    per-channel maximum (the paper's); ``percentile``: per-plate per-channel
+    (x - p1) / (p99 - p1) from field statistics. Not called normalisation: that word is
+    ``cellprof match``'s, for profiles against control wells."""
     augment: bool = True
     """Random flips and 90-degree rotations (cells have no preferred orientation)."""
     val_fraction: float = 0.1
@@ -55,13 +60,33 @@ class DataConfig:
     """Load the whole store when its raw crops fit in this much memory; stream otherwise."""
     group_blocks: int = 32
     """Streaming: chunks (of 64 cells) shuffled together; larger = better mixed, more memory."""
+    normalization: InitVar[str | None] = None
+    """Deprecated name of ``crop_scaling`` (one release): accepted with a warning."""
 
-    def __post_init__(self) -> None:
-        if self.normalization not in NORMALIZATIONS:
-            raise InputError(f"--normalization must be one of {', '.join(NORMALIZATIONS)}, "
-                             f"got {self.normalization!r}")
+    def __post_init__(self, normalization: str | None) -> None:
+        if normalization is not None:
+            warnings.warn("DataConfig(normalization=...) is deprecated: use crop_scaling",
+                          DeprecationWarning, stacklevel=3)
+            object.__setattr__(self, "crop_scaling", normalization)
+        if self.crop_scaling not in CROP_SCALINGS:
+            raise InputError(f"--crop-scaling must be one of {', '.join(CROP_SCALINGS)}, "
+                             f"got {self.crop_scaling!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise InputError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DataConfig:
+        """A saved data config (checkpoint, config.json), including those saved before
+        ``normalization`` was renamed ``crop_scaling``; unknown fields are refused."""
+        d = dict(d)
+        if "normalization" in d:  # the old name, in files written before the rename
+            d.setdefault("crop_scaling", d.pop("normalization"))
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CheckpointError(f"data config has unknown field(s) {unknown}; "
+                                  f"expected only {sorted(known)}")
+        return cls(**d)
 
 
 def field_ids(cells: pd.DataFrame) -> np.ndarray:
@@ -100,16 +125,17 @@ def plate_percentiles(path: str | Path, channels: tuple[str, ...]) -> dict[str, 
     return out
 
 
-def normalize(crops: np.ndarray, method: str, plates: np.ndarray | None = None,
-              percentiles: dict[str, np.ndarray] | None = None) -> np.ndarray:
-    """``(N, C, H, W)`` raw crops -> float32 model input (see :class:`DataConfig`)."""
+def scale_crops(crops: np.ndarray, method: str, plates: np.ndarray | None = None,
+                percentiles: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """``(N, C, H, W)`` raw crops -> float32 model input, by ``method``
+    (:attr:`DataConfig.crop_scaling`: ``max`` or ``percentile``)."""
     x = crops.astype(np.float32, copy=True)
     if method == "max":
         peak = x.max(axis=(2, 3), keepdims=True)
         x /= np.maximum(peak, 1e-12)
         return x
     if plates is None or percentiles is None:
-        raise ValueError("percentile normalisation needs each crop's plate and the plate table")
+        raise ValueError("percentile scaling needs each crop's plate and the plate table")
     for plate in np.unique(plates):
         lo, hi = percentiles[str(plate)]
         sel = plates == plate
@@ -119,7 +145,7 @@ def normalize(crops: np.ndarray, method: str, plates: np.ndarray | None = None,
 
 def percentile_scale(plates: np.ndarray, percentiles: dict[str, np.ndarray]) -> np.ndarray:
     """(2, N, C) float32: each crop's offset (its plate's p1) and divisor (p99 - p1, at
-    least 1e-6), the numbers :func:`normalize` uses for ``percentile``."""
+    least 1e-6), the numbers :func:`scale_crops` uses for ``percentile``."""
     lohi = np.stack([percentiles[str(p)] for p in plates], axis=1)
     return np.stack([lohi[0], np.maximum(lohi[1] - lohi[0], 1e-6)])
 
@@ -153,7 +179,7 @@ def orient(x: np.ndarray, turns: np.ndarray, flips: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class RawBatch:
     """One step's crops before they become model input: what the loader hands to the device,
-    which normalises and orients them there (:func:`cellprof.loader.model_input`)."""
+    which scales and orients them there (:func:`cellprof.loader.model_input`)."""
 
     cells: np.ndarray
     """(N,) store rows."""
@@ -161,8 +187,8 @@ class RawBatch:
     """(N, C, H, W) raw crops in the store's dtype; None when the caller gathers them
     itself (a store held in device memory)."""
     scale: np.ndarray | None
-    """(2, N, C) float32 offset and divisor per crop and channel (percentile
-    normalisation); None for per-crop max normalisation."""
+    """(2, N, C) float32 offset and divisor per crop and channel (percentile scaling);
+    None for per-crop max scaling."""
     turns: np.ndarray | None
     """(N,) quarter turns, None without augmentation."""
     flips: np.ndarray | None
@@ -171,7 +197,7 @@ class RawBatch:
     def model_input(self) -> np.ndarray:
         """The batch as float32 model input on the CPU, in one pass over its pixels.
 
-        The same numbers as :func:`normalize` then :func:`orient` (and as the device path,
+        The same numbers as :func:`scale_crops` then :func:`orient` (and as the device path,
         :func:`cellprof.loader.model_input`), about 2x faster: each crop is turned while it is
         cast to float32 (a quarter turn is a strided view), and the per-crop maximum, which
         no turn changes, is taken on the raw integers (float32 holds every uint16 exactly).
@@ -225,7 +251,7 @@ class CropData:
                              "holding out validation fields")
         self.plates = self.cells[PLATE].astype(str).to_numpy()
         self.percentiles = plate_percentiles(path, self.info.channels) \
-            if config.normalization == "percentile" else None
+            if config.crop_scaling == "percentile" else None
         shape = (self.info.n_cells, len(self.info.channels), self.info.crop_size,
                  self.info.crop_size)
         nbytes = int(np.prod(shape)) * self.info.dtype.itemsize
@@ -316,7 +342,7 @@ class CropData:
     def raw_batch(self, step: int, batch_size: int, gather: bool = True) -> RawBatch:
         """This rank's cells of step ``step``, raw, with what turns them into model input.
 
-        ``train_batch`` is this batch normalised and oriented on the CPU; the training loop
+        ``train_batch`` is this batch scaled and oriented on the CPU; the training loop
         does the same on its device (:mod:`cellprof.loader`), with the same result.
         """
         start = (step * self.world + self.rank) * batch_size
@@ -346,10 +372,10 @@ class CropData:
         second batch each step); taken from the stream half an epoch ahead."""
         return self.train_batch(self.disc_step(step, batch_size), batch_size)
 
-    def normalized(self, idx: np.ndarray) -> np.ndarray:
+    def scaled(self, idx: np.ndarray) -> np.ndarray:
         """Model input for the cells ``idx`` (sorted), without augmentation."""
         raw = self._all[idx] if self._all is not None else self._read_sorted(idx)
-        return normalize(raw, self.config.normalization, self.plates[idx], self.percentiles)
+        return scale_crops(raw, self.config.crop_scaling, self.plates[idx], self.percentiles)
 
     def val_indices(self) -> np.ndarray:
         idx = self.val_idx
@@ -358,10 +384,10 @@ class CropData:
         return idx
 
     def val_batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        """Validation crops, normalised, not augmented, in store order."""
+        """Validation crops, scaled, not augmented, in store order."""
         idx = self.val_indices()
         for i in range(0, len(idx), batch_size):
-            yield self.normalized(idx[i:i + batch_size])
+            yield self.scaled(idx[i:i + batch_size])
 
 
 def _remember(cache: dict, key: object, value: object, size: int = 2) -> None:

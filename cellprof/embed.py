@@ -113,7 +113,7 @@ def embed(checkpoint: str | Path, crops: str | Path, out: str | Path, *,
     encoder = compute.prepare(fold_batch_norm(model.encoder))
     info = store.read_info(crops)
     check_fits(ckpt, info.channels, info.crop_size, crops)
-    method = DataConfig(**ckpt["data_config"]).normalization
+    method = DataConfig.from_dict(ckpt["data_config"]).crop_scaling
     cells = store.read_cells(crops)
     plates = cells[PLATE].astype(str).to_numpy()
     # Percentile scaling uses the embedded store's own plates (they may be new plates).
@@ -122,7 +122,7 @@ def embed(checkpoint: str | Path, crops: str | Path, out: str | Path, *,
     names = [f"VAE_{i:03d}" for i in range(d)]
     attrs = {"profile_kind": "learned",
              "checkpoint": str(Path(ckpt["path"]).resolve()), "checkpoint_step": ckpt["step"],
-             "store": str(Path(crops).resolve()), "normalization": method,
+             "store": str(Path(crops).resolve()), "crop_scaling": method,
              "model_config": ckpt["model_config"], "channels": list(info.channels),
              "precision": compute.precision}
     refuse_inputs(out, [ckpt["path"], crops])

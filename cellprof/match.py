@@ -13,8 +13,9 @@ same-mechanism treatments first (mAP)? Conventions are those of BBBC021 (Ljosa e
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field
 from math import nan
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cellprof.controls import (
+    check_control_options, control_rows, describe_control, missing_compound_message,
+    use_compound_column, use_concentration_column,
+)
 from cellprof.errors import InputError
 from cellprof.normalize import SCOPES, SPHERE_EPS, method_name, normalize
 from cellprof.safeio import OutputLock, refuse_repeats, write_json
@@ -46,6 +51,8 @@ METRICS = ("cosine", "correlation", "euclidean")
 _ID_COLUMN = re.compile(r"(^|_)(ImageNumber|TableNumber)$|ObjectNumber(_\d+)?$"
                         r"|Number_Object_Number$|(^|_)Parent_[^_]+$")
 NONFINITE = ("error", "drop-features", "drop-rows")
+NORMALIZE_AT = ("well", "site", "cell")
+_CONTROL = "Metadata__control"  # prepare()'s own mark of control rows, never an output
 
 
 @dataclass(frozen=True)
@@ -62,11 +69,26 @@ class MatchConfig:
     """How cells -> wells -> treatments are summarised: mean or median."""
     metric: str = "cosine"
     """Similarity of treatment profiles: cosine | correlation (Pearson) | euclidean."""
-    control: str = "DMSO"
-    """Compound name of the negative control: normalisation baseline, never a query."""
-    level: str = "well"
-    """Level normalised against controls: "well", "site", or "cell" (each cell against the
-    control cells, then cells -> wells; the spread is then between cells, not wells)."""
+    control: str | None = None
+    """Compound name of the negative control: normalisation baseline, never a query.
+    None means DMSO, unless ``control_query`` chooses the controls (give one, not both)."""
+    control_query: str | None = None
+    """The controls as a pandas query on the profiles' metadata rows (cells or wells), for
+    screens that mark them by role rather than name: ``"Metadata_pert_type == 'negcon'"``
+    (JUMP, LINCS). Chosen rows serve exactly as ``control`` ones do."""
+    compound_column: str = "Metadata_Compound"
+    """The column naming each row's compound (``Metadata_pert_iname``,
+    ``Metadata_JCP2022`` … in JUMP and LINCS); it is copied to ``Metadata_Compound``."""
+    concentration_column: str = "Metadata_Concentration"
+    """The column giving each row's dose (LINCS: ``Metadata_mmoles_per_liter``); it is
+    copied to ``Metadata_Concentration``. A table without one has one dose per compound."""
+    normalize_at: str = "well"
+    """The rows normalised against the control rows of the same kind: "well", "site", or
+    "cell" (each cell against the control cells, then cells -> wells; the spread is then
+    between cells, not wells). Named apart from the output ``--level`` of embed/export,
+    which says what a table's rows are; this says where the control statistics come from."""
+    level: InitVar[str | None] = None
+    """Deprecated name of ``normalize_at`` (one release): accepted with a warning."""
     nonfinite: str = "error"
     """NaN/inf in features: error | drop-features | drop-rows (what is dropped is reported)."""
     allow_single_compound_moa: bool = False
@@ -78,13 +100,21 @@ class MatchConfig:
     seed: int = 0
     """Seed of those shuffles: the same seed gives the same p-values."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, level: str | None) -> None:
+        if level is not None:
+            warnings.warn("MatchConfig(level=...) is deprecated: use normalize_at",
+                          DeprecationWarning, stacklevel=3)
+            object.__setattr__(self, "normalize_at", level)
         object.__setattr__(self, "normalize", method_name(self.normalize))
+        object.__setattr__(self, "control",
+                           check_control_options(self.control, self.control_query))
         for name, allowed in (("scope", SCOPES), ("aggregate", ("mean", "median")),
-                              ("metric", METRICS), ("level", ("well", "site", "cell")),
+                              ("metric", METRICS),
+                              ("normalize_at", NORMALIZE_AT),
                               ("nonfinite", NONFINITE)):
             if getattr(self, name) not in allowed:
-                raise InputError(f"--{name} must be one of {', '.join(allowed)}, "
+                raise InputError(f"--{name.replace('_', '-')} must be one of "
+                                 f"{', '.join(allowed)}, "
                                  f"got {getattr(self, name)!r}")
         if not self.sphere_eps > 0:
             raise InputError(f"sphere_eps must be positive, got {self.sphere_eps}")
@@ -117,22 +147,39 @@ def feature_names(table: pd.DataFrame) -> list[str]:
     return [c for c in feature_columns(table) if not _ID_COLUMN.search(str(c))]
 
 
-def _join_image_table(table: pd.DataFrame, image_table: str | Path, source: str | Path
-                      ) -> pd.DataFrame:
+def _use_columns(table: pd.DataFrame, columns: tuple[str | None, str | None], source: str
+                 ) -> pd.DataFrame:
+    """The user's (compound, concentration) columns copied to cellprof's names."""
+    table = use_compound_column(table, columns[0], source)
+    return use_concentration_column(table, columns[1], source)
+
+
+def _join_image_table(table: pd.DataFrame, image_table: str | Path, source: str | Path,
+                      columns: tuple[str | None, str | None] = (None, None)) -> pd.DataFrame:
     """Compound and concentration of each plate+well, from an image table (one row per
-    site: the sites of a well must agree)."""
-    images = canonical_columns(read_table(image_table))
-    require_columns(images, [PLATE, WELL, COMPOUND, CONCENTRATION], image_table)
+    site: the sites of a well must agree). ``columns`` are the image table's compound and
+    concentration columns when not cellprof's names (they are kept beside them); a table
+    without a concentration gives one dose per compound."""
+    images = _use_columns(canonical_columns(read_table(image_table)), columns,
+                          f"{image_table}: the image table")
+    if COMPOUND not in images.columns:
+        raise InputError(f"{image_table}: " + missing_compound_message(images, "the image table"))
+    require_columns(images, [PLATE, WELL], image_table)
     require_columns(table, [PLATE, WELL], source)
-    images = images[[PLATE, WELL, COMPOUND, CONCENTRATION]].astype({PLATE: str, WELL: str})
-    images["_conc"] = concentration_key(images[CONCENTRATION])
-    kinds = images.groupby([PLATE, WELL])[[COMPOUND, "_conc"]].nunique(dropna=False).max(axis=1)
+    carried = [c for c in (COMPOUND, CONCENTRATION, *columns)
+               if c is not None and c in images.columns]
+    carried = list(dict.fromkeys(carried))
+    images = images[[PLATE, WELL, *carried]].astype({PLATE: str, WELL: str})
+    if CONCENTRATION in images.columns:
+        images["_conc"] = concentration_key(images[CONCENTRATION])
+    per_well = [COMPOUND, "_conc"] if "_conc" in images.columns else [COMPOUND]
+    kinds = images.groupby([PLATE, WELL])[per_well].nunique(dropna=False).max(axis=1)
     if (kinds > 1).any():
         plate, well = kinds.index[kinds > 1][0]
         raise InputError(f"{image_table}: plate {plate} well {well} lists different "
                          "compounds/concentrations on different rows (sites)")
-    wells = images.drop_duplicates([PLATE, WELL]).drop(columns="_conc")
-    table = table.drop(columns=[COMPOUND, CONCENTRATION], errors="ignore")
+    wells = images.drop_duplicates([PLATE, WELL]).drop(columns="_conc", errors="ignore")
+    table = table.drop(columns=carried + [CONCENTRATION], errors="ignore")
     table = table.astype({PLATE: str, WELL: str}).merge(wells, on=[PLATE, WELL], how="left",
                                                         validate="many_to_one")
     if table[COMPOUND].isna().all():
@@ -143,7 +190,8 @@ def _join_image_table(table: pd.DataFrame, image_table: str | Path, source: str 
 
 
 def load_profiles(path: str | Path, image_table: str | Path | None = None,
-                  moa: str | Path | None = None) -> pd.DataFrame:
+                  moa: str | Path | None = None, compound_column: str | None = None,
+                  concentration_column: str | None = None) -> pd.DataFrame:
     """Profiles as one pycytominer-style table, with compound, concentration and MOA.
 
     ``path`` is a cellprof profiles ``.h5`` or a CSV / CSV.gz / Parquet table at cell, site
@@ -151,7 +199,10 @@ def load_profiles(path: str | Path, image_table: str | Path | None = None,
     (``Image_Metadata_Plate``). ``image_table`` adds compound and concentration by plate
     and well (replacing any the profiles carry); ``moa`` adds ``Metadata_MOA`` by compound
     and concentration (6 significant digits, so 0.3 and 0.300 agree). Without them the
-    profiles' own columns are used (``Metadata_moa`` is accepted too).
+    profiles' own columns are used (``Metadata_moa`` is accepted too). ``compound_column``
+    names the compound column when it is not ``Metadata_Compound`` (JUMP's and LINCS'
+    ``Metadata_pert_iname`` …), in the image table when one is given, else in the profiles;
+    ``concentration_column`` likewise the dose (``Metadata_mmoles_per_liter``).
     """
     path = Path(path)
     hdf5 = False
@@ -160,11 +211,20 @@ def load_profiles(path: str | Path, image_table: str | Path | None = None,
             hdf5 = fh.read(4) == b"\x89HDF"
     table = canonical_columns(profile_table(path) if hdf5 else read_table(path))
     if image_table is not None:
-        table = _join_image_table(table, image_table, path)
+        table = _join_image_table(table, image_table, path,
+                                  (compound_column, concentration_column))
+    else:
+        table = _use_columns(table, (compound_column, concentration_column),
+                             f"{path}: the profiles")
     if moa is not None:
-        if COMPOUND not in table.columns or CONCENTRATION not in table.columns:
-            raise InputError(f"{path}: has no {COMPOUND}/{CONCENTRATION} to join --moa on: "
-                             "pass --image-table too")
+        missing = [c for c in (COMPOUND, CONCENTRATION) if c not in table.columns]
+        if missing:
+            raise InputError(
+                f"{path}: has no {'/'.join(missing)} to join --moa on (a moa table pairs "
+                "compound and concentration with a MOA): "
+                + ("name the compound column with --compound-column or pass --image-table"
+                   if COMPOUND in missing else "pass --image-table with a concentration "
+                   "column, or give the profiles a Metadata_MOA column instead of --moa"))
         table = join_moa(table, read_moa_table(moa), moa)
     return table
 
@@ -212,15 +272,21 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
     ``Metadata_Count`` (wells), ``Metadata_Query``, then features — without the control
     and without unlabelled treatments, and a report of every count and exclusion.
     """
-    for col, hint in ((COMPOUND, "--image-table"), (CONCENTRATION, "--image-table"),
-                      (PLATE, "a plate column"), (WELL, "a well column")):
+    # a table given as a DataFrame gets the naming a file gets (Metadata_moa -> Metadata_MOA)
+    table = _use_columns(canonical_columns(table),
+                         (config.compound_column, config.concentration_column), "profiles")
+    if COMPOUND not in table.columns:
+        raise InputError(missing_compound_message(table, "profiles"))
+    for col in (PLATE, WELL):
         if col not in table.columns:
-            raise InputError(f"profiles have no {col} column: provide {hint} (a CellProfiler "
-                             "image table with plate, well, compound and concentration)")
+            raise InputError(f"profiles have no {col} column: name it {col} (or Image_{col}, "
+                             f"or {col[9:].lower()}), or join one with --image-table")
+    if CONCENTRATION not in table.columns:  # one dose per compound (JUMP: all at 10 µM)
+        table = table.assign(**{CONCENTRATION: np.nan})
     _require_moa(table)
-    if config.level == "site" and SITE not in table.columns:
-        raise InputError(f"--level site needs a {SITE} column in the profiles (use --level "
-                         "well for well-level tables)")
+    if config.normalize_at == "site" and SITE not in table.columns:
+        raise InputError(f"--normalize-at site needs a {SITE} column in the profiles (use "
+                         "--normalize-at well for well-level tables)")
     features = feature_names(table)
     if not features:
         raise InputError("profiles have no numeric feature columns (everything numeric "
@@ -230,6 +296,9 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
         "identifier_columns": [c for c in table.columns if c not in features
                                and not str(c).startswith("Metadata_")
                                and pd.api.types.is_numeric_dtype(table[c])]}
+    # controls are chosen on the rows as given (cells or wells), before anything is dropped
+    table = table.assign(**{_CONTROL: control_rows(table, config.control,
+                                                   config.control_query)})
     table, features, dropped = _nonfinite(table, features, config.nonfinite)
     report.update(dropped)
     has_treatment = table[COMPOUND].notna()
@@ -247,32 +316,44 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
         raise InputError(f"{MOA} differs between rows of treatment(s) "
                          f"{', '.join(f'{c}@{v:g}' for c, v in kinds.index[kinds > 1][:5])}")
 
-    keys = [PLATE, WELL] + ([SITE] if config.level == "site" else [])
-    wells = aggregate(table, keys + [COMPOUND, CONCENTRATION], config.aggregate, features)
+    keys = [PLATE, WELL] + ([SITE] if config.normalize_at == "site" else [])
+    grouped = "site" if config.normalize_at == "site" else "well"  # what a row of wells is
+    if config.control_query is not None and (
+            mixed := table.groupby(keys)[_CONTROL].nunique() > 1).any():
+        raise InputError(f"--control-query {config.control_query!r} selects some rows of "
+                         f"{' '.join(map(str, mixed.index[mixed][0]))} but not others: a "
+                         f"{grouped} is a control or not")
+    wells = aggregate(table, keys + [COMPOUND, CONCENTRATION, _CONTROL], config.aggregate,
+                      features)
     if (dup := wells.duplicated(keys, keep=False)).any():
         where = wells.loc[dup, keys].iloc[0].tolist()
-        raise InputError(f"{' '.join(map(str, where))}: one "
-                         f"{'well' if config.level == 'cell' else config.level} holds several "
+        raise InputError(f"{' '.join(map(str, where))}: one {grouped} holds several "
                          "treatments (compound/concentration differ between its rows)")
     wells = wells.drop(columns="Metadata_Count")
-    controls = (wells[COMPOUND] == config.control).to_numpy()
+    controls = wells.pop(_CONTROL).to_numpy(bool)
     report["n_wells"], report["n_control_wells"] = len(wells), int(controls.sum())
     if config.normalize != "none" and not controls.any():
+        if config.control_query is not None:
+            raise InputError(f"--control-query {config.control_query!r}: no control well is "
+                             f"left with a {COMPOUND} (rows without one are skipped): fix the "
+                             "query or --normalize none")
         raise InputError(f"no wells of control {config.control!r} in {COMPOUND}: set "
-                         "--control to the negative-control compound or --normalize none")
-    if config.level == "cell":
+                         "--control to the negative-control compound, choose the controls "
+                         "with --control-query, or --normalize none")
+    if config.normalize_at == "cell":
         # control statistics from the spread between control cells, then cells -> wells
-        cell_controls = (table[COMPOUND] == config.control).to_numpy()
+        cell_controls = table[_CONTROL].to_numpy(bool)
         report["n_cells"], report["n_control_cells"] = len(table), int(cell_controls.sum())
         cells, zero = normalize(table, features, method=config.normalize,
                                 controls=cell_controls, strata=PLATE, scope=config.scope,
                                 eps=config.sphere_eps, unit="cell")
-        wells = aggregate(cells, keys + [COMPOUND, CONCENTRATION], config.aggregate,
-                          [f for f in features if f not in zero]).drop(columns="Metadata_Count")
+        wells = aggregate(cells.drop(columns=_CONTROL), keys + [COMPOUND, CONCENTRATION],
+                          config.aggregate, [f for f in features if f not in zero]
+                          ).drop(columns="Metadata_Count")
     else:
         wells, zero = normalize(wells, features, method=config.normalize, controls=controls,
                                 strata=PLATE, scope=config.scope, eps=config.sphere_eps,
-                                unit=config.level)
+                                unit=config.normalize_at)
     report["zero_spread_features"] = zero
     features = [f for f in features if f not in zero]
     if not features:
@@ -285,13 +366,14 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
     # plate, well and site describe wells, not treatments (batches stand in for plates)
     treat = treat.drop(columns=[PLATE, WELL, SITE], errors="ignore")
     treat = treat.join(batches, on=[COMPOUND, CONCENTRATION])
-    treat[TREATMENT] = (treat[COMPOUND].astype(str) + "@"
-                        + treat[CONCENTRATION].map(lambda v: f"{v:g}"))
+    treat[TREATMENT] = (treat[COMPOUND].astype(str)
+                        + treat[CONCENTRATION].map(lambda v: "" if pd.isna(v) else f"@{v:g}"))
     unlabelled = treat[MOA] == ""
     report["unlabelled_treatments"] = treat.loc[unlabelled, TREATMENT].tolist()
     treat = treat[~unlabelled].reset_index(drop=True)
     if treat.empty:
-        raise InputError(f"no treatment besides the control {config.control!r} has an MOA "
+        raise InputError(f"no treatment besides the controls "
+                         f"({describe_control(config.control, config.control_query)}) has an MOA "
                          f"label in {MOA}")
     per_moa = treat.groupby(MOA)[COMPOUND].nunique()
     single = sorted(per_moa.index[per_moa == 1])
@@ -328,14 +410,16 @@ def run_match(profiles: str | Path | pd.DataFrame | Sequence[str | Path], out_di
     """Load, prepare, match; write metrics.json, treatments.csv, map_per_moa.csv,
     confusion_nsc.png and treatment_profiles.parquet into ``out_dir`` (each atomically;
     metrics.json last)."""
+    columns = {"compound_column": config.compound_column,
+               "concentration_column": config.concentration_column}
     if isinstance(profiles, pd.DataFrame):
         table = profiles
     elif isinstance(profiles, (list, tuple)):  # shards, e.g. one profiles file per plate
         refuse_repeats(profiles, "match")
-        table = pd.concat([load_profiles(p, image_table=image_table, moa=moa)
+        table = pd.concat([load_profiles(p, image_table=image_table, moa=moa, **columns)
                            for p in profiles], ignore_index=True)
     else:
-        table = load_profiles(profiles, image_table=image_table, moa=moa)
+        table = load_profiles(profiles, image_table=image_table, moa=moa, **columns)
     treat, report = prepare(table, config)
     res = retrieve(treat, config.metric)
     excluded = single_batch_moas(treat)
@@ -399,6 +483,9 @@ def summary_rows(result: MatchResult) -> list[tuple[str, str]]:
              f"{norm} against the control wells of "
              + {"plate": "each plate", "batch": "each batch",
                 "screen": "the whole screen"}[cfg.get("scope", "plate")]),
+            ("controls", f"{m.get('n_control_wells', 0)} wells: "
+             + (f"{COMPOUND} == {cfg.get('control')!r}" if cfg.get("control_query") is None
+                else cfg["control_query"])),
             ("treatments / compounds / MOAs",
              f"{result.n_treatments} / {result.n_compounds} / {result.n_moas}"),
             ("NSC (per treatment / per compound)",

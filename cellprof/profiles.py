@@ -6,7 +6,7 @@ Layout of a profiles file (``cellprof embed --out profiles.h5``)::
     /logvar           (N, D) float32   posterior log-variance (only with --logvar)
     /cells/<column>   N rows           the crop store's per-cell metadata, same order
     attributes        format, schema_version, feature_names (JSON), checkpoint, store,
-                      normalization, model_config (JSON), n_done, complete, created
+                      crop_scaling, model_config (JSON), n_done, complete, created
 
 As tables, profiles follow pycytominer: ``Metadata_*`` columns first, then one column per
 feature; everything that is not ``Metadata_`` is a feature unless named otherwise. Exported
@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from cellprof import __version__
+from cellprof.controls import use_compound_column
 from cellprof.errors import InputError, StoreError
 from cellprof.safeio import OutputLock, atomic_path, fingerprint_change, partial_path
 from cellprof.schema import COMPOUND, CONCENTRATION, PLATE, WELL
@@ -210,18 +211,22 @@ LEVELS = ("cell", "well", "treatment")
 FORMATS = ("parquet", "csv")
 
 
-def export_table(profiles: str | Path, level: str = "cell", method: str = "mean") -> pd.DataFrame:
+def export_table(profiles: str | Path, level: str = "cell", method: str = "mean",
+                 compound_column: str | None = None) -> pd.DataFrame:
     """A profiles file as a pycytominer-ready table: ``Metadata_*`` columns, then features.
 
     ``cell``: one row per cell, identifiers prefixed ``Metadata_``; ``well``: cells averaged
     per plate and well (``Metadata_Count`` cells); ``treatment``: wells averaged per compound
     and concentration, each well counting once as in ``cellprof match``
     (``Metadata_Count`` wells, ``Metadata_Cell_Count`` cells). Not normalised.
+    ``compound_column`` names the compound when it is not ``Metadata_Compound``
+    (``Metadata_pert_iname`` …); it is copied to ``Metadata_Compound``.
     """
     if level not in LEVELS:
         raise InputError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
     table = profile_table(profiles)
     table = table.rename(columns={c: f"Metadata_{c}" for c in META_KEYS if c in table.columns})
+    table = use_compound_column(table, compound_column, f"{profiles}: the profiles")
     if level in ("well", "treatment"):
         table = aggregate(table, [PLATE, WELL], method)
     if level == "treatment":
@@ -238,9 +243,9 @@ def export_table(profiles: str | Path, level: str = "cell", method: str = "mean"
 
 
 def export(profiles: str | Path, path: str | Path, level: str = "cell",
-           method: str = "mean") -> Path:
+           method: str = "mean", compound_column: str | None = None) -> Path:
     """Write :func:`export_table` as CSV or Parquet (by suffix), atomically."""
-    return write_table(export_table(profiles, level, method), path)
+    return write_table(export_table(profiles, level, method, compound_column), path)
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:

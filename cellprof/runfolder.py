@@ -2,7 +2,7 @@
 
 Run folder::
 
-    config.json            every setting, seed, versions, store channels and normalisation
+    config.json            every setting, seed, versions, store channels and crop scaling
     losses.csv             step, each loss term, schedule weights, validation error, cells/s
     images/recon_*.png     held-out cells and their reconstructions
     images/samples_*.png   cells decoded from random latents
@@ -124,7 +124,7 @@ class RunFolder:
         from cellprof.plots import save_grid
 
         idx = data.val_indices()[:8] if len(data.val_idx) else data.train_idx[:8]
-        x = data.normalized(np.sort(idx))
+        x = data.scaled(np.sort(idx))
         model.eval()
         with torch.no_grad():
             recon = model.decode(model.encode(to_device(x, device))[0]).float().cpu().numpy()

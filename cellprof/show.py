@@ -6,7 +6,7 @@ figure has one contrast stretch per channel shared by all its crops
 (:func:`cellprof.plots.composite`), so a stain that a treatment dims looks dimmer:
 
 ``reconstructions.png``
-    Per treatment, control first: random cells as the model sees them (crops normalised as
+    Per treatment, control first: random cells as the model sees them (crops scaled as
     in training) over their reconstructions ``decode(mu)``. Beyond 8 treatments the pairs go
     to ``reconstructions_01.png``, ``_02`` ..., each page led by the control (own stretch).
 ``typical_cells.png``
@@ -38,7 +38,8 @@ import torch
 
 from cellprof import store
 from cellprof.checkpoint import check_fits
-from cellprof.data import DataConfig, normalize, plate_percentiles
+from cellprof.controls import check_control_options, control_rows, use_compound_column
+from cellprof.data import DataConfig, plate_percentiles, scale_crops
 from cellprof.embed import load_encoder
 from cellprof.errors import InputError, StoreError
 from cellprof.model import VAEPlus
@@ -58,8 +59,14 @@ class ShowConfig:
 
     cells_per_treatment: int = 8
     """Cells drawn at random per treatment for the reconstructions."""
-    control: str = "DMSO"
-    """Compound name of the negative control (its concentrations are pooled)."""
+    control: str | None = None
+    """Compound name of the negative control (its concentrations are pooled); None means
+    DMSO, unless ``control_query`` chooses the controls (give one, not both)."""
+    control_query: str | None = None
+    """The controls as a pandas query on the cells' metadata, e.g.
+    ``"Metadata_pert_type == 'negcon'"`` (JUMP, LINCS); see :mod:`cellprof.controls`."""
+    compound_column: str = "Metadata_Compound"
+    """The column naming each cell's compound (``Metadata_pert_iname`` …)."""
     treatment: str | None = None
     """Interpolation target: "compound@conc", or a compound (its highest concentration);
     None picks the treatment whose mean latent is farthest from the control's."""
@@ -73,6 +80,8 @@ class ShowConfig:
     """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; always float32."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "control",
+                           check_control_options(self.control, self.control_query))
         for name, option, least in (("cells_per_treatment", "--cells", 1), ("steps", "--steps", 2),
                                     ("mean_cells", "mean_cells", 1)):
             if getattr(self, name) < least:
@@ -104,7 +113,7 @@ class _Screen:
     cells: pd.DataFrame
     rows: dict[str, np.ndarray]  # treatment -> its store rows; control first
     moa: dict[str, str]  # treatment -> MOA ("" when unknown)
-    method: str  # the checkpoint's normalisation
+    method: str  # the checkpoint's crop scaling
     pct: dict[str, np.ndarray] | None
 
     @property
@@ -166,29 +175,38 @@ def _open(checkpoint: str | Path, crops: str | Path, config: ShowConfig) -> _Scr
     model, ckpt = load_encoder(checkpoint, device)
     info = store.read_info(crops)
     check_fits(ckpt, info.channels, info.crop_size, crops)
-    cells = store.read_cells(crops)
+    cells = use_compound_column(store.read_cells(crops), config.compound_column,
+                                f"{crops}: the crop store's cells")
     if COMPOUND not in cells.columns or (cells[COMPOUND].astype(str) == "").all():
         raise InputError(f"{crops}: no compound metadata ({COMPOUND}), so treatments cannot be "
-                         "told apart; crop from an image table naming each well's compound "
-                         "and concentration")
+                         "told apart; name the compound column with --compound-column, or "
+                         "crop from an image table naming each well's compound and "
+                         "concentration")
     compound = cells[COMPOUND].astype(str).to_numpy()
-    if not (compound == config.control).any():
+    controls = control_rows(cells, config.control, config.control_query,
+                            f"{crops}: the crop store's cells")
+    if not controls.any():
         names = sorted(set(compound))
         raise InputError(f"{crops}: no cells of the control {config.control!r} in {COMPOUND}; "
-                         f"name the control compound with --control (compounds here: "
+                         f"name the control compound with --control or choose the controls "
+                         f"with --control-query (compounds here: "
                          f"{', '.join(names[:8])}{', ...' if len(names) > 8 else ''})")
+    # the controls are pooled under their compound's name, or "control" when a query
+    # chose cells of several compounds
+    named = set(compound[controls])
+    control = named.pop() if len(named) == 1 else "control"
     has_conc = CONCENTRATION in cells.columns
     conc = pd.to_numeric(cells[CONCENTRATION], errors="coerce").to_numpy(np.float64) \
         if has_conc else np.full(len(cells), np.nan)
     kinds = pd.DataFrame({
-        "label": [config.control if c == config.control else f"{c}@{x:g}" if has_conc else c
-                  for c, x in zip(compound, conc)],
-        "rest": compound != config.control, "compound": compound, "conc": conc,
+        "label": [control if k else f"{c}@{x:g}" if has_conc else c
+                  for c, x, k in zip(compound, conc, controls)],
+        "rest": ~controls, "compound": compound, "conc": conc,
         "moa": cells[MOA].astype(str).to_numpy() if MOA in cells.columns else ""})
     order = kinds.sort_values(["rest", "compound", "conc"], kind="stable")["label"].unique()
     rows = kinds.groupby("label").indices
     known = kinds[kinds["moa"] != ""].groupby("label")["moa"].first()
-    method = DataConfig(**ckpt["data_config"]).normalization
+    method = DataConfig.from_dict(ckpt["data_config"]).crop_scaling
     pct = plate_percentiles(crops, info.channels) if method == "percentile" else None
     return _Screen(Path(crops), model, ckpt, device, info.channels, cells,
                    {t: np.asarray(rows[t]) for t in order},
@@ -204,7 +222,7 @@ def _pick(s: _Screen, treatment: str, n: int, seed: int, purpose: int) -> np.nda
     return rows
 
 
-def _normalized(s: _Screen, idx: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _scaled(s: _Screen, idx: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Model input of store rows ``idx`` (sorted, unique) in batches: (positions in idx, x).
 
     Whole chunks are read: one cell of a gzip chunk costs as much as its 64 neighbours.
@@ -220,7 +238,7 @@ def _normalized(s: _Screen, idx: np.ndarray) -> Iterator[tuple[np.ndarray, np.nd
             pos = np.flatnonzero(np.isin(blocks, group))
             raw = np.concatenate([ds[b * size:(b + 1) * size][idx[blocks == b] - b * size]
                                   for b in group])
-            yield pos, normalize(raw, s.method, plates[idx[pos]], s.pct)
+            yield pos, scale_crops(raw, s.method, plates[idx[pos]], s.pct)
 
 
 def _encode(s: _Screen, x: np.ndarray) -> torch.Tensor:
@@ -265,7 +283,7 @@ def _means(s: _Screen, profiles: str | Path | None, config: ShowConfig) -> dict[
         picked = {t: _pick(s, t, config.mean_cells, config.seed, 1) for t in s.order}
         idx = np.unique(np.concatenate(list(picked.values())))
         feats = np.empty((len(idx), s.model.config.latent_dim), np.float32)
-        for pos, x in _normalized(s, idx):
+        for pos, x in _scaled(s, idx):
             feats[pos] = _encode(s, x).cpu().numpy()
     return {t: feats[np.searchsorted(idx, rows)].astype(np.float64).mean(0).astype(np.float32)
             for t, rows in picked.items()}
@@ -295,7 +313,7 @@ def _reconstruction_pages(s: _Screen, out_dir: Path, config: ShowConfig) -> list
     idx = np.unique(np.concatenate(list(picked.values())))
     shape = (len(idx), len(s.channels)) + (s.model.config.image_size,) * 2
     x, rec = np.empty(shape, np.float32), np.empty(shape, np.float32)
-    for pos, batch in _normalized(s, idx):
+    for pos, batch in _scaled(s, idx):
         x[pos], rec[pos] = batch, _decode(s, _encode(s, batch))
     control, rest = s.order[0], s.order[1:]
     per = PAGE_TREATMENTS if len(s.order) <= PAGE_TREATMENTS else PAGE_TREATMENTS - 1

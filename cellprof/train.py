@@ -299,7 +299,8 @@ def _resumed_configs(ckpt: dict[str, Any], model_config: ModelConfig | None,
         raise CheckpointError(f"{run.last}: was trained with another model ({saved.variant}, "
                               f"latent {saved.latent_dim}); resume without model options")
     # The saved data settings, but this machine's memory limit (it changes no result).
-    data = DataConfig(**{**ckpt["data_config"], "memory_limit_gb": data_config.memory_limit_gb})
+    data = DataConfig.from_dict({**ckpt["data_config"],
+                                 "memory_limit_gb": data_config.memory_limit_gb})
     return saved, data, resume_changes(_saved_train_config(ckpt), config)
 
 

@@ -112,17 +112,24 @@ def test_train_and_embed_defaults_are_the_librarys() -> None:
     from cellprof.train import TrainConfig
 
     group = typer.main.get_command(app)
-    owners = {"train": [TrainConfig(), DataConfig(), ModelConfig()], "embed": [EmbedConfig()]}
+    from cellprof.match import MatchConfig
+
+    owners = {"train": [TrainConfig(), DataConfig(), ModelConfig()], "embed": [EmbedConfig()],
+              "match": [MatchConfig()]}
     alias = {"memory_limit": "memory_limit_gb", "model": "variant", "filters": "enc_filters"}
     for command, configs in owners.items():
         checked = 0
         for param in group.commands[command].params:
             name = alias.get(param.name, param.name)
+            if (command, name) == ("match", "control"):  # None: DMSO unless --control-query
+                assert param.default is None and MatchConfig().control == "DMSO"
+                assert "[default: DMSO]" in param.help
+                continue
             for cfg in configs:
                 if hasattr(cfg, name):
                     assert param.default == getattr(cfg, name), (command, param.name)
                     checked += 1
-        assert checked >= (15 if command == "train" else 3)
+        assert checked >= {"train": 15, "embed": 3, "match": 10}[command]
     assert ModelConfig().dec_filters == ModelConfig().enc_filters  # --filters sets both
 
 

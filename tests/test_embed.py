@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from cellprof import store
 from cellprof.cli import app
 from cellprof.crop import CropConfig, crop_screen
-from cellprof.data import normalize
+from cellprof.data import scale_crops
 from cellprof.embed import EmbedConfig, embed, export, load_encoder
 from cellprof.errors import CheckpointError, InputError, StoreError
 from cellprof.profiles import profile_table, read_profiles
@@ -35,7 +35,7 @@ def test_profiles_are_posterior_means_aligned_with_the_store(trained, tmp_path: 
     assert names[0] == "VAE_000" and len(names) == 8
     pd.testing.assert_frame_equal(meta, cells)
     model, _ = load_encoder(ckpt, torch.device("cpu"))
-    x = normalize(store.read_crops(crops, slice(5, 9)), "max")
+    x = scale_crops(store.read_crops(crops, slice(5, 9)), "max")
     with torch.no_grad():
         mu = model.encode(torch.from_numpy(x))[0].numpy()
     np.testing.assert_allclose(feats[5:9], mu, rtol=1e-5, atol=1e-5)
@@ -117,3 +117,30 @@ def test_bf16_profiles_agree_with_fp32(trained, tmp_path: Path) -> None:
     assert (dist.argmin(1) == np.arange(len(low))).mean() > 0.95
     with pytest.raises(InputError, match="--precision"):
         embed(ckpt, crops, tmp_path / "x.h5", config=EmbedConfig(precision="half"))
+
+
+def test_checkpoints_from_before_the_crop_scaling_rename_still_embed(trained,
+                                                                      tmp_path: Path) -> None:
+    """A checkpoint whose data config says "normalization" (the old name of crop_scaling)
+    embeds as it did; new profiles record the scaling as crop_scaling."""
+    from cellprof.checkpoint import load_checkpoint, save_checkpoint
+    from cellprof.data import DataConfig
+    from cellprof.errors import CheckpointError
+    from cellprof.profiles import profile_attrs
+
+    ckpt, crops = trained
+    old = load_checkpoint(ckpt)
+    data = dict(old["data_config"])
+    data["normalization"] = data.pop("crop_scaling")
+    payload = {k: v for k, v in old.items() if k not in ("format", "version", "versions")}
+    save_checkpoint(tmp_path / "old.pt", {**payload, "data_config": data})
+    new = embed(ckpt, crops, tmp_path / "new.h5", config=EmbedConfig(precision="fp32"))
+    was = embed(tmp_path / "old.pt", crops, tmp_path / "old.h5",
+                config=EmbedConfig(precision="fp32"))
+    np.testing.assert_array_equal(read_profiles(was.out)[1], read_profiles(new.out)[1])
+    assert profile_attrs(was.out)["crop_scaling"] == "max"
+    assert DataConfig.from_dict({"normalization": "percentile"}).crop_scaling == "percentile"
+    with pytest.warns(DeprecationWarning, match="use crop_scaling"):
+        assert DataConfig(normalization="percentile").crop_scaling == "percentile"
+    with pytest.raises(CheckpointError, match=r"unknown field\(s\) \['scaling'\]"):
+        DataConfig.from_dict({"scaling": "max"})

@@ -94,3 +94,29 @@ def test_export_command_errors_name_the_option(profiles: Path, tmp_path: Path) -
     assert res.exit_code == 1 and "--out" in res.output and "--format parquet" in res.output
     res = runner.invoke(app, ["export", str(tmp_path / "none.h5")])
     assert res.exit_code == 1 and "none.h5: no such profiles file" in res.output
+
+
+def test_treatment_level_by_another_compound_column(profiles: Path, tmp_path: Path) -> None:
+    """Profiles cropped from a JUMP/LINCS layout name the compound Metadata_pert_iname and
+    leave Metadata_Compound empty: --compound-column groups the treatments by it."""
+    from cellprof.profiles import read_profiles
+
+    meta, feats, names = read_profiles(profiles)
+    meta["Metadata_pert_iname"] = meta["Metadata_Compound"].map(
+        {"DMSO": "DMSO", "taxol": "paclitaxel"})
+    meta["Metadata_Compound"], meta["Metadata_Concentration"] = "", np.nan  # one dose
+    jump = tmp_path / "jump.h5"
+    writer = ProfileWriter(jump, meta, names, {"store": "x"}, logvar=False)
+    writer.write(0, feats)
+    writer.finish()
+    assert len(export_table(jump, "treatment")) == 1  # every well under compound ""
+    res = runner.invoke(app, ["export", str(jump), "--level", "treatment", "--format", "csv",
+                              "--compound-column", "Metadata_pert_iname"])
+    assert res.exit_code == 0, res.output
+    treat = pd.read_csv(jump.with_suffix(".treatment.csv"))
+    assert treat[["Metadata_pert_iname", "Metadata_Compound", "Metadata_Count"]].values.tolist() \
+        == [["DMSO", "DMSO", 2], ["paclitaxel", "paclitaxel", 2]]
+    assert treat.loc[1, "VAE_000"] == pytest.approx((22 + 42) / 2)  # images 2 and 4
+    res = runner.invoke(app, ["export", str(jump), "--level", "treatment", "--overwrite",
+                              "--compound-column", "Metadata_cmpd"])
+    assert res.exit_code == 1 and "--compound-column Metadata_cmpd" in res.output

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from cellprof import chunks, store
-from cellprof.data import CropData, DataConfig, RawBatch, normalize, orient
+from cellprof.data import CropData, DataConfig, RawBatch, orient, scale_crops
 from cellprof.loader import Loader, as_tensor, model_input, orientation_groups
 
 CPU = torch.device("cpu")
 CONFIGS = {
     "memory": DataConfig(),
-    "percentile": DataConfig(normalization="percentile"),
+    "percentile": DataConfig(crop_scaling="percentile"),
     "no-augment": DataConfig(augment=False),
     "streamed": DataConfig(memory_limit_gb=1e-6, group_blocks=1),
 }
@@ -26,7 +26,7 @@ CONFIGS = {
 def reference(data: CropData, step: int, batch: int) -> np.ndarray:
     """The batch computed the plain way: normalise all crops, then orient them."""
     b = data.raw_batch(step, batch)
-    x = normalize(b.crops, data.config.normalization, data.plates[b.cells], data.percentiles)
+    x = scale_crops(b.crops, data.config.crop_scaling, data.plates[b.cells], data.percentiles)
     return x if b.turns is None else orient(x, b.turns, b.flips)
 
 
@@ -67,7 +67,7 @@ def test_device_transform_equals_numpy_on_full_range_uint16() -> None:
     raw[0, 0] = 65535
     turns, flips = rng.integers(0, 4, 40), rng.integers(0, 2, 40).astype(bool)
     got = model_input(as_tensor(raw), None, orientation_groups(turns, flips))
-    want = orient(normalize(raw, "max"), turns, flips)
+    want = orient(scale_crops(raw, "max"), turns, flips)
     np.testing.assert_array_equal(got.numpy(), want)
     one_pass = RawBatch(np.arange(40), raw, None, turns, flips).model_input()
     np.testing.assert_array_equal(one_pass, want)
@@ -77,14 +77,14 @@ def test_device_transform_equals_numpy_on_full_range_uint16() -> None:
     lohi = np.stack([pct[p] for p in plates], axis=1)
     scale = np.stack([lohi[0], np.maximum(lohi[1] - lohi[0], 1e-6)])
     got = model_input(as_tensor(raw), torch.from_numpy(scale), None)
-    np.testing.assert_array_equal(got.numpy(), normalize(raw, "percentile", plates, pct))
-    want = orient(normalize(raw, "percentile", plates, pct), turns, flips)
+    np.testing.assert_array_equal(got.numpy(), scale_crops(raw, "percentile", plates, pct))
+    want = orient(scale_crops(raw, "percentile", plates, pct), turns, flips)
     np.testing.assert_array_equal(RawBatch(np.arange(40), raw, scale, turns, flips)
                                   .model_input(), want)
     for dtype in (np.uint8, np.float32):  # stores of other types take the same path
         small = (raw // 257).astype(dtype)
         np.testing.assert_array_equal(RawBatch(np.arange(40), small, None, turns, flips)
-                                      .model_input(), orient(normalize(small, "max"), turns, flips))
+                                      .model_input(), orient(scale_crops(small, "max"), turns, flips))
     assert len(orientation_groups(turns, flips)) == 8  # every symmetry was checked
 
 

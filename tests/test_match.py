@@ -436,7 +436,7 @@ def test_cell_level_takes_the_spread_between_control_cells() -> None:
     """level cell: every cell z-scored against all control cells (screen scope), then
     cells -> wells -> treatments; by hand with numpy."""
     cells = screen()
-    treat, report = prepare(cells, MatchConfig(level="cell", scope="screen"))
+    treat, report = prepare(cells, MatchConfig(normalize_at="cell", scope="screen"))
     feats = ["f0", "f1", "f2"]
     x = cells[feats].to_numpy()
     ctrl = (cells["Metadata_Compound"] == "DMSO").to_numpy()
@@ -447,12 +447,44 @@ def test_cell_level_takes_the_spread_between_control_cells() -> None:
     got = treat.set_index(["Metadata_Compound", "Metadata_Concentration"])[feats]
     np.testing.assert_allclose(got.loc[expected.index].to_numpy(), expected.to_numpy())
     assert report["n_control_cells"] == 60 and report["n_control_wells"] == 12
-    well_level, _ = prepare(cells, MatchConfig(level="well", scope="screen"))
+    well_level, _ = prepare(cells, MatchConfig(normalize_at="well", scope="screen"))
     assert not np.allclose(well_level[feats].to_numpy(), treat[feats].to_numpy())
 
 
+def test_level_is_the_deprecated_name_of_normalize_at(tmp_path: Path) -> None:
+    """match --level (and MatchConfig(level=)) still work for one release, with a note;
+    --normalize-at is the name, apart from embed/export's output --level."""
+    from typer.testing import CliRunner
+
+    from cellprof.cli import app
+
+    with pytest.warns(DeprecationWarning, match="use normalize_at"):
+        assert MatchConfig(level="cell").normalize_at == "cell"
+    screen().to_csv(tmp_path / "cells.csv", index=False)
+    runner = CliRunner()
+    metrics = {}
+    for name, extra in (("new", ["--normalize-at", "cell"]), ("old", ["--level", "cell"]),
+                        ("both", ["--level", "cell", "--normalize-at", "well"])):
+        res = runner.invoke(app, ["match", str(tmp_path / "cells.csv"), "--out",
+                                  str(tmp_path / name), "--permutations", "0", *extra])
+        said = " ".join(res.output.split())
+        if name == "both":
+            assert res.exit_code == 1 and "give only --normalize-at" in said
+            continue
+        assert res.exit_code == 0, res.output
+        assert ("match --level is deprecated" in said) == (name == "old")
+        metrics[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert metrics["old"]["config"]["normalize_at"] == "cell"
+    assert metrics["old"]["n_control_cells"] == metrics["new"]["n_control_cells"] == 60
+    assert metrics["old"]["map"] == metrics["new"]["map"]
+    res = runner.invoke(app, ["match", "--help"])
+    assert "--normalize-at" in res.output and "Deprecated name" not in res.output  # hidden
+    with pytest.raises(InputError, match="--normalize-at must be one of well, site, cell"):
+        MatchConfig(normalize_at="plate")
+
+
 def test_site_level_normalises_sites() -> None:
-    _, report = prepare(screen(sites=2), MatchConfig(level="site"))
+    _, report = prepare(screen(sites=2), MatchConfig(normalize_at="site"))
     assert report["n_wells"] == 72 and report["n_control_wells"] == 24
 
 

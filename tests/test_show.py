@@ -179,3 +179,29 @@ def test_errors_name_what_to_fix(trained, tmp_path: Path) -> None:
         show(ckpt, crops, tmp_path / "f", profiles=later)
     with pytest.raises(StoreError, match="no such crop store"):
         show(ckpt, tmp_path / "missing.h5", tmp_path / "g")
+
+
+def test_controls_by_query_and_another_compound_column(trained) -> None:
+    """--control-query picks the same control cells as --control; --compound-column
+    regroups the cells by another column (here the MOA stands in for JUMP's pert_iname)."""
+    ckpt, crops, profiles = trained
+    by_name = treatment_means(ckpt, crops, profiles=profiles)
+    by_query = treatment_means(ckpt, crops, profiles=profiles, config=ShowConfig(
+        control_query="Metadata_Compound == 'DMSO'"))
+    assert list(by_query) == list(by_name)
+    for t in by_name:
+        np.testing.assert_array_equal(by_query[t], by_name[t])
+    meta, feats, _ = read_profiles(profiles)
+    by_moa = treatment_means(ckpt, crops, profiles=profiles, config=ShowConfig(
+        compound_column="Metadata_MOA", control_query="Metadata_Compound == 'DMSO'"))
+    control = list(by_moa)[0]
+    assert control == meta.loc[meta["Metadata_Compound"] == "DMSO", "Metadata_MOA"].iloc[0]
+    moa, conc = meta["Metadata_MOA"].iloc[-1], meta["Metadata_Concentration"].iloc[-1]
+    same = ((meta["Metadata_MOA"] == moa) & (meta["Metadata_Concentration"] == conc)
+            & (meta["Metadata_Compound"] != "DMSO")).to_numpy()
+    np.testing.assert_allclose(by_moa[f"{moa}@{conc:g}"], feats[same].mean(0), rtol=1e-5)
+    with pytest.raises(InputError, match="--control and --control-query are mutually"):
+        ShowConfig(control="DMSO", control_query="Metadata_Compound == 'DMSO'")
+    with pytest.raises(InputError, match=r"--control-query .* selects no row"):
+        treatment_means(ckpt, crops, profiles=profiles, config=ShowConfig(
+            control_query="Metadata_Compound == 'PBS'"))

@@ -229,6 +229,29 @@ def _split(value: str | None) -> tuple[str, ...] | None:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
 
 
+def _given(ctx: typer.Context) -> set[str]:
+    """Options the user typed (or set in the environment), as opposed to defaults."""
+    return {name.rstrip("_") for name in ctx.params  # compile_ is the option --compile
+            if getattr(ctx.get_parameter_source(name), "name", "") in
+            ("COMMANDLINE", "ENVIRONMENT", "PROMPT")}
+
+
+def _renamed(ctx: typer.Context, old: str, new: str) -> Any:
+    """The value to use for option ``new`` when its deprecated name ``old`` (both parameter
+    names, e.g. "level" and "normalize_at") may have been given: the old name's value, with
+    a one-line note, for one release; both given is an error, since which wins is a guess."""
+    value = ctx.params[new]
+    if ctx.params[old] is None:
+        return value
+    flag_old, flag_new = (f"--{n.replace('_', '-')}" for n in (old, new))
+    if new in _given(ctx):
+        raise CellprofError(f"{flag_old} is the deprecated name of {flag_new}: give only "
+                            f"{flag_new}")
+    console.print(f"[yellow]note:[/] {ctx.info_name} {flag_old} is deprecated and will be "
+                  f"removed in the next release: use {flag_new}")
+    return ctx.params[old]
+
+
 def _fail(exc: CellprofError) -> None:
     console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)

@@ -3,9 +3,9 @@
 The CLI takes every default from the dataclass that owns it, so ``--help`` cannot drift from
 the library. It reads them from the dataclasses' source with :mod:`ast` rather than
 importing their modules, because those import torch (seconds), and ``cellprof --help`` or
-``cellprof crop`` should not pay for it. Only literal defaults are supported; anything else
-is a programming error caught by ``tests/test_cli.py`` (which also checks every value
-against the imported dataclass).
+``cellprof crop`` should not pay for it. Only literal defaults are read; a field whose default
+is a name or an expression is left out, so asking for it is a ``KeyError`` caught by
+``tests/test_cli.py`` (which also checks every value against the imported dataclass).
 """
 
 from __future__ import annotations
@@ -14,6 +14,16 @@ import ast
 import importlib.util
 from functools import cache
 from typing import Any
+
+
+_NOT_LITERAL = object()
+
+
+def _literal(node: ast.expr) -> Any:
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        return _NOT_LITERAL
 
 
 @cache
@@ -26,7 +36,7 @@ def defaults(module: str, cls: str) -> dict[str, Any]:
         tree = ast.parse(fh.read(), spec.origin)
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == cls:
-            return {st.target.id: ast.literal_eval(st.value) for st in node.body
+            return {st.target.id: _literal(st.value) for st in node.body
                     if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name)
-                    and st.value is not None}
+                    and st.value is not None and _literal(st.value) is not _NOT_LITERAL}
     raise LookupError(f"{module} defines no class {cls}")

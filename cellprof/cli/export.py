@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cellprof.cli._app import _fail, app, console
+from cellprof.cli._defaults import defaults
 from cellprof.errors import CellprofError, InputError
 
 
@@ -23,6 +24,10 @@ def export(
         show_default=False)] = None,
     method: Annotated[str, typer.Option(
         "--aggregate", help="Well and treatment profiles: mean or median.")] = "mean",
+    compound_column: Annotated[str, typer.Option(
+        help="Column naming the compound, which --level treatment groups by, e.g. "
+             "Metadata_pert_iname (LINCS) or Metadata_JCP2022 (JUMP).")
+    ] = defaults("cellprof.match", "MatchConfig")["compound_column"],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
 ) -> None:
     """Write profiles as a table: Metadata_ columns, then features.
@@ -47,7 +52,7 @@ def export(
         if path.suffix != f".{format}" and not path.name.endswith(f".{format}.gz"):
             raise InputError(f"--out {path}: name it *.{format} to match --format {format}")
         refuse_inputs(path, [profiles])  # --overwrite must never replace what it reads
-        written = write(profiles, path, level, method)
+        written = write(profiles, path, level, method, compound_column)
     except CellprofError as exc:
         _fail(exc)
     console.print(f"wrote {level}-level profiles -> {written}")

@@ -14,7 +14,9 @@ from rich.table import Table
 
 from cellprof.cli._app import (
     _fail,
+    _given,
     _progress,
+    _renamed,
     app,
     console,
 )
@@ -38,15 +40,8 @@ _TableLevel = Annotated[str, typer.Option(
 _Overwrite = Annotated[bool, typer.Option(help="Replace an existing OUT.")]
 
 _KEPT_ON_RESUME = ("model", "latent_dim", "filters", "beta", "decoder_padding", "fm_balance",
-                   "schedule", "normalization",
+                   "schedule", "crop_scaling", "normalization",
                    "augment", "val_fraction")
-
-
-def _given(ctx: typer.Context) -> set[str]:
-    """Options the user typed (or set in the environment), as opposed to defaults."""
-    return {name.rstrip("_") for name in ctx.params  # compile_ is the option --compile
-            if getattr(ctx.get_parameter_source(name), "name", "") in
-            ("COMMANDLINE", "ENVIRONMENT", "PROMPT")}
 
 
 @app.command()
@@ -75,9 +70,12 @@ def train(
     schedule: Annotated[str, typer.Option(
         help="Progressive schedule: paper (layer k from step 2,500(k+1), over 2,500 steps) "
              "or scaled (the same proportions of --steps, for short runs).")] = "paper",
-    normalization: Annotated[str, typer.Option(
-        help="max (each crop / its per-channel max, the paper's) or percentile "
-             "(per-plate 1st-99th percentile scaling).")] = _D["normalization"],
+    crop_scaling: Annotated[str, typer.Option(
+        help="How crops' intensities become model input: max (each crop / its per-channel "
+             "max, the paper's) or percentile (per-plate 1st-99th percentile scaling).")
+    ] = _D["crop_scaling"],
+    normalization: Annotated[Optional[str], typer.Option(
+        hidden=True, help="Deprecated name of --crop-scaling.")] = None,
     augment: Annotated[bool, typer.Option(
         help="Random flips and 90-degree rotations.")] = _D["augment"],
     val_fraction: Annotated[float, typer.Option(help="Share of fields held out.")] = _D["val_fraction"],
@@ -145,7 +143,8 @@ def train(
                                     f"drop {', '.join(kept)} (or start over with --overwrite)")
             tcfg = replace(saved_train_config(out), **{
                 k: v for k, v in asdict(tcfg).items() if k in given})
-        dcfg = DataConfig(normalization=normalization, augment=augment,
+        dcfg = DataConfig(crop_scaling=_renamed(ctx, "normalization", "crop_scaling"),
+                          augment=augment,
                           val_fraction=val_fraction, memory_limit_gb=memory_limit)
         with _progress() as bar:
             res = run_train(crops, out, model_config=mcfg, config=tcfg, data_config=dcfg,

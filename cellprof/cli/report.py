@@ -12,14 +12,28 @@ from rich.table import Table
 from cellprof.cli._app import (
     _fail,
     _progress,
+    _renamed,
     app,
     console,
 )
+from cellprof.cli._defaults import defaults
 from cellprof.errors import CellprofError
+
+_MC = defaults("cellprof.match", "MatchConfig")  # --help shows the library's own defaults
+# How commands that compare treatments are told the compound and the controls (match, show).
+_Control = Annotated[Optional[str], typer.Option(
+    help="Compound name of the negative control [default: DMSO].", show_default=False)]
+_ControlQuery = Annotated[Optional[str], typer.Option(
+    help="The controls as a pandas query on the metadata, instead of --control, e.g. "
+         "\"Metadata_pert_type == 'negcon'\" (JUMP, LINCS).", show_default=False)]
+_CompoundColumn = Annotated[str, typer.Option(
+    help="Column naming the compound, e.g. Metadata_pert_iname (LINCS) or "
+         "Metadata_JCP2022 (JUMP).")]
 
 
 @app.command()
 def match(
+    ctx: typer.Context,
     profiles: Annotated[list[Path], typer.Argument(
         help="Profiles from `cellprof embed` (.h5), or any cell/site/well feature table "
              "(CSV, CSV.gz, Parquet) with Metadata_ columns or CellProfiler's "
@@ -34,25 +48,37 @@ def match(
         help="none; zscore (mean, sd) or robust (median, 1.4826 MAD) against the control "
              "wells; or sphere (typical-variation normalisation fitted on controls). "
              "pycytominer's names work too: standardize = zscore, mad_robustize = robust "
-             "(not robustize, which uses the IQR), spherize = sphere.")] = "zscore",
+             "(not robustize, which uses the IQR), spherize = sphere.")] = _MC["normalize"],
     scope: Annotated[str, typer.Option(
         help="Where the control statistics come from: plate (each plate's controls), "
              "batch (each batch's: plate-name prefix) or screen (all controls; for screens "
-             "with too few controls per plate).")] = "plate",
+             "with too few controls per plate).")] = _MC["scope"],
     aggregate: Annotated[str, typer.Option(help="Cells -> wells -> treatments: mean or "
-                                                "median.")] = "mean",
-    metric: Annotated[str, typer.Option(help="cosine, correlation or euclidean.")] = "cosine",
-    control: Annotated[str, typer.Option(help="Compound name of the negative control.")] = "DMSO",
-    level: Annotated[str, typer.Option(
-        help="Level normalised against controls: well, site, or cell (each cell against "
-             "the control cells, then averaged into wells).")] = "well",
+                                                "median.")] = _MC["aggregate"],
+    metric: Annotated[str, typer.Option(help="cosine, correlation or euclidean.")] = _MC["metric"],
+    control: _Control = None,
+    control_query: _ControlQuery = None,
+    compound_column: _CompoundColumn = _MC["compound_column"],
+    concentration_column: Annotated[str, typer.Option(
+        help="Column giving the dose, e.g. Metadata_mmoles_per_liter (LINCS); a table "
+             "without one has one treatment per compound.")] = _MC["concentration_column"],
+    normalize_at: Annotated[str, typer.Option(
+        help="Rows normalised against the control rows of their kind: well, site, or cell "
+             "(each cell against the control cells, then averaged into wells). Not "
+             "--level, which in embed and export is what a table's rows are.")
+    ] = _MC["normalize_at"],
+    level: Annotated[Optional[str], typer.Option(
+        hidden=True, help="Deprecated name of --normalize-at.")] = None,
     nonfinite: Annotated[str, typer.Option(
-        help="NaN/inf features: error, drop-features or drop-rows (reported).")] = "error",
+        help="NaN/inf features: error, drop-features or drop-rows (reported).")
+    ] = _MC["nonfinite"],
     allow_single_compound_moa: Annotated[bool, typer.Option(
-        help="Keep MOAs with one compound as candidates, never as queries.")] = False,
+        help="Keep MOAs with one compound as candidates, never as queries.")
+    ] = _MC["allow_single_compound_moa"],
     permutations: Annotated[int, typer.Option(
-        help="MOA-label shuffles behind each MOA's mAP p-value (0: none).")] = 1000,
-    seed: Annotated[int, typer.Option(help="Seed of the shuffles.")] = 0,
+        help="MOA-label shuffles behind each MOA's mAP p-value (0: none).")
+    ] = _MC["permutations"],
+    seed: Annotated[int, typer.Option(help="Seed of the shuffles.")] = _MC["seed"],
 ) -> None:
     """Match treatments by mechanism of action: NSC, NSCB and mAP.
 
@@ -66,8 +92,12 @@ def match(
     from cellprof.match import MatchConfig, moa_rows, run_match, summary_rows
 
     try:
+        normalize_at = _renamed(ctx, "level", "normalize_at")  # --level: one more release
         cfg = MatchConfig(normalize=normalize, scope=scope, aggregate=aggregate, metric=metric,
-                          control=control, level=level, nonfinite=nonfinite,
+                          control=control, control_query=control_query,
+                          compound_column=compound_column,
+                          concentration_column=concentration_column, normalize_at=normalize_at,
+                          nonfinite=nonfinite,
                           allow_single_compound_moa=allow_single_compound_moa,
                           permutations=permutations, seed=seed)
         res = run_match(profiles[0] if len(profiles) == 1 else profiles, out, cfg,
@@ -99,7 +129,9 @@ def show(
              "concentration); default: the treatment farthest from the control.",
         show_default=False)] = None,
     cells: Annotated[int, typer.Option(help="Sample cells per treatment.")] = 8,
-    control: Annotated[str, typer.Option(help="Compound name of the negative control.")] = "DMSO",
+    control: _Control = None,
+    control_query: _ControlQuery = None,
+    compound_column: _CompoundColumn = _MC["compound_column"],
     steps: Annotated[int, typer.Option(help="Frames of the interpolation strip.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the sample cells.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -116,7 +148,8 @@ def show(
 
     try:
         res = run_show(checkpoint, crops, out, profiles=profiles, config=ShowConfig(
-            cells_per_treatment=cells, control=control, treatment=treatment, steps=steps,
+            cells_per_treatment=cells, control=control, control_query=control_query,
+            compound_column=compound_column, treatment=treatment, steps=steps,
             seed=seed, device=device))
     except CellprofError as exc:
         _fail(exc)
