@@ -82,7 +82,7 @@ def main() -> None:
                                  data, args.batch, args.steps, start, args.step_ms / 1000))):
                 figures.setdefault((name, what), []).append(fn())
             start += args.steps  # fresh cells each round (a streamed store rereads)
-    print("| store | loader crops/s | old numpy path crops/s | ratio | "
+    print("| store | loader crops/s | numpy on the main thread, crops/s | ratio | "
           f"data wait share, {args.step_ms:g} ms model step |")
     print("| --- | --- | --- | --- | --- |")
     for name in stores:

@@ -38,7 +38,8 @@ def test_prefetched_batches_equal_the_numpy_reference(synthetic_store: Path, nam
     again."""
     data = CropData(synthetic_store, CONFIGS[name])
     seen = {}
-    for ahead, resident in ((3, None), (0, None), (2, True)):  # True: gathered "on device"
+    # ahead 1 reuses its ring of 4 CPU buffers twice over the 7 steps
+    for ahead, resident in ((1, None), (0, None), (2, True)):  # True: gathered "on device"
         with Loader(data, 8, range(2, 9), CPU, disc=True, ahead=ahead,
                     resident=resident) as batches:
             assert (batches.resident is not None) == (bool(resident) and name != "streamed")
@@ -93,10 +94,10 @@ def test_a_loader_error_reaches_the_loop_and_an_early_exit_stops_the_thread(
     data = CropData(synthetic_store, DataConfig())
     real = data.raw_batch
 
-    def broken(step: int, batch_size: int, gather: bool = True):
+    def broken(step: int, batch_size: int, gather: bool = True, out=None):
         if step == 4:
             raise OSError("disk gone")
-        return real(step, batch_size, gather)
+        return real(step, batch_size, gather, out)
 
     monkeypatch.setattr(data, "raw_batch", broken)
     batches = Loader(data, 8, range(0, 10), CPU, disc=False)
@@ -170,3 +171,17 @@ def test_chunk_decoding_reads_what_hdf5s_filters_wrote_for_every_type(
                               compression_opts=1, shuffle=True)
         _, raw = ds.id.read_direct_chunk((0, 0, 0, 0))
         np.testing.assert_array_equal(chunks.decode(raw, values.shape, ds.dtype), values)
+
+
+def test_a_cpu_batch_stays_intact_while_two_more_steps_are_taken(synthetic_store: Path) -> None:
+    """CPU batches live in a ring of reused buffers; the contract (the Loader's docstring)
+    is that a batch stays intact while the two steps after it are taken."""
+    data = CropData(synthetic_store, DataConfig())
+    ahead, held = 1, []  # the smallest ring that queues anything: 5 buffers
+    with Loader(data, 8, range(0, 12), CPU, disc=True, ahead=ahead) as batches:
+        for step, x, xr in batches:
+            held.append((step, x, xr))  # no copies
+            for s, x_old, xr_old in held[-3:]:
+                np.testing.assert_array_equal(x_old.numpy(), reference(data, s, 8))
+                np.testing.assert_array_equal(xr_old.numpy(),
+                                              reference(data, data.disc_step(s, 8), 8))
