@@ -29,6 +29,12 @@ Protocol (as in issue 8; unsupervised, as in the paper, which trains on the cell
 
 Prints a table (mean ± sd over seeds), writes ``curve.png`` and ``results.json`` into the work
 folder, and with ``--docs`` the table between ``<!-- bbbc021_moa:start/end -->``.
+
+Evidence modes (each prints a table and trains nothing): ``--protocols CKPT ...`` compares
+the ways of making treatment profiles (DMSO or all-cell z-scores, mean or median) on each
+half of the compounds, to choose on one half and report on the other; ``--mean-images``
+draws mean held-out cells beside mean reconstructions. ``--train-cells N`` trains on a
+random subset, for how NSC grows with the training set.
 """
 
 from __future__ import annotations
@@ -129,14 +135,28 @@ def compound_halves(cells: pd.DataFrame) -> dict[str, str]:
     return half
 
 
-def moa_metrics(cells: pd.DataFrame, feats: np.ndarray) -> dict[str, float]:
+def zscore_on_all(cells: pd.DataFrame, feats: np.ndarray) -> np.ndarray:
+    """Each feature against every cell of the screen (mean, sample sd)."""
+    sd = feats.std(axis=0, ddof=1)
+    return (feats - feats.mean(axis=0)) / np.where(sd > 1e-12, sd, 1.0)
+
+
+PROTOCOLS = {"dmso-mean": (zscore_on_dmso, "mean"), "dmso-median": (zscore_on_dmso, "median"),
+             "all-mean": (zscore_on_all, "mean"), "all-median": (zscore_on_all, "median")}
+"""Ways to turn cell features into treatment profiles; the benchmark's is ``dmso-mean``
+(pycytominer's DMSO z-score, then means), the others are compared with ``--protocols``."""
+
+
+def moa_metrics(cells: pd.DataFrame, feats: np.ndarray,
+                protocol: str = "dmso-mean") -> dict[str, float]:
     """NSC, NSCB (per treatment and per compound) and mAP of cell features (see module),
     and NSC over the queries of each compound half (:func:`compound_halves`)."""
-    z = zscore_on_dmso(cells, feats)
+    scale, aggregate = PROTOCOLS[protocol]
+    z = scale(cells, feats)
     names = [f"F_{i:04d}" for i in range(z.shape[1])]
     meta = cells[[c for c in cells.columns if c.startswith("Metadata_")]].reset_index(drop=True)
     table = pd.concat([meta, pd.DataFrame(z, columns=names)], axis=1)
-    treat, _ = prepare(table, MatchConfig(normalize="none"))
+    treat, _ = prepare(table, MatchConfig(normalize="none", aggregate=aggregate))
     res = retrieve(treat, "cosine")
     nsc, nsc_c = accuracy(res, "nsc_correct")
     nscb, nscb_c = accuracy(res, "nscb_correct")
@@ -303,6 +323,22 @@ def run(model: str, seed: int, steps: int, batch: int, curve_every: int, train_s
     return rows
 
 
+def compare_protocols(work: Path, checkpoints: list[Path]) -> None:
+    """NSC of every protocol on compound halves a and b: choose on a, report on b."""
+    moa_store, _, _ = stores(work)
+    cells, raw = read_cells(moa_store), read_crops(moa_store)
+    x = scale_crops(raw, "max")
+    feats = {"hand-crafted": classical_features(raw, CHANNELS).to_numpy().astype(float)}
+    for path in checkpoints:
+        feats[str(path)] = encode(load_model(path)[0], x).astype(float)
+    print("| profiles | " + " | ".join(f"{p} a | {p} b" for p in PROTOCOLS) + " |")
+    print("|---" * (1 + 2 * len(PROTOCOLS)) + "|")
+    for name, f in feats.items():
+        got = [moa_metrics(cells, f, p) for p in PROTOCOLS]
+        print(f"| {name} | " + " | ".join(f"{m['nsc_a']:.3f} | {m['nsc_b']:.3f}" for m in got)
+              + " |", flush=True)
+
+
 def summarise(rows: list[dict], key: str) -> str:
     v = np.array([r[key] for r in rows], float)
     return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
@@ -334,7 +370,13 @@ def main() -> None:
     ap.add_argument("--mean-images", nargs="+", default=None, metavar="CHECKPOINT[=LABEL]",
                     help="only draw the mean held-out cell beside each checkpoint's mean "
                          "reconstruction into WORK/mean_images.png")
+    ap.add_argument("--protocols", nargs="+", default=None, metavar="CHECKPOINT",
+                    help="only compare the ways of making treatment profiles (PROTOCOLS) on "
+                         "each compound half, for hand-crafted features and these checkpoints")
     args = ap.parse_args()
+    if args.protocols:
+        compare_protocols(args.work, [Path(p) for p in args.protocols])
+        return
     if args.mean_images:
         _, _, train_store = stores(args.work)
         print(mean_images(train_store, args.mean_images, args.work / "mean_images.png"))
@@ -415,7 +457,8 @@ def curve_plot(results: list[dict], path: Path, baselines: dict[str, float]) -> 
 
 def _load(spec: str) -> tuple[list[dict], dict]:
     """Rows of a results file (``results*.json``) or of a run's printed log (one JSON row a
-    line), optionally ``PATH=LABEL`` to name the model of every trained row."""
+    line), optionally ``PATH=LABEL`` to name the model of every trained row, or
+    ``PATH=vae:plain VAE,vae-gan-progressive:full model`` to name each variant."""
     path, _, label = spec.partition("=")
     text = Path(path).read_text()
     if path.endswith(".json"):
@@ -430,7 +473,9 @@ def _load(spec: str) -> tuple[list[dict], dict]:
         name = r.get("label") or (f"{r['model']} [{tag}]" if tag not in ("", "final")
                                   else r["model"])
         if label and "step" in r and r["model"] != "untrained encoder":
-            name = label
+            # LABEL, or VARIANT:LABEL,VARIANT:LABEL for a file holding several models
+            named = dict(p.split(":", 1) for p in label.split(",")) if ":" in label else None
+            name = label if named is None else named.get(r["model"], name)
         out.append({**r, "model": name})
     return out, meta
 
@@ -445,6 +490,9 @@ def report(specs: list[str], out: Path, docs: Path | None, at_step: int | None) 
         results += rows
         if meta:
             metas.append(meta)
+    # one row per (model, seed, step): a later file's baselines replace an earlier one's
+    unique = {(r["model"], r.get("seed"), r.get("step")): r for r in results}
+    results = list(unique.values())
     # a model's curve: the checkpoints of its first seed
     first: dict[str, int] = {}
     for r in results:
@@ -471,10 +519,12 @@ def report(specs: list[str], out: Path, docs: Path | None, at_step: int | None) 
     print(f"curve: {plot}")
     if docs is not None:
         meta = metas[-1]
+        precision = next((s.split("=", 1)[1] for s in meta.get("set", [])
+                          if s.startswith("precision=")), "fp32")
         block = "\n".join([
             START,
             f"Measured {meta['date']} on {meta['cpus']} CPU cores ({meta['machine'] or 'x86_64'}), "
-            f"torch {meta['torch']}, fp32; {at_step or meta['steps']} steps x batch "
+            f"torch {meta['torch']}, {precision}; {at_step or meta['steps']} steps x batch "
             f"{meta['batch_size']} "
             f"per run; seeds {', '.join(map(str, sorted({r['seed'] for r in results if isinstance(r.get('seed'), int)})))}; "
             "mean ± sd over seeds (n = runs).", "", text, "", END])
@@ -525,7 +575,11 @@ def table(results: list[dict]) -> str:
         if r.get("final", True):
             groups.setdefault(r["model"], []).append(r)
     for name, rows in groups.items():
-        cols = [summarise(rows, k) if all(k in r and r[k] is not None for r in rows) else "–"
+        # an untrained decoder's reconstructions (eval mode, initial batch-norm statistics)
+        # say nothing; only its encoder is a baseline
+        untrained = ("val_mse", "frame_ratio") if name == "untrained encoder" else ()
+        cols = [summarise(rows, k) if k not in untrained and
+                all(k in r and r[k] is not None for r in rows) else "–"
                 for k in ("nsc", "nsc_per_compound", "nscb", "map", "cell_auc", "cell_dose_f1",
                           "val_mse", "frame_ratio")]
         lines.append(f"| {name} (n={len(rows)}) | " + " | ".join(cols) + " |")
