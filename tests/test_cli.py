@@ -134,7 +134,8 @@ def test_train_and_embed_defaults_are_the_librarys() -> None:
 
 
 def test_train_border_and_balance_options_reach_the_model(synthetic_store, tmp_path) -> None:
-    """--decoder-padding / --fm-balance set the model, and the adaptive scale is logged."""
+    """--decoder-padding / --decoder-upsample / --fm-balance set the model, and the
+    adaptive scale is logged."""
     import csv
     import json
 
@@ -144,13 +145,16 @@ def test_train_border_and_balance_options_reach_the_model(synthetic_store, tmp_p
               "--model", "vae-gan", "--device", "cpu", "--precision", "fp32",
               "--val-every", "1000", "--image-every", "1000", "--log-every", "1"]
     runner = CliRunner()
-    for padding, balance in (("zeros", "fixed"), ("replicate", "adaptive")):
+    for padding, balance, upsample in (("zeros", "fixed", "nearest"),
+                                       ("replicate", "adaptive", "bilinear")):
         out = tmp_path / f"{padding}-{balance}"
         res = runner.invoke(app, ["train", str(synthetic_store), "--out", str(out), *common,
-                                  "--decoder-padding", padding, "--fm-balance", balance])
+                                  "--decoder-padding", padding, "--fm-balance", balance,
+                                  "--decoder-upsample", upsample])
         assert res.exit_code == 0, res.output
         model = json.loads((out / "config.json").read_text())["model_config"]
-        assert (model["decoder_padding"], model["fm_balance"]) == (padding, balance)
+        assert (model["decoder_padding"], model["fm_balance"], model["decoder_upsample"]) == \
+            (padding, balance, upsample)
         with open(out / "losses.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
         assert ("fm_scale" in rows[0]) == (balance == "adaptive")

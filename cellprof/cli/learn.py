@@ -39,7 +39,8 @@ _TableLevel = Annotated[str, typer.Option(
     help="Table level: cell, well or treatment (means; see `cellprof export`).")]
 _Overwrite = Annotated[bool, typer.Option(help="Replace an existing OUT.")]
 
-_KEPT_ON_RESUME = ("model", "latent_dim", "filters", "beta", "decoder_padding", "fm_balance",
+_KEPT_ON_RESUME = ("model", "latent_dim", "filters", "beta", "decoder_padding",
+                   "decoder_upsample", "fm_balance",
                    "schedule", "crop_scaling", "normalization",
                    "augment", "val_fraction")
 
@@ -64,6 +65,10 @@ def train(
     decoder_padding: Annotated[str, typer.Option(
         help="How the decoder's convolutions pad: replicate, or zeros (the reference's, "
              "which draws a frame; docs/method.md).")] = _M["decoder_padding"],
+    decoder_upsample: Annotated[str, typer.Option(
+        help="How the decoder doubles its maps: bilinear, or nearest (the reference's, whose "
+             "block edges the full model turns into stripes; docs/method.md).")
+    ] = _M["decoder_upsample"],
     fm_balance: Annotated[str, typer.Option(
         help="adaptive (feature matching as strong as the pixel term at the decoder's "
              "output) or fixed (the reference's scale).")] = _M["fm_balance"],
@@ -122,7 +127,8 @@ def train(
             try:
                 mcfg = ModelConfig(variant=model, latent_dim=latent_dim, enc_filters=filters,
                                    dec_filters=filters, beta=beta,
-                                   decoder_padding=decoder_padding, fm_balance=fm_balance)
+                                   decoder_padding=decoder_padding,
+                                   decoder_upsample=decoder_upsample, fm_balance=fm_balance)
             except ValueError as exc:
                 raise CellprofError(str(exc)) from None
             if schedule == "scaled":
