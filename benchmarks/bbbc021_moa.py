@@ -45,7 +45,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ from cellprof.merge import merge_stores
 from cellprof.model import ModelConfig, VAEPlus
 from cellprof.retrieval import accuracy, retrieve
 from cellprof.singlecell import import_singlecell
-from cellprof.store import read_cells, read_crops, read_info
+from cellprof.store import read_cells, read_crops
 from cellprof.train import TrainConfig, scaled_schedule, train
 
 ROOT = Path(__file__).resolve().parents[1]
