@@ -23,12 +23,11 @@ finishes it in torch on its device instead (:mod:`cellprof.loader`), to the same
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import InitVar, dataclass, fields
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np

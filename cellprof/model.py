@@ -172,24 +172,15 @@ class ModelConfig:
                                         or isinstance(self.warmup, bool) or self.warmup < 0):
             raise ValueError(f"ModelConfig.warmup must be None or an integer >= 0, "
                              f"got {self.warmup!r}")
-        if self.likelihood not in LIKELIHOODS:
-            raise ValueError(f"ModelConfig.likelihood must be one of {LIKELIHOODS}, "
-                             f"got {self.likelihood!r}")
-        if self.fm_balance not in BALANCES:
-            raise ValueError(f"ModelConfig.fm_balance must be one of {BALANCES}, "
-                             f"got {self.fm_balance!r}")
-        if self.decoder_padding not in PADDINGS:
-            raise ValueError(f"ModelConfig.decoder_padding must be one of {PADDINGS}, "
-                             f"got {self.decoder_padding!r}")
-        if self.decoder_upsample not in UPSAMPLINGS:
-            raise ValueError(f"ModelConfig.decoder_upsample must be one of {UPSAMPLINGS}, "
-                             f"got {self.decoder_upsample!r}")
-        if self.disc_jitter >= self.image_size:
-            raise ValueError(f"ModelConfig.disc_jitter must be below image_size "
-                             f"({self.image_size}), got {self.disc_jitter}")
-        if self.disc_padding >= self.image_size:
-            raise ValueError(f"ModelConfig.disc_padding must be below image_size "
-                             f"({self.image_size}), got {self.disc_padding}")
+        for name, allowed in (("likelihood", LIKELIHOODS), ("fm_balance", BALANCES),
+                              ("decoder_padding", PADDINGS), ("decoder_upsample", UPSAMPLINGS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ModelConfig.{name} must be one of {allowed}, "
+                                 f"got {getattr(self, name)!r}")
+        for name in ("disc_jitter", "disc_padding"):
+            if getattr(self, name) >= self.image_size:
+                raise ValueError(f"ModelConfig.{name} must be below image_size "
+                                 f"({self.image_size}), got {getattr(self, name)}")
         if not isinstance(self.fm_weight, float) or not math.isfinite(self.fm_weight) \
                 or self.fm_weight < 0:
             raise ValueError(f"ModelConfig.fm_weight must be a finite number >= 0, "
