@@ -445,20 +445,24 @@ def _rebuild(path: str) -> None:
 
 
 def write_crops(ds: h5py.Dataset, start: int, crops: np.ndarray) -> None:
-    """``ds[start:start + len(crops)] = crops``, with the whole chunks in between compressed
-    on every core (:mod:`cellprof.chunks`; the single writer compressing every chunk was
-    what kept ``crop`` from scaling with ``--workers``). The chunk partly written before
-    and the partial last chunk go through HDF5 as before; the bytes on disk are the same."""
-    rows = ds.chunks[0]
+    """``ds[start:start + len(crops)] = crops`` (``ds`` already resized to end there), every
+    chunk compressed on every core by :mod:`cellprof.chunks`: the single writer compressing
+    chunks through HDF5 was what kept ``crop`` from scaling with ``--workers``. The chunk
+    that ``start`` falls inside is read back and rewritten whole, and the last one is
+    written padded, as HDF5 stores an edge chunk; readers see exactly the crops."""
     end = start + len(crops)
-    first = min(end, -(-start // rows) * rows)  # the first chunk boundary at or after start
-    last = max(first, end // rows * rows)
-    if first > start:
-        ds[start:first] = crops[:first - start]
-    if last > first:
-        chunks.write_chunks(ds, first, crops[first - start:last - start])
-    if end > last:
-        ds[last:end] = crops[last - start:]
+    if end != ds.shape[0]:
+        raise ValueError(f"write_crops appends at the end: {len(crops)} cells at {start} "
+                         f"of {ds.shape[0]}")
+    if not chunks.direct_ok(ds):
+        ds[start:end] = crops
+        return
+    rows = ds.chunks[0]
+    first = start // rows * rows
+    if first < start:  # the committed head of a chunk that this write completes
+        head = next(chunks.read_chunks(ds, [first]))[:start - first]
+        crops = np.concatenate([head, crops])
+    chunks.write_chunks(ds, first, crops)
 
 
 def open_store(path: str | Path) -> h5py.File:
