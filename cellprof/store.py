@@ -82,7 +82,12 @@ def _h5_dtype(kind: str) -> Any:
 def _as_column(values: pd.Series | Sequence[Any], kind: str) -> np.ndarray:
     series = pd.Series(values)
     if kind == "str":
-        return np.array(["" if pd.isna(v) else str(v) for v in series], dtype=object)
+        out = series.to_numpy(dtype=object)
+        missing = pd.isna(out)
+        if missing.any():
+            out = out.copy()
+            out[missing] = ""
+        return np.array([v if type(v) is str else str(v) for v in out], dtype=object)
     if kind == "float":
         return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     if kind == "int":  # -1 marks "not measured" (e.g. the size of an unreadable field)
@@ -95,6 +100,15 @@ class ColumnTable:
 
     def __init__(self, group: h5py.Group) -> None:
         self.group = group
+        self._datasets: list[tuple[str, h5py.Dataset, str]] | None = None
+
+    def _columns(self) -> list[tuple[str, h5py.Dataset, str]]:
+        """(name, dataset, kind) of every column, looked up once: a writer appends to the
+        same table every commit, and the lookups cost more than writing a field's rows."""
+        if self._datasets is None:
+            self._datasets = [(c, self.group[c], self.group[c].attrs["kind"])
+                              for c in self.columns]
+        return self._datasets
 
     @classmethod
     def create(cls, parent: h5py.Group, name: str, kinds: Mapping[str, str]) -> ColumnTable:
@@ -119,9 +133,7 @@ class ColumnTable:
         """Write ``frame``'s rows at ``start`` (missing columns filled empty); return the end."""
         n = len(frame)
         end = start + n
-        for col in self.columns:
-            ds = self.group[col]
-            kind = ds.attrs["kind"]
+        for col, ds, kind in self._columns():
             if col in frame.columns:
                 values = _as_column(frame[col], kind)
             else:
@@ -208,6 +220,7 @@ class CropStoreWriter:
         self._queue: list[tuple[dict[str, Any], np.ndarray, pd.DataFrame,
                                 pd.DataFrame | None]] = []
         self._queued_cells = 0
+        self._tables: dict[str, ColumnTable] = {}
         self._lock = OutputLock(self.path).acquire()
         try:
             self._open(channels, crop_size, dtype, cell_columns, field_columns, config,
@@ -279,17 +292,23 @@ class CropStoreWriter:
         self.resumed_fields = n_fields
         return None
 
+    def _table(self, name: str) -> ColumnTable:
+        """The file's table ``name``, kept between commits (the writer opens one file)."""
+        if name not in self._tables:
+            self._tables[name] = ColumnTable(self.file[name])
+        return self._tables[name]
+
     def done_fields(self, key: str) -> pd.DataFrame:
         """Fields committed so far (all columns); ``key`` must be one of them."""
         self.commit()
-        table = ColumnTable(self.file[FIELDS])
+        table = self._table(FIELDS)
         if key not in table.columns:
             raise StoreError(f"{self.tmp}: field table has no column {key!r}")
         return table.read()
 
     def issues(self) -> pd.DataFrame:
         self.commit()
-        return ColumnTable(self.file[ISSUES]).read()
+        return self._table(ISSUES).read()
 
     def add_field(
         self, field: Mapping[str, Any], crops: np.ndarray, cells: pd.DataFrame,
@@ -323,13 +342,13 @@ class CropStoreWriter:
             write_crops(ds, n0, np.concatenate(crops))
         cells = [q[2] for q in self._queue if len(q[2])]
         if cells:
-            ColumnTable(f[CELLS]).append(pd.concat(cells, ignore_index=True), n0)
+            self._table(CELLS).append(pd.concat(cells, ignore_index=True), n0)
         fields = pd.DataFrame([q[0] for q in self._queue])
-        nf = ColumnTable(f[FIELDS]).append(fields, int(f.attrs["n_fields"]))
+        nf = self._table(FIELDS).append(fields, int(f.attrs["n_fields"]))
         ni = int(f.attrs["n_issues"])
         issues = [q[3] for q in self._queue if q[3] is not None and len(q[3])]
         if issues:
-            ni = ColumnTable(f[ISSUES]).append(pd.concat(issues, ignore_index=True), ni)
+            ni = self._table(ISSUES).append(pd.concat(issues, ignore_index=True), ni)
         f.flush()
         # Counts last: a crash before this line leaves these fields uncommitted.
         f.attrs.update(n_cells=n1, n_fields=nf, n_issues=ni)
@@ -340,7 +359,7 @@ class CropStoreWriter:
     def add_issues(self, issues: pd.DataFrame) -> None:
         """Commit problems found before any field (e.g. in the tables)."""
         self.commit()
-        n = ColumnTable(self.file[ISSUES]).append(issues, int(self.file.attrs["n_issues"]))
+        n = self._table(ISSUES).append(issues, int(self.file.attrs["n_issues"]))
         self.file.flush()
         self.file.attrs["n_issues"] = n
         self.file.flush()
