@@ -25,7 +25,9 @@ from torch import Tensor, nn
 
 from cellprof.checkpoint import check_fits, load_checkpoint
 from cellprof.data import CropData, DataConfig
-from cellprof.device import PRECISIONS, Compute, agree, check_replicas, setup, try_compile
+from cellprof.device import (
+    PRECISIONS, Compute, Dist, agree, check_replicas, setup, try_compile,
+)
 from cellprof.errors import CellprofError, CheckpointError, InputError
 from cellprof.loader import Loader
 from cellprof.losses import compute_losses, layer_weights
@@ -172,6 +174,114 @@ def train(
     d = setup(config.device)
     run = RunFolder(out, main=d.main)
     ckpt = run.resume_point(d.device) if resume else run.check_fresh(overwrite)
+    p = _build(store_path, ckpt, model_config, config, data_config, run, d)
+    model, data, step = p.model, p.data, p.step
+    terms, weight_cols = _columns(p.model_config, p.gan)
+    run.start({**p.described, "world_size": d.world, "device": str(d.device),
+               "precision": p.compute.precision},
+              ["step", "epoch", *terms, "total", *weight_cols, "val_pixel", "val_mse",
+               "cells_per_s", "elapsed_s", "lr", "disc_lr"], step if ckpt is not None else None,
+              p.changes)
+    model.train()
+    watch, status, val, rate = _Watch(config.explode_factor), "complete", {}, 0.0
+    shown: dict[str, Any] = {}  # the latest logged losses, shown beside the progress
+    t0 = time.perf_counter()
+    batches = Loader(data, config.batch_size, range(step, config.steps), d.device, disc=p.gan)
+    with StopRequest() as stop, batches:
+        for step, x, x_real in batches:
+            with p.compute.autocast():
+                losses = compute_losses(p.net, p.compute.layout(x),
+                                        p.compute.layout(x_real) if p.gan else None, step)
+            bad, exploded, stop_now = agree([*watch(losses["total"]), stop.requested], d)
+            if bad or exploded:
+                raise watch.diverged(bad, step, losses, run.last)
+            p.update(losses["total"], config.weight_decay)
+            step += 1
+            elapsed = time.perf_counter() - t0
+            rate = (step - batches.steps.start) * len(x) * d.world / max(elapsed, 1e-9)
+            row: dict[str, Any] = {}
+            if step % config.val_every == 0 or step == config.steps:
+                val = validate(model, data, d.device, config.batch_size)
+                row.update(val)
+            if step % config.log_every == 0 or row or step == config.steps:
+                row.update({k: float(losses[k].detach()) for k in terms if k in losses},
+                           step=step, total=float(losses["total"].detach()), cells_per_s=rate,
+                           lr=config.lr, disc_lr=config.disc_lr if p.gan else "",
+                           epoch=step * config.batch_size * d.world / len(data.train_idx),
+                           elapsed_s=elapsed, **dict(zip(weight_cols,
+                                                         layer_weights(step, p.model_config))))
+                run.log(row)
+                shown = row
+            if progress is not None and d.main:  # every step: batch logs print on a clock
+                progress(step, config.steps, {**shown, **val, "cells_per_s": rate})
+            if step % config.image_every == 0 or step == config.steps:
+                run.images(model, data, d.device, step)
+            if step % config.checkpoint_every == 0 and step < config.steps:
+                run.checkpoint(False, p.state("running", step, d))
+            if stop_now:
+                status = "interrupted"
+                break
+    saved = run.checkpoint(status == "complete", p.state(status, step, d))
+    check_replicas(model, d)
+    wait = batches.wait_s / max(time.perf_counter() - t0, 1e-9)
+    return TrainResult(run.out, step, status, saved, val, rate, wait,
+                       stop.signum if status == "interrupted" else 0, p.notes)
+
+
+@dataclass
+class _Parts:
+    """What :func:`train`'s loop works with, built (or restored) by :func:`_build`."""
+
+    data: CropData
+    model_config: ModelConfig
+    model: VAEPlus
+    net: nn.Module
+    """``model``, wrapped in DDP when there are several processes."""
+    compute: Compute
+    opt_vae: torch.optim.Optimizer
+    opt_disc: torch.optim.Optimizer | None
+    step: int
+    described: dict[str, Any]
+    changes: dict[str, list[Any]]
+    notes: list[str]
+
+    def __post_init__(self) -> None:
+        self.conv_weights = [m.weight for m in self.model.modules() if isinstance(m, nn.Conv2d)]
+
+    @property
+    def gan(self) -> bool:
+        return self.opt_disc is not None
+
+    def update(self, total: Tensor, weight_decay: float) -> None:
+        """One optimisation step: both networks from one backward (each loss term reaches
+        only its own network, :func:`cellprof.losses.compute_losses`), then the reference's
+        multiplicative decay of every conv kernel."""
+        opts = [o for o in (self.opt_vae, self.opt_disc) if o is not None]
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        total.backward()
+        for opt in opts:
+            opt.step()
+        with torch.no_grad():
+            for w in self.conv_weights:
+                w.mul_(1.0 - weight_decay)
+
+    def state(self, status: str, step: int, d: Dist) -> dict[str, Any]:
+        """A checkpoint: weights, optimisers and random states, so a resume continues
+        exactly."""
+        return {**self.described, "step": step, "status": status,
+                "model": self.model.state_dict(), "opt_vae": self.opt_vae.state_dict(),
+                "opt_disc": self.opt_disc.state_dict() if self.opt_disc is not None else None,
+                "rng_torch": torch.get_rng_state(),
+                "rng_cuda": [torch.cuda.get_rng_state(d.device)]
+                if d.device.type == "cuda" else []}
+
+
+def _build(store_path: str | Path, ckpt: dict[str, Any] | None,
+           model_config: ModelConfig | None, config: TrainConfig, data_config: DataConfig,
+           run: RunFolder, d: Dist) -> _Parts:
+    """Data, model and optimisers of a new run, or restored from ``ckpt`` (whose model and
+    data settings win; what ``config`` changes is returned for the log)."""
     changes: dict[str, list[Any]] = {}
     if ckpt is not None:
         model_config, data_config, changes = _resumed_configs(ckpt, model_config, config,
@@ -182,7 +292,6 @@ def train(
                                           "image_size": data.info.crop_size})
     if ckpt is not None:
         check_fits(ckpt, data.channels, data.info.crop_size, store_path)
-
     torch.manual_seed(config.seed)
     compute = Compute.of(d.device, config.precision)
     model = compute.prepare(VAEPlus(model_config))
@@ -199,78 +308,11 @@ def train(
     net = nn.parallel.DistributedDataParallel(
         model, device_ids=[d.device.index] if d.device.type == "cuda" else None) \
         if d.world > 1 else model
-    conv_weights = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
     notes = [_compile(model, compute, config.batch_size, data, gan)] if config.compile else []
     described = {"model_config": model_config.to_dict(), "train_config": asdict(config),
                  "data_config": asdict(data_config), "data": data.describe()}
-    terms, weight_cols = _columns(model_config, gan)
-    run.start({**described, "world_size": d.world, "device": str(d.device),
-               "precision": compute.precision},
-              ["step", "epoch", *terms, "total", *weight_cols, "val_pixel", "val_mse",
-               "cells_per_s", "elapsed_s", "lr", "disc_lr"], step if ckpt is not None else None,
-              changes)
-
-    def state(status: str) -> dict[str, Any]:
-        return {**described, "step": step, "status": status, "model": model.state_dict(),
-                "opt_vae": opt_vae.state_dict(),
-                "opt_disc": opt_disc.state_dict() if opt_disc is not None else None,
-                "rng_torch": torch.get_rng_state(),
-                "rng_cuda": [torch.cuda.get_rng_state(d.device)]
-                if d.device.type == "cuda" else []}
-
-    model.train()
-    watch, status, val, rate = _Watch(config.explode_factor), "complete", {}, 0.0
-    shown: dict[str, Any] = {}  # the latest logged losses, shown beside the progress
-    t0 = time.perf_counter()
-    batches = Loader(data, config.batch_size, range(step, config.steps), d.device, disc=gan)
-    with StopRequest() as stop, batches:
-        for step, x, x_real in batches:
-            with compute.autocast():
-                losses = compute_losses(net, compute.layout(x),
-                                        compute.layout(x_real) if gan else None, step)
-            bad, exploded, stop_now = agree([*watch(losses["total"]), stop.requested], d)
-            if bad or exploded:
-                raise watch.diverged(bad, step, losses, run.last)
-            opt_vae.zero_grad(set_to_none=True)
-            if opt_disc is not None:
-                opt_disc.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            opt_vae.step()
-            if opt_disc is not None:
-                opt_disc.step()
-            with torch.no_grad():
-                for w in conv_weights:
-                    w.mul_(1.0 - config.weight_decay)
-            step += 1
-            elapsed = time.perf_counter() - t0
-            rate = (step - batches.steps.start) * len(x) * d.world / max(elapsed, 1e-9)
-            row: dict[str, Any] = {}
-            if step % config.val_every == 0 or step == config.steps:
-                val = validate(model, data, d.device, config.batch_size)
-                row.update(val)
-            if step % config.log_every == 0 or row or step == config.steps:
-                row.update({k: float(losses[k].detach()) for k in terms if k in losses}, step=step,
-                           total=float(losses["total"].detach()), cells_per_s=rate,
-                           lr=config.lr, disc_lr=config.disc_lr if gan else "",
-                           epoch=step * config.batch_size * d.world / len(data.train_idx),
-                           elapsed_s=elapsed, **dict(zip(weight_cols,
-                                                         layer_weights(step, model_config))))
-                run.log(row)
-                shown = row
-            if progress is not None and d.main:  # every step: batch logs print on a clock
-                progress(step, config.steps, {**shown, **val, "cells_per_s": rate})
-            if step % config.image_every == 0 or step == config.steps:
-                run.images(model, data, d.device, step)
-            if step % config.checkpoint_every == 0 and step < config.steps:
-                run.checkpoint(False, state("running"))
-            if stop_now:
-                status = "interrupted"
-                break
-    saved = run.checkpoint(status == "complete", state(status))
-    check_replicas(model, d)
-    wait = batches.wait_s / max(time.perf_counter() - t0, 1e-9)
-    return TrainResult(run.out, step, status, saved, val, rate, wait,
-                       stop.signum if status == "interrupted" else 0, notes)
+    return _Parts(data, model_config, model, net, compute, opt_vae, opt_disc, step,
+                  described, changes, notes)
 
 
 def _compile(model: VAEPlus, compute: Compute, batch_size: int, data: CropData,
