@@ -130,19 +130,19 @@ def resolve_image(pathname: object, filename: object, *, root: Path | None,
 def intensity_stats(plane: np.ndarray) -> dict[str, float]:
     """Per-image statistics later normalisation needs.
 
-    Extremes come from every pixel; mean and spread from every 2nd row and column, and
-    percentiles from every 4th (a 1024 x 1024 field still gives 65,536 samples): exact
-    figures would cost more than reading the field, and normalisation needs no more
-    precision than this. Unsigned integer planes (nearly every microscope's) take them
-    from histograms of those samples, the same figures at a third of the cost.
+    Extremes come from every pixel; mean, spread and percentiles from every 4th row and
+    column (a 1024 x 1024 field still gives 65,536 samples, which put the mean within
+    0.4% of a standard deviation): exact figures would cost more than reading the field,
+    and normalisation needs no more precision than this. Unsigned integer planes (nearly
+    every microscope's) take them from a histogram of the samples, at a fifth of the cost.
     """
-    sub = plane[::2, ::2]
+    sample = plane[::4, ::4]
     if plane.dtype.kind == "u" and plane.dtype.itemsize <= 2:
-        mean, std, (p1, p50, p99) = _histogram_stats(sub)
+        mean, std, (p1, p50, p99) = _histogram_stats(sample)
     else:
-        sub = sub.astype(np.float32)
-        mean, std = float(sub.mean(dtype=np.float64)), float(sub.std(dtype=np.float64))
-        p1, p50, p99 = np.percentile(sub[::2, ::2], [1, 50, 99])
+        sample = sample.astype(np.float32)
+        mean, std = float(sample.mean(dtype=np.float64)), float(sample.std(dtype=np.float64))
+        p1, p50, p99 = np.percentile(sample, [1, 50, 99])
     return {
         "MeanIntensity": mean,
         "StdIntensity": std,
@@ -154,16 +154,15 @@ def intensity_stats(plane: np.ndarray) -> dict[str, float]:
     }
 
 
-def _histogram_stats(sub: np.ndarray) -> tuple[float, float, list[float]]:
-    """Mean and standard deviation of ``sub``, and the 1st, 50th and 99th percentiles of
-    its every 2nd row and column (numpy's default linear interpolation), from counts."""
-    counts = np.bincount(sub.ravel())
+def _histogram_stats(sample: np.ndarray) -> tuple[float, float, list[float]]:
+    """Mean, standard deviation and the 1st, 50th and 99th percentiles of an unsigned
+    integer ``sample`` (numpy's default linear interpolation), from its value counts."""
+    counts = np.bincount(sample.ravel())
     values = np.arange(len(counts), dtype=np.float64)
-    mean = float(counts @ values) / sub.size
-    std = float(np.sqrt(counts @ (values - mean) ** 2 / sub.size))
-    quarter = sub[::2, ::2]
-    rank = np.cumsum(np.bincount(quarter.ravel()))  # rank[v]: how many samples are <= v
-    n = quarter.size
+    n = sample.size
+    mean = float(counts @ values) / n
+    std = float(np.sqrt(counts @ (values - mean) ** 2 / n))
+    rank = np.cumsum(counts)  # rank[v]: how many samples are <= v
     out = []
     for q in (1, 50, 99):
         pos = q / 100 * (n - 1)
