@@ -57,6 +57,7 @@ import torch
 from cellprof.checkpoint import initial_checkpoint, load_checkpoint, model_config_of
 from cellprof.classic import classical_features
 from cellprof.data import CropData, DataConfig, scale_crops
+from cellprof.device import Compute
 from cellprof.diagnostics import frame_report
 from cellprof.match import MatchConfig, prepare
 from cellprof.merge import merge_stores
@@ -308,7 +309,7 @@ def run(model: str, seed: int, steps: int, batch: int, curve_every: int, train_s
     tc = TrainConfig(steps=steps, batch_size=batch, seed=seed, log_every=25,
                      val_every=max(points[0], 100), image_every=points[-1],
                      checkpoint_every=10**9, device="cpu",
-                     **{"precision": "fp32", **train_set})  # the documented runs are fp32
+                     **{"precision": "auto", **train_set})  # bf16 where the CPU has it
     rows, t0 = [], time.perf_counter()
     for i, point in enumerate(points):
         train(train_store, out, model_config=None if i else config,
@@ -342,6 +343,13 @@ def compare_protocols(work: Path, checkpoints: list[Path]) -> None:
 def summarise(rows: list[dict], key: str) -> str:
     v = np.array([r[key] for r in rows], float)
     return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+
+
+def _precision(sets: list[str]) -> str:
+    """The precision the runs train at: ``--set precision=...``, else what ``auto`` picks
+    on this machine's CPU."""
+    asked = next((s.split("=", 1)[1] for s in sets if s.startswith("precision=")), "auto")
+    return Compute.of(torch.device("cpu"), asked).precision
 
 
 def main() -> None:
@@ -427,6 +435,7 @@ def main() -> None:
         json.dumps({"date": str(date.today()), "machine": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "steps": args.steps, "batch_size": args.batch_size,
                     "seeds": seeds, "set": args.set, "train_cells": args.train_cells, "torch": torch.__version__,
+                    "precision": _precision(args.set),
                     "results": results}, indent=1, default=str))
     print(table(results))
 
@@ -519,8 +528,9 @@ def report(specs: list[str], out: Path, docs: Path | None, at_step: int | None) 
     print(f"curve: {plot}")
     if docs is not None:
         meta = metas[-1]
-        precision = next((s.split("=", 1)[1] for s in meta.get("set", [])
-                          if s.startswith("precision=")), "fp32")
+        precision = meta.get("precision") or next(
+            (s.split("=", 1)[1] for s in meta.get("set", []) if s.startswith("precision=")),
+            "fp32")  # results written before the default became auto
         block = "\n".join([
             START,
             f"Measured {meta['date']} on {meta['cpus']} CPU cores ({meta['machine'] or 'x86_64'}), "
