@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from cellprof.errors import ImageError, WrongSize
 from cellprof.illumination import correct
 from cellprof.images import intensity_stats, read_planes
 from cellprof.segment import SegmentConfig, find_nuclei
-from cellprof.schema import CENTER_X, CENTER_Y, PLATE, cell_rows, field_row
+from cellprof.schema import CENTER_X, CENTER_Y, PLATE, Columns, cell_rows, field_row
 
 
 @dataclass
@@ -46,7 +45,7 @@ class FieldResult:
     task_key: str
     field: dict[str, Any]
     crops: np.ndarray
-    cells: pd.DataFrame
+    cells: Columns
     issues: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -134,7 +133,7 @@ def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
         stack = load_field(task)
     except ImageError as exc:
         record["Status"] = exc.kind
-        return FieldResult(task.key, record, empty, pd.DataFrame(),
+        return FieldResult(task.key, record, empty, {},
                            [issue(exc.kind, task.table_file, task.row, str(exc))])
     issues: list[dict[str, Any]] = []
     if source_dtype is not None and stack.dtype.str != source_dtype:
@@ -142,12 +141,12 @@ def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
                   f"image is {np.dtype(source_dtype)}; their cells would be on different "
                   "scales")
         record["Status"] = "mixed_bit_depth"
-        return FieldResult(task.key, record, empty, pd.DataFrame(),
+        return FieldResult(task.key, record, empty, {},
                            [issue("mixed_bit_depth", task.table_file, task.row, reason)])
     if not np.can_cast(stack.dtype, out_dtype, "safe"):
         reason = f"{task.files[0][1]}: pixel type {stack.dtype} does not fit the store's {out_dtype}"
         record["Status"] = "unexpected_dtype"
-        return FieldResult(task.key, record, empty, pd.DataFrame(),
+        return FieldResult(task.key, record, empty, {},
                            [issue("unreadable_image", task.table_file, task.row, reason)])
     if task.illum is not None:
         stack = correct(stack, task.illum)

@@ -160,8 +160,10 @@ def _histogram_stats(sample: np.ndarray) -> tuple[float, float, list[float]]:
     counts = np.bincount(sample.ravel())
     values = np.arange(len(counts), dtype=np.float64)
     n = sample.size
-    mean = float(counts @ values) / n
-    std = float(np.sqrt(counts @ (values - mean) ** 2 / n))
+    # Elementwise products, not `@`: a float dot product goes to BLAS, whose threads then
+    # spin for a while and take the other core from the next worker's image decoding.
+    mean = float((counts * values).sum()) / n
+    std = float(np.sqrt((counts * (values - mean) ** 2).sum() / n))
     rank = np.cumsum(counts)  # rank[v]: how many samples are <= v
     out = []
     for q in (1, 50, 99):

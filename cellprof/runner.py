@@ -25,6 +25,8 @@ from cellprof.errors import InputError
 from cellprof.store import CropStoreWriter
 
 log = logging.getLogger("cellprof")
+IN_FLIGHT_PER_WORKER = 2
+"""Tasks queued per worker: enough that workers keep busy while the parent commits."""
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -74,7 +76,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
         for item in items:
             yield fn(item)
         return
-    window = 2 * workers
+    window = IN_FLIGHT_PER_WORKER * workers
     with ProcessPoolExecutor(max_workers=workers, initializer=_worker_start,
                              initargs=(os.getpid(),)) as pool:
         pending: deque[Future[R]] = deque()

@@ -79,20 +79,67 @@ def _h5_dtype(kind: str) -> Any:
     return {"int": np.int64, "float": np.float64, "bool": np.bool_, "str": _STR}[kind]
 
 
-def _as_column(values: pd.Series | Sequence[Any], kind: str) -> np.ndarray:
-    series = pd.Series(values)
-    if kind == "str":
-        out = series.to_numpy(dtype=object)
-        missing = pd.isna(out)
+def _as_column(values: pd.Series | Sequence[Any] | np.ndarray, kind: str) -> np.ndarray:
+    """``values`` as the HDF5 column of ``kind``: text with missing values as "", floats
+    with NaN, integers with -1 for "not measured" (e.g. the size of an unreadable field),
+    booleans with False. Plain numpy arrays skip pandas (a Series of text costs a
+    conversion to Arrow and back)."""
+    arr = values.to_numpy() if isinstance(values, pd.Series) else np.asarray(values)
+    if arr.dtype.kind == "O" or kind == "str":
+        arr = arr.astype(object)
+        missing = pd.isna(arr)
         if missing.any():
-            out = out.copy()
-            out[missing] = ""
-        return np.array([v if type(v) is str else str(v) for v in out], dtype=object)
+            arr = arr.copy()
+            arr[missing] = None
+    if kind == "str":
+        out = np.empty(len(arr), dtype=object)
+        for i, v in enumerate(arr):
+            out[i] = "" if v is None else v if type(v) is str else str(v)
+        return out
+    if kind == "bool":
+        return arr.astype(np.bool_) if arr.dtype.kind == "b" else \
+            np.array([bool(v) if v is not None else False for v in arr], dtype=np.bool_)
+    if arr.dtype.kind in "iub" and kind == "int":
+        return arr.astype(np.int64)
+    try:  # numbers, numeric text and missing values convert without pandas
+        out = (np.where(pd.isna(arr), np.nan, arr) if arr.dtype.kind == "O" else arr
+               ).astype(np.float64)
+    except (TypeError, ValueError):
+        out = pd.to_numeric(pd.Series(arr, dtype=object),
+                            errors="coerce" if kind == "float" else "raise").to_numpy(
+            dtype=np.float64, na_value=np.nan)
     if kind == "float":
-        return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    if kind == "int":  # -1 marks "not measured" (e.g. the size of an unreadable field)
-        return pd.to_numeric(series).fillna(-1).to_numpy(dtype=np.int64)
-    return series.fillna(False).to_numpy(dtype=np.bool_)
+        return out
+    return np.where(np.isnan(out), -1, out).astype(np.int64)
+
+
+def n_rows(part: pd.DataFrame | Mapping[str, Any]) -> int:
+    """Rows of a frame or of a mapping of equal-length columns."""
+    if isinstance(part, pd.DataFrame):
+        return len(part)
+    return len(next(iter(part.values()))) if part else 0
+
+
+def _objects(values: Sequence[Any]) -> np.ndarray:
+    """A 1-D object array of ``values``, element by element (``np.array`` would turn
+    equal-length sequences into a second axis)."""
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        out[i] = v
+    return out
+
+
+def _concat_values(pieces: list[np.ndarray]) -> np.ndarray:
+    """One array of a column's pieces; mixed types (a number beside text or a missing
+    value) become an object array, which :func:`_as_column` converts."""
+    if len(pieces) == 1:
+        return pieces[0]
+    if not pieces:
+        return np.zeros(0, dtype=object)
+    kinds = {p.dtype.kind for p in pieces}
+    if len(kinds) == 1 and "O" not in kinds and "U" not in kinds:
+        return np.concatenate(pieces)
+    return np.concatenate([p.astype(object) for p in pieces])
 
 
 class ColumnTable:
@@ -131,14 +178,21 @@ class ColumnTable:
 
     def append(self, frame: pd.DataFrame, start: int) -> int:
         """Write ``frame``'s rows at ``start`` (missing columns filled empty); return the end."""
-        n = len(frame)
+        return self.append_parts([frame], start)
+
+    def append_parts(self, parts: Sequence[pd.DataFrame | Mapping[str, np.ndarray]],
+                     start: int) -> int:
+        """Write the rows of ``parts`` (frames, or mappings of equal-length columns) in
+        order at ``start``, missing columns filled empty; return the end. Column by column,
+        without building one frame first: a writer's commit spent more on ``pd.concat``
+        and on taking the result apart than on writing it."""
+        lengths = [n_rows(p) for p in parts]
+        n = sum(lengths)
         end = start + n
         for col, ds, kind in self._columns():
-            if col in frame.columns:
-                values = _as_column(frame[col], kind)
-            else:
-                fill = {"str": "", "float": np.nan, "int": -1, "bool": False}[kind]
-                values = _as_column(pd.Series([fill] * n), kind)
+            pieces = [np.asarray(part[col]) if col in part else np.full(length, None, object)
+                      for part, length in zip(parts, lengths, strict=True)]
+            values = _as_column(_concat_values(pieces), kind)
             ds.resize((end,))
             if n:
                 ds[start:end] = values
@@ -311,8 +365,8 @@ class CropStoreWriter:
         return self._table(ISSUES).read()
 
     def add_field(
-        self, field: Mapping[str, Any], crops: np.ndarray, cells: pd.DataFrame,
-        issues: pd.DataFrame | None = None,
+        self, field: Mapping[str, Any], crops: np.ndarray,
+        cells: pd.DataFrame | Mapping[str, np.ndarray], issues: pd.DataFrame | None = None,
     ) -> None:
         """Queue one field (its crops, their metadata rows, its own row and its issues).
 
@@ -321,8 +375,8 @@ class CropStoreWriter:
         :meth:`close` writes the queue too; only a hard kill loses it (and the fields are
         then redone on resume).
         """
-        if len(crops) != len(cells):
-            raise ValueError(f"{len(crops)} crops but {len(cells)} metadata rows")
+        if len(crops) != n_rows(cells):
+            raise ValueError(f"{len(crops)} crops but {n_rows(cells)} metadata rows")
         self._queue.append((dict(field), crops, cells, issues))
         self._queued_cells += len(crops)
         if self._queued_cells >= BATCH_CELLS or len(self._queue) >= BATCH_FIELDS:
@@ -340,15 +394,17 @@ class CropStoreWriter:
         ds.resize((n1,) + ds.shape[1:])
         if crops:
             write_crops(ds, n0, np.concatenate(crops))
-        cells = [q[2] for q in self._queue if len(q[2])]
+        cells = [q[2] for q in self._queue if n_rows(q[2])]
         if cells:
-            self._table(CELLS).append(pd.concat(cells, ignore_index=True), n0)
-        fields = pd.DataFrame([q[0] for q in self._queue])
-        nf = self._table(FIELDS).append(fields, int(f.attrs["n_fields"]))
+            self._table(CELLS).append_parts(cells, n0)
+        records = [q[0] for q in self._queue]
+        names = list(dict.fromkeys(k for r in records for k in r))
+        fields = {k: _objects([r.get(k) for r in records]) for k in names}
+        nf = self._table(FIELDS).append_parts([fields], int(f.attrs["n_fields"]))
         ni = int(f.attrs["n_issues"])
         issues = [q[3] for q in self._queue if q[3] is not None and len(q[3])]
         if issues:
-            ni = self._table(ISSUES).append(pd.concat(issues, ignore_index=True), ni)
+            ni = self._table(ISSUES).append_parts(issues, ni)
         f.flush()
         # Counts last: a crash before this line leaves these fields uncommitted.
         f.attrs.update(n_cells=n1, n_fields=nf, n_issues=ni)
