@@ -127,7 +127,7 @@ def plan(image_table: str | Path, objects: str | Path | None, config: CropConfig
         raise InputError(f"{src.image_name}: image {dup} appears twice (ImageNumber, with "
                          "TableNumber when present, must identify one row)")
     issues: list[dict[str, Any]] = []
-    centres: dict[str, pd.DataFrame] = {}
+    centres: dict[str, _Objects] = {}
     if src.objects is not None:
         centres = _object_centres(src, table, had_numbers, config, issues, notes)
     elif config.segment is None:
@@ -166,10 +166,8 @@ def plan(image_table: str | Path, objects: str | Path | None, config: CropConfig
             key=rec["_key"], image_number=int(rec["ImageNumber"]), row=i + 2,
             meta={c: _plain(rec[c]) for c in meta_cols}, files=files,
             table_file=str(image_table), object_file=object_file,
-            centres=None if config.segment is not None else
-            obj[[CENTER_X, CENTER_Y]].to_numpy(np.float64),
-            object_numbers=obj[OBJECT_NUMBER].to_numpy(np.int64),
-            object_rows=obj["_row"].to_numpy(np.int64),
+            centres=None if config.segment is not None else obj.xy,
+            object_numbers=obj.numbers, object_rows=obj.rows,
             expected_shape=_expected_shape(rec, channels[0]),
         ))
     if not tasks:
@@ -177,12 +175,20 @@ def plan(image_table: str | Path, objects: str | Path | None, config: CropConfig
     return tasks, channels, issues
 
 
-_NO_OBJECTS = pd.DataFrame({OBJECT_NUMBER: np.zeros(0, np.int64), "_row": np.zeros(0, np.int64),
-                            CENTER_X: np.zeros(0), CENTER_Y: np.zeros(0)})
+@dataclass(frozen=True)
+class _Objects:
+    """One field's objects: centres ``(n, 2)`` x, y, object numbers, table rows."""
+
+    xy: np.ndarray
+    numbers: np.ndarray
+    rows: np.ndarray
+
+
+_NO_OBJECTS = _Objects(np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
 def _object_centres(src: Sources, table: pd.DataFrame, had_numbers: bool, config: CropConfig,
-                    issues: list[dict[str, Any]], notes: list[str]) -> dict[str, pd.DataFrame]:
+                    issues: list[dict[str, Any]], notes: list[str]) -> dict[str, _Objects]:
     """Each field's objects (centres, numbers, rows), paired with the image table's rows
     by :func:`cellprof.sources.pair_objects`; objects of no listed image are reported."""
     obj = object_centres(canonical_columns(src.objects), src.object_name, config.object_name)
@@ -204,7 +210,11 @@ def _object_centres(src: Sources, table: pd.DataFrame, had_numbers: bool, config
         issues.append(issue("duplicate_object", src.object_name, row,
                             f"object {number} of image {key} appears again; the first row "
                             "is kept"))
-    return dict(iter(obj[~dup].groupby("_key")))
+    obj = obj[~dup]
+    xy = obj[[CENTER_X, CENTER_Y]].to_numpy(np.float64)
+    numbers, rows = obj[OBJECT_NUMBER].to_numpy(np.int64), obj["_row"].to_numpy(np.int64)
+    return {key: _Objects(xy[i], numbers[i], rows[i])  # arrays, not a frame per field:
+            for key, i in obj.groupby("_key").indices.items()}  # 1 ms a field otherwise
 
 
 def _first_files(table: pd.DataFrame, root: Path | None, image_table: Path, n: int = 8
