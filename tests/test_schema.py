@@ -45,3 +45,27 @@ def test_cropped_imported_and_merged_stores_share_one_layout(tiny: TinyScreen,
     # a site stored as a number in one shard and as text in the other keeps both values
     assert cells["Metadata_Site"].astype(str).tolist()[-3:] == ["s1", "s2", "s3"]
     assert len(cells) > 3 and set(cells["Metadata_Site"].astype(str)[:-3]) == {"1"}
+
+
+def test_table_parts_of_any_shape_are_written_as_one_table(tmp_path: Path) -> None:
+    """A commit writes frames and numpy columns (workers' cell rows) side by side; values
+    of the wrong kind, missing values and missing columns come out as a frame written in
+    one piece would: "" for text, NaN for floats, -1 for integers, False for flags."""
+    import h5py
+
+    kinds = {"Metadata_Well": "str", "Metadata_Site": "str", "Count": "int",
+             "Intensity": "float", "Padded": "bool"}
+    frame = pd.DataFrame({"Metadata_Well": ["A01", None], "Metadata_Site": [1, 2],
+                          "Count": [3, 4], "Intensity": [0.5, np.nan], "Padded": [True, False]})
+    columns = {"Metadata_Well": np.array(["B02"], dtype=object),
+               "Metadata_Site": np.array([3]), "Count": np.array([None], dtype=object),
+               "Intensity": np.array(["2.5"], dtype=object)}  # no Padded column
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        table = store.ColumnTable.create(f, "cells", kinds)
+        assert table.append_parts([frame, columns, {}], 0) == 3
+        got = table.read()
+    assert got["Metadata_Well"].tolist() == ["A01", "", "B02"]
+    assert got["Metadata_Site"].tolist() == ["1", "2", "3"]
+    assert got["Count"].tolist() == [3, 4, -1]
+    np.testing.assert_array_equal(got["Intensity"].to_numpy(), [0.5, np.nan, 2.5])
+    assert got["Padded"].tolist() == [True, False, False]
