@@ -25,8 +25,6 @@ from cellprof.errors import InputError
 from cellprof.store import CropStoreWriter
 
 log = logging.getLogger("cellprof")
-IN_FLIGHT_PER_WORKER = 2
-"""Tasks queued per worker: enough that workers keep busy while the parent commits."""
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -76,7 +74,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
         for item in items:
             yield fn(item)
         return
-    window = IN_FLIGHT_PER_WORKER * workers
+    window = 2 * workers
     with ProcessPoolExecutor(max_workers=workers, initializer=_worker_start,
                              initargs=(os.getpid(),)) as pool:
         pending: deque[Future[R]] = deque()
