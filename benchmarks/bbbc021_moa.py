@@ -345,11 +345,15 @@ def summarise(rows: list[dict], key: str) -> str:
     return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
 
 
+def _asked_precision(sets: list[str], default: str) -> str:
+    """The precision a ``--set precision=...`` asks for, else ``default``."""
+    return next((s.split("=", 1)[1] for s in sets if s.startswith("precision=")), default)
+
+
 def _precision(sets: list[str]) -> str:
     """The precision the runs train at: ``--set precision=...``, else what ``auto`` picks
     on this machine's CPU."""
-    asked = next((s.split("=", 1)[1] for s in sets if s.startswith("precision=")), "auto")
-    return Compute.of(torch.device("cpu"), asked).precision
+    return Compute.of(torch.device("cpu"), _asked_precision(sets, "auto")).precision
 
 
 def main() -> None:
@@ -528,9 +532,8 @@ def report(specs: list[str], out: Path, docs: Path | None, at_step: int | None) 
     print(f"curve: {plot}")
     if docs is not None:
         meta = metas[-1]
-        precision = meta.get("precision") or next(
-            (s.split("=", 1)[1] for s in meta.get("set", []) if s.startswith("precision=")),
-            "fp32")  # results written before the default became auto
+        # results written before the default became auto trained at fp32 unless asked
+        precision = meta.get("precision") or _asked_precision(meta.get("set", []), "fp32")
         block = "\n".join([
             START,
             f"Measured {meta['date']} on {meta['cpus']} CPU cores ({meta['machine'] or 'x86_64'}), "

@@ -271,7 +271,8 @@ class CropStoreWriter:
         self.tmp = partial_path(self.path)
         self.resumed_fields = 0
         self.restart_reason: str | None = None
-        self._queue: list[tuple[dict[str, Any], np.ndarray, pd.DataFrame,
+        self._queue: list[tuple[dict[str, Any], np.ndarray,
+                                pd.DataFrame | Mapping[str, np.ndarray],
                                 pd.DataFrame | None]] = []
         self._queued_cells = 0
         self._tables: dict[str, ColumnTable] = {}

@@ -217,11 +217,11 @@ def train(
             if step % config.image_every == 0 or step == config.steps:
                 run.images(model, data, d.device, step)
             if step % config.checkpoint_every == 0 and step < config.steps:
-                run.checkpoint(False, p.state("running", step, d))
+                run.checkpoint(False, p.state("running", step))
             if stop_now:
                 status = "interrupted"
                 break
-    saved = run.checkpoint(status == "complete", p.state(status, step, d))
+    saved = run.checkpoint(status == "complete", p.state(status, step))
     check_replicas(model, d)
     wait = batches.wait_s / max(time.perf_counter() - t0, 1e-9)
     return TrainResult(run.out, step, status, saved, val, rate, wait,
@@ -244,6 +244,8 @@ class _Parts:
     described: dict[str, Any]
     changes: dict[str, list[Any]]
     notes: list[str]
+    conv_weights: list[Tensor] = field(init=False)
+    """The kernels :meth:`update` decays, collected once."""
 
     def __post_init__(self) -> None:
         self.conv_weights = [m.weight for m in self.model.modules() if isinstance(m, nn.Conv2d)]
@@ -266,15 +268,15 @@ class _Parts:
             for w in self.conv_weights:
                 w.mul_(1.0 - weight_decay)
 
-    def state(self, status: str, step: int, d: Dist) -> dict[str, Any]:
+    def state(self, status: str, step: int) -> dict[str, Any]:
         """A checkpoint: weights, optimisers and random states, so a resume continues
         exactly."""
         return {**self.described, "step": step, "status": status,
                 "model": self.model.state_dict(), "opt_vae": self.opt_vae.state_dict(),
                 "opt_disc": self.opt_disc.state_dict() if self.opt_disc is not None else None,
                 "rng_torch": torch.get_rng_state(),
-                "rng_cuda": [torch.cuda.get_rng_state(d.device)]
-                if d.device.type == "cuda" else []}
+                "rng_cuda": [torch.cuda.get_rng_state(self.compute.device)]
+                if self.compute.device.type == "cuda" else []}
 
 
 def _build(store_path: str | Path, ckpt: dict[str, Any] | None,
