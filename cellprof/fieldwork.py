@@ -169,7 +169,9 @@ def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
         issues.append(issue("nonfinite_pixels", task.table_file, task.row,
                             f"{task.files[0][1]}: {int((~finite).sum())} NaN or infinite "
                             "pixels; cells whose crop holds one are rejected"))
-    crops, kept, padded = [], [], []
+    # Crops are cut straight into the field's output array (no list of views to stack).
+    array = np.empty((len(centres), len(channels), size, size), dtype=out_dtype)
+    kept, padded = [], []
     n_edge = n_bad = 0
     for i, (x, y) in enumerate(centres):
         if not (np.isfinite(x) and np.isfinite(y)):
@@ -190,7 +192,7 @@ def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
         if finite is not None and not np.isfinite(crop).all():
             n_bad += 1
             continue
-        crops.append(crop)
+        array[len(kept)] = crop
         kept.append(i)
         padded.append(was_padded)
     record.update(Count_Objects=len(centres), Count_Cropped=len(kept),
@@ -198,8 +200,7 @@ def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
     kept_idx = np.asarray(kept, dtype=np.int64)
     cells = cell_rows(task.meta, task.image_number, np.asarray(numbers)[kept_idx],
                       centres[kept_idx], np.asarray(padded, dtype=bool))
-    array = np.stack(crops).astype(out_dtype, copy=False) if crops else empty
-    return FieldResult(task.key, record, array, cells, issues)
+    return FieldResult(task.key, record, array[:len(kept)] if kept else empty, cells, issues)
 
 
 def field_mean(task: FieldTask) -> tuple[str, np.ndarray | None]:
