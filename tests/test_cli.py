@@ -145,16 +145,16 @@ def test_train_border_and_balance_options_reach_the_model(synthetic_store, tmp_p
               "--model", "vae-gan", "--device", "cpu", "--precision", "fp32",
               "--val-every", "1000", "--image-every", "1000", "--log-every", "1"]
     runner = CliRunner()
-    for padding, balance, upsample in (("zeros", "fixed", "nearest"),
-                                       ("replicate", "adaptive", "bilinear")):
+    for padding, balance, upsample, weight in (("zeros", "fixed", "nearest", "1"),
+                                               ("replicate", "adaptive", "bilinear", "0.5")):
         out = tmp_path / f"{padding}-{balance}"
         res = runner.invoke(app, ["train", str(synthetic_store), "--out", str(out), *common,
                                   "--decoder-padding", padding, "--fm-balance", balance,
-                                  "--decoder-upsample", upsample])
+                                  "--decoder-upsample", upsample, "--fm-weight", weight])
         assert res.exit_code == 0, res.output
         model = json.loads((out / "config.json").read_text())["model_config"]
-        assert (model["decoder_padding"], model["fm_balance"], model["decoder_upsample"]) == \
-            (padding, balance, upsample)
+        assert (model["decoder_padding"], model["fm_balance"], model["decoder_upsample"],
+                model["fm_weight"]) == (padding, balance, upsample, float(weight))
         with open(out / "losses.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
         assert ("fm_scale" in rows[0]) == (balance == "adaptive")

@@ -169,7 +169,7 @@ def test_feature_matching_never_trains_the_discriminator() -> None:
 
 
 def test_losses_are_composed_as_in_the_reference() -> None:
-    config = tiny(beta=3.0, fm_balance="fixed")
+    config = tiny(beta=3.0, fm_balance="fixed", fm_weight=1.0)  # the reference
     model = model_of(config)
     losses = compute_losses(model, crops(4, config), crops(4, config, seed=1), step=3750)
     assert set(losses) == {"pixel", "kl", "fm", "encoder", "decoder", "disc", "total",
@@ -404,7 +404,7 @@ def test_calibrated_likelihood_scales_the_pixel_term_by_the_batchs_error() -> No
 def test_fm_weight_scales_only_the_feature_matching_term() -> None:
     config = tiny(variant="vae-gan")
     x, x_real = crops(4, config), crops(4, config, seed=1)
-    a = compute_losses(model_of(config), x, x_real, step=0)
+    a = compute_losses(model_of(dataclasses.replace(config, fm_weight=1.0)), x, x_real, step=0)
     b = compute_losses(model_of(dataclasses.replace(config, fm_weight=0.25)), x, x_real, step=0)
     assert float(b["fm"].detach()) == pytest.approx(0.25 * float(a["fm"].detach()), rel=1e-5)
     assert float(b["pixel"].detach()) == pytest.approx(float(a["pixel"].detach()), rel=1e-6)
@@ -432,12 +432,15 @@ def test_checkpoints_without_the_new_fields_load_with_the_old_behaviour() -> Non
     assert (config.decoder_upsample, config.disc_jitter, config.likelihood) == \
         ("nearest", 0, "unit")
     assert (ModelConfig().decoder_padding, ModelConfig().fm_balance,
-            ModelConfig().decoder_upsample) == ("replicate", "adaptive", "bilinear")
+            ModelConfig().decoder_upsample, ModelConfig().fm_weight) == \
+        ("replicate", "adaptive", "bilinear", 0.25)
     assert ModelConfig.from_dict(ModelConfig().to_dict()) == ModelConfig()
 
 
-def test_adaptive_balance_gives_feature_matching_the_pixel_terms_gradient() -> None:
-    config = tiny(variant="vae-gan", fm_balance="adaptive")
+@pytest.mark.parametrize("fm_weight", [1.0, 0.25])
+def test_adaptive_balance_gives_feature_matching_fm_weight_times_the_pixel_gradient(
+        fm_weight: float) -> None:
+    config = tiny(variant="vae-gan", fm_balance="adaptive", fm_weight=fm_weight)
     model = model_of(config)
     x, x_real = crops(4, config), crops(4, config, seed=1)
     losses = compute_losses(model, x, x_real, step=0)
@@ -445,7 +448,7 @@ def test_adaptive_balance_gives_feature_matching_the_pixel_terms_gradient() -> N
     assert w.grad is None  # the scale is measured without touching .grad (DDP hooks)
     g_pix, = torch.autograd.grad(losses["pixel"], w, retain_graph=True)
     g_fm, = torch.autograd.grad(losses["fm"], w, retain_graph=True)
-    assert float(g_fm.norm()) == pytest.approx(float(g_pix.norm()), rel=1e-4)
+    assert float(g_fm.norm()) == pytest.approx(fm_weight * float(g_pix.norm()), rel=1e-4)
     assert 0 < float(losses["fm_scale"]) < 1  # at the reference's scale fm is the larger
     losses["total"].backward()
     assert all(p.grad is not None for p in model.parameters())
@@ -453,7 +456,7 @@ def test_adaptive_balance_gives_feature_matching_the_pixel_terms_gradient() -> N
 
 def test_adaptive_balance_keeps_the_progressive_ramp() -> None:
     """Half-way up every layer's ramp, feature matching has half the pixel term's gradient."""
-    config = tiny(fm_balance="adaptive", warmup=0, ramp_start=0, ramp_length=10)
+    config = tiny(fm_balance="adaptive", fm_weight=1.0, warmup=0, ramp_start=0, ramp_length=10)
     model = model_of(config)
     x, x_real = crops(4, config), crops(4, config, seed=1)
     losses = compute_losses(model, x, x_real, step=5)

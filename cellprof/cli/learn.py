@@ -40,7 +40,7 @@ _TableLevel = Annotated[str, typer.Option(
 _Overwrite = Annotated[bool, typer.Option(help="Replace an existing OUT.")]
 
 _KEPT_ON_RESUME = ("model", "latent_dim", "filters", "beta", "decoder_padding",
-                   "decoder_upsample", "fm_balance",
+                   "decoder_upsample", "fm_balance", "fm_weight",
                    "schedule", "crop_scaling", "normalization",
                    "augment", "val_fraction")
 
@@ -70,8 +70,14 @@ def train(
              "block edges the full model turns into stripes; docs/method.md).")
     ] = _M["decoder_upsample"],
     fm_balance: Annotated[str, typer.Option(
-        help="adaptive (feature matching as strong as the pixel term at the decoder's "
-             "output) or fixed (the reference's scale).")] = _M["fm_balance"],
+        help="adaptive (feature matching scaled to the pixel term at the decoder's "
+             "output, times --fm-weight) or fixed (the reference's scale, times --fm-weight)."
+    )] = _M["fm_balance"],
+    fm_weight: Annotated[float, typer.Option(
+        help="Strength of feature matching: with adaptive balance, its gradient over the pixel "
+             "term's at the decoder's output (1 paints a template with a frame on every cell; "
+             "docs/method.md); with --fm-balance fixed, 1 is the reference's.")
+    ] = _M["fm_weight"],
     schedule: Annotated[str, typer.Option(
         help="Progressive schedule: paper (layer k from step 2,500(k+1), over 2,500 steps) "
              "or scaled (the same proportions of --steps, for short runs).")] = "paper",
@@ -128,7 +134,8 @@ def train(
                 mcfg = ModelConfig(variant=model, latent_dim=latent_dim, enc_filters=filters,
                                    dec_filters=filters, beta=beta,
                                    decoder_padding=decoder_padding,
-                                   decoder_upsample=decoder_upsample, fm_balance=fm_balance)
+                                   decoder_upsample=decoder_upsample, fm_balance=fm_balance,
+                                   fm_weight=fm_weight)
             except ValueError as exc:
                 raise CellprofError(str(exc)) from None
             if schedule == "scaled":
