@@ -69,7 +69,8 @@ def test_cli_resume_takes_only_the_options_typed(synthetic_store: Path, tmp_path
     assert pd.read_csv(run / "losses.csv")["lr"].tolist() == [5e-4] * 3 + [1e-4]
     for extra, named in ((["--seed", "3"], "--seed"), (["--latent-dim", "16"], "--latent-dim"),
                          (["--crop-scaling", "percentile"], "--crop-scaling"),
-                         (["--normalization", "percentile"], "--normalization")):
+                         (["--normalization", "percentile"], "--normalization"),
+                         (["--fm-weight", "0.25"], "--fm-weight")):
         res = runner.invoke(app, ["train", str(synthetic_store), "--out", str(run), "--steps",
                                   "5", "--resume", *extra])
         assert res.exit_code == 1 and named in res.output and "Traceback" not in res.output
