@@ -200,7 +200,7 @@ def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
     kept_idx = np.asarray(kept, dtype=np.int64)
     cells = cell_rows(task.meta, task.image_number, np.asarray(numbers)[kept_idx],
                       centres[kept_idx], np.asarray(padded, dtype=bool))
-    return FieldResult(task.key, record, array[:len(kept)] if kept else empty, cells, issues)
+    return FieldResult(task.key, record, array[:len(kept)], cells, issues)
 
 
 def field_mean(task: FieldTask) -> tuple[str, np.ndarray | None]:
