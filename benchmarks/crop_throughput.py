@@ -4,10 +4,11 @@ Run by hand: ``python benchmarks/crop_throughput.py [--fields-per-well-site ...]
 synthesises a screen of at least 100 fields (1024 x 1024 px by default, so a field costs
 about what a real one does), then times
 
-1. reading every field's TIFFs (the floor any cropper pays), and
-2. ``cellprof crop`` end to end (plan, read, crop, write the compressed HDF5 store),
+1. reading every field's TIFFs (the floor any cropper pays),
+2. ``cellprof crop`` end to end (plan, read, crop, write the gzip-compressed HDF5 store), and
+3. the same with ``--compression none`` (an uncompressed store),
 
-each with 1 and with N workers, and prints cells/s and the ratio crop / read.
+each with 1 and with N workers, and prints cells/s and the ratios crop / read.
 """
 
 from __future__ import annotations
@@ -55,22 +56,25 @@ def main() -> None:
             for _ in ordered_map(_read_field, fields, workers):
                 pass
             t_read = time.perf_counter() - t0
-            out = tmp / f"crops{workers}.h5"
-            t0 = time.perf_counter()
-            summary = crop_screen(res.image_table, out, objects=res.object_table,
-                                  config=CropConfig(), workers=workers)
-            t_crop = time.perf_counter() - t0
-            n = summary.n_cells
-            rows.append((workers, n, n / t_read, n / t_crop, t_crop / t_read,
-                         out.stat().st_size / 2**20))
+            for compression in ("gzip", "none"):
+                out = tmp / f"crops{workers}{compression}.h5"
+                t0 = time.perf_counter()
+                summary = crop_screen(res.image_table, out, objects=res.object_table,
+                                      config=CropConfig(compression=compression),
+                                      workers=workers)
+                t_crop = time.perf_counter() - t0
+                n = summary.n_cells
+                rows.append((workers, compression, n, n / t_read, n / t_crop,
+                             t_crop / t_read, out.stat().st_size / 2**20))
+                out.unlink()
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"screen: {res.n_fields} fields of {args.field_size}x{args.field_size} px x 3 "
           f"channels (uint16, zlib), synthesised in {t_synth:.1f} s")
-    print(f"{'workers':>7} {'cells':>7} {'read-only cells/s':>18} {'crop cells/s':>13} "
-          f"{'crop/read time':>15} {'store MiB':>10}")
-    for w, n, r, c, ratio, mib in rows:
-        print(f"{w:>7} {n:>7} {r:>18.0f} {c:>13.0f} {ratio:>15.2f} {mib:>10.1f}")
+    print(f"{'workers':>7} {'store':>6} {'cells':>7} {'read-only cells/s':>18} "
+          f"{'crop cells/s':>13} {'crop/read time':>15} {'store MiB':>10}")
+    for w, comp, n, r, c, ratio, mib in rows:
+        print(f"{w:>7} {comp:>6} {n:>7} {r:>18.0f} {c:>13.0f} {ratio:>15.2f} {mib:>10.1f}")
 
 
 if __name__ == "__main__":

@@ -38,16 +38,20 @@ def merge_stores(inputs: Sequence[str | Path], out: str | Path, *, overwrite: bo
                 f"{info.path}: channels {', '.join(info.channels)} at {info.crop_size} px "
                 f"({info.dtype}) do not match {first.path}: {', '.join(first.channels)} at "
                 f"{first.crop_size} px ({first.dtype})")
-    layouts = []
+    layouts, compressed = [], []
     for p in inputs:
         with store.open_store(p) as f:
             layouts.append(tuple({c: f[t][c].attrs["kind"] for c in ColumnTable(f[t]).columns}
                                  for t in (CELLS, FIELDS)))
+            compressed.append(f[CROPS].compression is not None)
     cell_kinds = merged_columns(cells for cells, _ in layouts)
     field_kinds = merged_columns(fields for _, fields in layouts)
     writer = CropStoreWriter(
         out, channels=first.channels, crop_size=first.crop_size, dtype=first.dtype,
         cell_columns=cell_kinds, field_columns=field_kinds, resume=False,
+        # Shards cropped with --compression none merge uncompressed; any compressed shard
+        # makes the whole store gzip, the default.
+        compression="gzip" if any(compressed) else "none",
         config={"mode": "merge", "inputs": [str(Path(p).resolve()) for p in inputs],
                 "sources": [i.config for i in infos]})
     total = sum(i.n_cells for i in infos)

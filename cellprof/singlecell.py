@@ -113,7 +113,7 @@ def import_singlecell(
     folder: str | Path, metadata: str | Path | None, out: str | Path, *,
     moa: str | Path | None = None, channels: tuple[str, ...] | None = None,
     workers: int = 1, strict: bool = False, overwrite: bool = False,
-    progress: Progress | None = None,
+    progress: Progress | None = None, compression: str = "gzip",
 ) -> CropSummary:
     """Import pre-cut single-cell crops and their labels into a crop store.
 
@@ -132,6 +132,8 @@ def import_singlecell(
     channels
         Names for the arrays' channels; default: the table's ``FileName_<name>`` columns
         when they match the channel count, else ``ch0, ch1, ...``.
+    compression
+        How the store keeps its crops (:data:`cellprof.store.COMPRESSIONS`).
     """
     folder, out = Path(folder), Path(out)
     if out.exists() and not overwrite:
@@ -173,10 +175,10 @@ def import_singlecell(
     settings = {"mode": "singlecell", "folder": str(folder.resolve()),
                 "metadata": str(metadata.resolve()) if metadata else None,
                 "moa": str(moa) if moa else None,
-                "channels": chans}
+                "channels": chans, "compression": compression}
     writer = CropStoreWriter(out, channels=chans, crop_size=shape[0], dtype=dtype,
                              cell_columns=cell_cols, field_columns=field_cols,
-                             config=settings, resume=not overwrite)
+                             config=settings, resume=not overwrite, compression=compression)
     try:
         done = set(writer.done_fields(FIELD_KEY)[FIELD_KEY])
         todo = [t for t in tasks if t.key not in done]

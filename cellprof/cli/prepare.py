@@ -106,6 +106,11 @@ def crop(
     plates: Annotated[Optional[str], typer.Option(
         help="Only these plates, e.g. one cluster job per plate; join shards with "
              "`cellprof merge`.", show_default=False)] = None,
+    compression: Annotated[str, typer.Option(
+        help="How OUT keeps its crops: gzip (level 1, ~0.6 of the size on real crops; any "
+             "HDF5 tool reads it) or none (crop runs close to the speed of reading the "
+             "images, and training streams it without decompressing; needs the room).")
+    ] = "gzip",
     workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
     strict: Annotated[bool, typer.Option(
         help="Fail on the first bad image or row instead of reporting it and going on.")] = False,
@@ -144,7 +149,8 @@ def crop(
             with _progress() as bar:
                 summary = import_singlecell(singlecell, metadata, out, moa=moa,
                                             channels=_split(channels), workers=workers,
-                                            strict=strict, overwrite=overwrite, progress=bar)
+                                            strict=strict, overwrite=overwrite, progress=bar,
+                                            compression=compression)
         else:
             if image_table is None:
                 raise CellprofError("give an IMAGE_TABLE (or --singlecell DIR --metadata TABLE)")
@@ -159,7 +165,7 @@ def crop(
                              illumination=illumination, offset=(ox, oy), object_name=object_name,
                              segment=SegmentConfig(min_area=min_area) if segment else None,
                              nucleus_channel=nucleus_channel, plates=_split(plates),
-                             tables=_split(tables))
+                             tables=_split(tables), compression=compression)
             with _progress() as bar:
                 summary = crop_screen(image_table, out, objects=None if segment else objects,
                                       config=cfg, root=root, moa=moa, workers=workers,
