@@ -433,7 +433,7 @@ def test_checkpoints_without_the_new_fields_load_with_the_old_behaviour() -> Non
         ("nearest", 0, "unit")
     assert (ModelConfig().decoder_padding, ModelConfig().fm_balance,
             ModelConfig().decoder_upsample, ModelConfig().fm_weight) == \
-        ("replicate", "adaptive", "bilinear", 1.0)
+        ("replicate", "adaptive", "bilinear", 0.25)
     assert ModelConfig.from_dict(ModelConfig().to_dict()) == ModelConfig()
 
 
