@@ -89,3 +89,25 @@ def test_cli_compression_option(tiny: TinyScreen, tmp_path: Path) -> None:
     assert res.exit_code != 0 and "--compression must be one of gzip, none" in res.output
     with pytest.raises(InputError, match="--compression must be one of gzip, none, got 'zstd'"):
         CropConfig(compression="zstd")
+
+
+def test_singlecell_import_uncompressed(tmp_path: Path) -> None:
+    """`crop --singlecell --compression none`: pre-cut crops stored uncompressed, unchanged."""
+    from cellprof.singlecell import import_singlecell
+
+    folder = tmp_path / "cells"
+    for label in ("apo", "meta"):
+        (folder / label).mkdir(parents=True)
+        for i in range(3):
+            np.save(folder / label / f"c{i}.npy",
+                    np.full((16, 16, 2), 100 * i + len(label), dtype=np.uint16))
+    outs = {c: tmp_path / f"{c}.h5" for c in ("gzip", "none")}
+    for compression, out in outs.items():
+        import_singlecell(folder, None, out, compression=compression)
+    with h5py.File(outs["none"], "r") as f, h5py.File(outs["gzip"], "r") as g:
+        assert f["crops"].compression is None and g["crops"].compression == "gzip"
+        assert f["crops"].shape == (6, 2, 16, 16)
+        np.testing.assert_array_equal(f["crops"][:], g["crops"][:])
+    with pytest.raises(InputError, match="--compression must be one of gzip, none"):
+        import_singlecell(folder, None, tmp_path / "x.h5", compression="lzf")
+    assert not list(tmp_path.glob("x.h5*"))  # refused before anything was written
