@@ -28,7 +28,7 @@ from cellprof.safeio import atomic_path, fingerprint, refuse_inputs
 from cellprof.schema import CENTER_X, CENTER_Y, FIELD_KEY, OBJECT_NUMBER, store_columns
 from cellprof.sources import Sources, pair_objects, planes_as_channels, read_sources
 from cellprof.segment import SegmentConfig
-from cellprof.store import COMPRESSIONS, CropStoreWriter
+from cellprof.store import CropStoreWriter, check_compression
 from cellprof.tables import (
     PLATE, canonical_columns, channels_of, complete_metadata, join_moa, object_centres,
     read_moa_table, whole_numbers,
@@ -71,9 +71,7 @@ class CropConfig:
             raise InputError(f"--size must be between 8 and 1024 pixels, got {self.size}")
         if self.edge not in ("skip", "pad"):
             raise InputError(f"--edge must be 'skip' or 'pad', got {self.edge!r}")
-        if self.compression not in COMPRESSIONS:
-            raise InputError(f"--compression must be one of {', '.join(COMPRESSIONS)}, "
-                             f"got {self.compression!r}")
+        check_compression(self.compression)
 
 
 @dataclass(frozen=True)

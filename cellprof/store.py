@@ -69,6 +69,16 @@ crops shrink to ~0.6 of their size) is the default: every HDF5 tool reads it. ``
 for a fast disk with room to spare: compressing costs ``crop`` about a quarter of the time it
 spends reading the images, and a streamed training pass then decompresses nothing."""
 
+
+def check_compression(compression: str) -> str:
+    """``compression`` if it is a key of :data:`COMPRESSIONS`, else :class:`InputError` naming
+    the option and its choices (raised by ``CropConfig`` before any work, and by the writer
+    for every other caller)."""
+    if compression not in COMPRESSIONS:
+        raise InputError(f"--compression must be one of {', '.join(COMPRESSIONS)}, "
+                         f"got {compression!r}")
+    return compression
+
 _STR = h5py.string_dtype("utf-8")
 log = logging.getLogger("cellprof")
 
@@ -280,10 +290,7 @@ class CropStoreWriter:
         inputs: Mapping[str, Any] | None = None,
         compression: str = "gzip",
     ) -> None:
-        if compression not in COMPRESSIONS:
-            raise InputError(f"--compression must be one of {', '.join(COMPRESSIONS)}, "
-                             f"got {compression!r}")
-        self.compression = compression
+        self.compression = check_compression(compression)
         self.path = Path(path)
         self.tmp = partial_path(self.path)
         self.resumed_fields = 0
