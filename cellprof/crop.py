@@ -20,14 +20,16 @@ import numpy as np
 import pandas as pd
 
 from cellprof.errors import InputError
-from cellprof.fieldwork import FieldTask, field_mean, issue, process_field
+from cellprof.fieldwork import (
+    WORKER_BUFFER, CropsTransfer, FieldTask, field_mean, issue, process_field,
+)
 from cellprof.illumination import IlluminationAccumulator
 from cellprof.images import read_planes, resolve_image
 from cellprof.runner import Progress, commit_results, ordered_map, worker_count
 from cellprof.safeio import atomic_path, fingerprint, refuse_inputs
 from cellprof.schema import CENTER_X, CENTER_Y, FIELD_KEY, OBJECT_NUMBER, store_columns
-from cellprof.sources import Sources, pair_objects, planes_as_channels, read_sources
 from cellprof.segment import SegmentConfig
+from cellprof.sources import Sources, pair_objects, planes_as_channels, read_sources
 from cellprof.store import CropStoreWriter, check_compression
 from cellprof.tables import (
     PLATE, canonical_columns, channels_of, complete_metadata, join_moa, object_centres,
@@ -342,10 +344,11 @@ def crop_screen(
         todo = [t for t in tasks if t.key not in done]
         work = _FieldJob(config.size, config.edge == "pad", dtype, channels, config.segment,
                          nucleus, source)
-        commit_results(ordered_map(work, todo, workers), writer, strict=strict,
-                       total=len(tasks), done=len(done), progress=progress)
+        commit_results(ordered_map(work, todo, workers, CropsTransfer()), writer,
+                       strict=strict, total=len(tasks), done=len(done), progress=progress)
         return finish_store(writer, out, notes)
     finally:
+        WORKER_BUFFER.release()  # the fields read in this process (--workers 1)
         writer.close()
 
 
@@ -361,9 +364,9 @@ class _FieldJob:
     nucleus: int
     source: str | None = None
 
-    def __call__(self, task: FieldTask):  # noqa: ANN204 - FieldResult
+    def __call__(self, task: FieldTask):
         return process_field(task, self.size, self.pad, self.dtype, self.channels,
-                             self.segment, self.nucleus, self.source)
+                             self.segment, self.nucleus, self.source, WORKER_BUFFER)
 
 
 def _attach_illumination(tasks: list[FieldTask], writer: CropStoreWriter, workers: int,

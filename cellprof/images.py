@@ -6,6 +6,8 @@ the image table (:mod:`cellprof.crop`), never guessed from pixel data.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
@@ -49,6 +51,37 @@ def read_planes(path: str | Path) -> np.ndarray:
     except Exception as exc:  # decoders raise many types; the user needs the file and why
         raise ImageError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
     return _as_planes(np.asarray(data), axes, path)
+
+
+@contextmanager
+def single_plane_tiff(path: Path) -> Iterator[tifffile.TiffPageSeries | None]:
+    """The one 2-D plane of a TIFF that holds nothing else, open for decoding into the
+    caller's array (``series.asarray(out=...)``), the file closed afterwards.
+
+    Yields None for every other file (missing, unreadable, several planes or samples,
+    another byte order than this machine's): :func:`read_planes` reads those and says what
+    is wrong with them. Nearly every plate image is such a plane, and decoding it into an
+    array the caller keeps between fields is what lets ``crop`` read a field faster than
+    one :func:`read_planes` call per channel (see :class:`cellprof.fieldwork.FieldBuffer`).
+    """
+    tif = None
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        try:
+            tif = tifffile.TiffFile(path)
+        except Exception:  # reported by read_planes
+            tif = None
+    if tif is None:
+        yield None
+        return
+    with tif:
+        try:
+            series = tif.series[0] if len(tif.series) == 1 else None
+        except Exception:  # reported by read_planes
+            series = None
+        if (series is None or len(series.shape) != 2 or series.axes != "YX"
+                or not series.dtype.isnative):
+            series = None
+        yield series
 
 
 def channel_names(path: str | Path) -> list[str] | None:

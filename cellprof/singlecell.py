@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cellprof.errors import ImageError, InputError
-from cellprof.fieldwork import FieldResult, issue
+from cellprof.fieldwork import CropsTransfer, FieldResult, issue
 from cellprof.images import intensity_stats, read_planes
 from cellprof.runner import Progress, commit_results, ordered_map
 from cellprof.schema import FIELD_KEY, cell_rows, field_row, store_columns
@@ -182,7 +182,8 @@ def import_singlecell(
     try:
         done = set(writer.done_fields(FIELD_KEY)[FIELD_KEY])
         todo = [t for t in tasks if t.key not in done]
-        commit_results(ordered_map(_LoadJob(shape, dtype, chans), todo, workers), writer,
+        commit_results(ordered_map(_LoadJob(shape, dtype, chans), todo, workers,
+                                   CropsTransfer()), writer,
                        strict=strict, total=len(tasks), done=len(done), progress=progress)
         return finish_store(writer, out)
     finally:
