@@ -64,8 +64,8 @@ class CropConfig:
     ``*Per_<object_name>`` or ``*Per_Object``)."""
     compression: str = "gzip"
     """How the store keeps its crops: ``"gzip"`` (level 1 after byte-shuffle, ~0.6 of the
-    size on real crops) or ``"none"`` (crop then takes about a fifth less time: 1.13x the
-    image-reading time with one worker, against 1.39; see :data:`cellprof.store.COMPRESSIONS`
+    size on real crops) or ``"none"`` (crop then takes 10-15% less time: 1.30x the
+    image-reading time with one worker, against 1.46; see :data:`cellprof.store.COMPRESSIONS`
     and docs/benchmarks.md)."""
 
     def __post_init__(self) -> None:
