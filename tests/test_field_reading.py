@@ -160,3 +160,22 @@ def test_crops_come_back_through_shared_slots_or_the_pipe_alike(
                                       store.read_cells(tmp_path / "one.h5"))
         pd.testing.assert_frame_equal(store.read_fields(tmp_path / name),
                                       store.read_fields(tmp_path / "one.h5"))
+
+
+def test_without_fork_crops_come_through_the_pipe(
+        tiny: TinyScreen, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where workers are not forked (macOS and Windows spawn them), no slots are made and
+    the store is the same."""
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    monkeypatch.setattr(runner.multiprocessing, "get_context", lambda: spawn)
+    made: list[int] = []
+    monkeypatch.setattr(runner.mmap, "mmap", lambda *a: made.append(1))
+    _run(tiny, tmp_path / "one.h5", 1)
+    _run(tiny, tmp_path / "spawned.h5", 2)
+    assert not made
+    np.testing.assert_array_equal(store.read_crops(tmp_path / "spawned.h5"),
+                                  store.read_crops(tmp_path / "one.h5"))
+    pd.testing.assert_frame_equal(store.read_cells(tmp_path / "spawned.h5"),
+                                  store.read_cells(tmp_path / "one.h5"))
