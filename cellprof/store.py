@@ -648,9 +648,10 @@ def read_issues(path: str | Path) -> pd.DataFrame:
 
 
 def read_crops(path: str | Path, rows: slice | np.ndarray | None = None) -> np.ndarray:
-    """Crops ``(n, C, H, W)``; ``rows`` a slice or sorted index array (all when None)."""
+    """Crops ``(n, C, H, W)``; ``rows`` a slice or sorted index array (all when None, read
+    with every core: :func:`cellprof.chunks.read_all`)."""
     with open_store(path) as f:
-        return f[CROPS][()] if rows is None else f[CROPS][rows]
+        return chunks.read_all(f[CROPS]) if rows is None else f[CROPS][rows]
 
 
 def read_illumination(path: str | Path) -> dict[str, np.ndarray]:

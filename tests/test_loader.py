@@ -128,6 +128,22 @@ def test_parallel_chunk_reads_equal_hdf5s_and_files_stay_standard(tmp_path: Path
         assert zlib.decompress(ours) == zlib.decompress(hdf5s)
 
 
+@pytest.mark.parametrize("n", [0, 1, 64, 150])
+def test_reading_a_whole_store_in_parallel_equals_hdf5s_read(tmp_path: Path, n: int) -> None:
+    """``read_crops`` of a whole store (training's in-memory load) inflates the chunks on
+    every core, a few windows at a time: what HDF5 reads, for any length, gzip or none."""
+    crops = np.random.default_rng(4).integers(0, 65536, size=(n, 2, 6, 6)).astype(np.uint16)
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        gz = f.create_dataset("gzip", data=crops, maxshape=(None, 2, 6, 6), chunks=(64, 2, 6, 6),
+                              compression="gzip", compression_opts=1, shuffle=True)
+        raw = f.create_dataset("none", data=crops, maxshape=(None, 2, 6, 6),
+                               chunks=(64, 2, 6, 6))
+        for ds in (gz, raw):
+            got = chunks.read_all(ds, window=1)
+            assert got.shape == crops.shape and got.dtype == crops.dtype
+            np.testing.assert_array_equal(got, ds[()])
+
+
 def test_streamed_store_reads_through_parallel_chunks(synthetic_store: Path) -> None:
     data = CropData(synthetic_store, DataConfig(memory_limit_gb=1e-6))
     idx = np.sort(np.random.default_rng(0).choice(data.info.n_cells, 70, replace=False))
