@@ -80,7 +80,10 @@ class Transfer(Protocol[R]):
     A field's crops (1-2 MB) sent through the pipe are pickled, written and read 64 KB
     at a time, and unpickled; the worker blocks until the parent has read them all, which
     it does only when it holds the GIL between commits. Through a slot, the worker copies
-    them once and sends a few bytes; the parent copies them once.
+    them once and sends a few bytes; the parent copies them once. Slots are anonymous
+    shared mappings made before the workers fork, not files in ``/dev/shm``: a container's
+    small ``/dev/shm`` does not limit them, and nothing outlives the run's processes, even
+    when they are killed.
     """
 
     def pack(self, result: R, slot: memoryview) -> R:
