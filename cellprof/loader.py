@@ -184,8 +184,10 @@ class Loader:
         store in memory, the step's two batches (autoencoder's, discriminator's) on two
         threads at once."""
         shape = self.data.crop_shape(self.batch_size)
+        store = self.data._all  # in memory: crops gathered while they are finished
         if not self._ring:
-            self._scratch = [np.empty(shape, self.data.info.dtype) for _ in steps]
+            self._scratch = [] if store is not None else \
+                [np.empty(shape, self.data.info.dtype) for _ in steps]
             self._ring = [[np.empty(shape, np.float32) for _ in steps]
                           # queued (ahead) + being filled (1) + taken and kept (3)
                           for _ in range(self.ahead + 4)]
@@ -194,8 +196,10 @@ class Loader:
 
         def finish(k: int) -> Tensor:
             with self._draw:  # the stream's caches are not shared across threads
-                raw = self.data.raw_batch(steps[k], self.batch_size, out=self._scratch[k])
-            return torch.from_numpy(raw.model_input(out=slot[k]))  # numpy frees the GIL
+                raw = self.data.raw_batch(steps[k], self.batch_size, gather=store is None,
+                                          out=self._scratch[k] if store is None else None)
+            # numpy frees the GIL; reading the store in memory needs no lock
+            return torch.from_numpy(raw.model_input(out=slot[k], source=store))
 
         if len(steps) == 1 or not self.data.in_memory:
             # a streamed store's cost is decompression, already spread over every core

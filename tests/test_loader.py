@@ -73,6 +73,14 @@ def test_device_transform_equals_numpy_on_full_range_uint16() -> None:
     np.testing.assert_array_equal(got.numpy(), want)
     one_pass = RawBatch(np.arange(40), raw, None, turns, flips).model_input()
     np.testing.assert_array_equal(one_pass, want)
+    # crops gathered from the store in memory while they are finished: the same numbers
+    store_rows = rng.permutation(60)[:40]
+    held = np.zeros((60, 3, 9, 9), np.uint16)
+    held[store_rows] = raw
+    from_store = RawBatch(store_rows, None, None, turns, flips).model_input(source=held)
+    np.testing.assert_array_equal(from_store, want)
+    with pytest.raises(ValueError, match="give the store as source"):
+        RawBatch(store_rows, None, None, turns, flips).model_input()
     plates = np.array(["a", "b"] * 20)
     pct = {"a": np.array([[100, 200, 300], [60000, 50000, 40000]], np.float32),
            "b": np.array([[0, 0, 0], [65535, 1000, 1000]], np.float32)}
