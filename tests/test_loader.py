@@ -154,8 +154,14 @@ def test_reading_a_whole_store_in_parallel_equals_hdf5s_read(tmp_path: Path, n: 
 
 def test_streamed_store_reads_through_parallel_chunks(synthetic_store: Path) -> None:
     data = CropData(synthetic_store, DataConfig(memory_limit_gb=1e-6))
-    idx = np.sort(np.random.default_rng(0).choice(data.info.n_cells, 70, replace=False))
-    np.testing.assert_array_equal(data._read_sorted(idx), store.read_crops(synthetic_store)[idx])
+    every = store.read_crops(synthetic_store)
+    n = data.info.n_cells
+    scattered = np.sort(np.random.default_rng(0).choice(n, 70, replace=False))
+    whole_and_parts = np.concatenate([np.arange(0, 64), np.arange(70, 120, 3),
+                                      np.arange(128, n)])  # whole chunks, runs, a gappy one
+    assert n > 128
+    for idx in (scattered, whole_and_parts, np.arange(n), np.arange(0)):
+        np.testing.assert_array_equal(data._read_sorted(idx), every[idx])
 
 
 def test_crops_written_by_parallel_chunks_read_as_hdf5_wrote_them(tmp_path: Path) -> None:
