@@ -105,7 +105,8 @@ class FieldBuffer:
         return self._array
 
     def release(self) -> None:
-        """Give the memory back (the parent does at the end of a run read in-process)."""
+        """Give the memory back (a run that read its fields in the parent process does so
+        at its end)."""
         self._array = None
 
 
