@@ -3,9 +3,10 @@
 ``/crops`` is stored in chunks of 64 cells, each passed through HDF5's byte-shuffle filter and
 then deflate (gzip) at level 1. HDF5 runs those filters in the calling thread while holding
 h5py's global lock, so reading or writing through h5py uses one core however many threads
-ask. Here the same two filters are applied with numpy and ISA-L (or :mod:`zlib`), which release the GIL,
-and the bytes pass through ``read_direct_chunk`` / ``write_direct_chunk``: the file is
-byte-for-byte what HDF5's own filters would give a reader, so any HDF5 tool reads it.
+ask. Here the same two filters are applied with numpy and ISA-L (or :mod:`zlib`), which
+release the GIL, and the bytes pass through ``read_direct_chunk`` / ``write_direct_chunk``:
+the file is byte-for-byte what HDF5's own filters would give a reader, so any HDF5 tool
+reads it.
 """
 
 from __future__ import annotations

@@ -364,7 +364,7 @@ class _FieldJob:
     nucleus: int
     source: str | None = None
 
-    def __call__(self, task: FieldTask):
+    def __call__(self, task: FieldTask):  # noqa: ANN204 - FieldResult
         return process_field(task, self.size, self.pad, self.dtype, self.channels,
                              self.segment, self.nucleus, self.source, WORKER_BUFFER)
 
