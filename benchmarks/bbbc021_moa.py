@@ -14,8 +14,8 @@ Protocol (as in issue 8; unsupervised, as in the paper, which trains on the cell
    cycloheximide) imported with ``cellprof crop --singlecell`` and merged: 7,860 cells.
 2. Each model trains on the merged store, holding out 10% of its fields (``DataConfig``'s
    default): the held-out cells give the reconstruction error and the frame score
-   (:mod:`cellprof.diagnostics`). The same steps, batch and data for every model; the
-   progressive model's schedule is :func:`cellprof.train.scaled_schedule` of the budget.
+   (:mod:`cellprof.learn.diagnostics`). The same steps, batch and data for every model; the
+   progressive model's schedule is :func:`cellprof.learn.train.scaled_schedule` of the budget.
    Checkpoints every ``--curve-every`` steps give the learning curve (training is resumed
    segment by segment, which is bit-identical to one run).
 3. Every cell of ``singlecell_moa`` is embedded (posterior means, eval mode). Each feature
@@ -23,7 +23,7 @@ Protocol (as in issue 8; unsupervised, as in the paper, which trains on the cell
    none, so plate-level statistics do not exist), then ``cellprof match --normalize none``:
    cells -> wells -> treatment means, cosine, NSC and NSCB 1-NN accuracy (per treatment and
    per compound) and same-MOA mAP over the 103 treatments.
-4. Beside them: hand-crafted features (:mod:`cellprof.classic`, the same z-scoring), an
+4. Beside them: hand-crafted features (:mod:`cellprof.profile.classic`, the same z-scoring), an
    untrained encoder (random weights, per seed) and chance: the expected NSC of a random
    other-compound neighbour, computed from the labels.
 
@@ -54,18 +54,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellprof.checkpoint import initial_checkpoint, load_checkpoint, model_config_of
-from cellprof.classic import classical_features
-from cellprof.data import CropData, DataConfig, scale_crops
-from cellprof.device import Compute
-from cellprof.diagnostics import frame_report
-from cellprof.match import MatchConfig, prepare
-from cellprof.merge import merge_stores
-from cellprof.model import ModelConfig, VAEPlus
-from cellprof.retrieval import accuracy, retrieve
-from cellprof.singlecell import import_singlecell
-from cellprof.store import read_cells, read_crops
-from cellprof.train import TrainConfig, scaled_schedule, train
+from cellprof.formats.checkpoint import initial_checkpoint, load_checkpoint, model_config_of
+from cellprof.profile.classic import classical_features
+from cellprof.learn.data import CropData, DataConfig, scale_crops
+from cellprof.learn.device import Compute
+from cellprof.learn.diagnostics import frame_report
+from cellprof.profile.match import MatchConfig, prepare
+from cellprof.prepare.merge import merge_stores
+from cellprof.learn.model import ModelConfig, VAEPlus
+from cellprof.profile.retrieval import accuracy, retrieve
+from cellprof.prepare.singlecell import import_singlecell
+from cellprof.formats.store import read_cells, read_crops
+from cellprof.learn.train import TrainConfig, scaled_schedule, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "bbbc021"

@@ -14,14 +14,14 @@ Protocol (leave one plate out; every model at the same steps, batch, seed and da
    P alone (test).
 2. Each model (``vae``; ``vae-gan``, every feature-matching term at full weight from step
    0; ``vae-gan-progressive``, the paper's schedule compressed into the budget by
-   :func:`cellprof.train.scaled_schedule`) is trained on the store without P, holding out
+   :func:`cellprof.learn.train.scaled_schedule`) is trained on the store without P, holding out
    15% of its fields; its validation error on those fields (per-pixel MSE and ½·SSE per
    cell, on max-normalised crops) is reported as the mean over the runs of all held-out
    plates.
 3. The trained encoder embeds P's cells (posterior means). The hand-crafted baseline,
-   :func:`cellprof.classic.classical_features`, measures the same crops (no training).
+   :func:`cellprof.profile.classic.classical_features`, measures the same crops (no training).
 4. Cells -> sites (mean per plate, well, site = one field); each feature z-scored against
-   P's DMSO sites (:func:`cellprof.normalize.normalize`).
+   P's DMSO sites (:func:`cellprof.profile.normalize.normalize`).
 5. Cosine similarity between sites. **1-NN acc**: share of cycloheximide sites whose most
    similar other site is also cycloheximide; **mAP**: their mean average precision of
    retrieving the other cycloheximide sites among all other sites (DMSO sites are not
@@ -47,18 +47,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellprof.classic import classical_features
-from cellprof.checkpoint import initial_checkpoint
-from cellprof.data import DataConfig
-from cellprof.embed import EmbedConfig, embed
-from cellprof.model import VARIANTS, ModelConfig
-from cellprof.normalize import normalize
-from cellprof.profiles import aggregate, read_profiles
-from cellprof.retrieval import average_precision, similarity_blocks
-from cellprof.singlecell import import_singlecell
-from cellprof.store import read_cells, read_crops, read_info
-from cellprof.tables import COMPOUND, PLATE, SITE, WELL, canonical_columns, read_table
-from cellprof.train import TrainConfig, scaled_schedule, train
+from cellprof.profile.classic import classical_features
+from cellprof.formats.checkpoint import initial_checkpoint
+from cellprof.learn.data import DataConfig
+from cellprof.learn.embed import EmbedConfig, embed
+from cellprof.learn.model import VARIANTS, ModelConfig
+from cellprof.profile.normalize import normalize
+from cellprof.formats.profiles import aggregate, read_profiles
+from cellprof.profile.retrieval import average_precision, similarity_blocks
+from cellprof.prepare.singlecell import import_singlecell
+from cellprof.formats.store import read_cells, read_crops, read_info
+from cellprof.prepare.tables import COMPOUND, PLATE, SITE, WELL, canonical_columns, read_table
+from cellprof.learn.train import TrainConfig, scaled_schedule, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "bbbc021"
@@ -251,7 +251,7 @@ def section(rows: list[Row], args: argparse.Namespace, plates: list[str], n_trai
         f"means over the held-out plates ({per_plate}). Validation error: per-pixel MSE and "
         f"½·SSE per cell on max-normalised crops of the {VAL_FRACTION:.0%} of training-store "
         "fields held out, mean over the leave-one-plate-out runs. "
-        f"Hand-crafted features: `cellprof.classic` ({classic_s:.0f} s for both plates). "
+        f"Hand-crafted features: `cellprof.profile.classic` ({classic_s:.0f} s for both plates). "
         "Caveat: each plate has one DMSO well, so label and well coincide.",
         "",
         *table_lines(rows),
@@ -318,7 +318,7 @@ def main() -> None:
                                         f"; roughly {est:.0f} min of training on a quiet "
                                         "2-core CPU"), flush=True)
 
-    classic = Row("hand-crafted features (`cellprof.classic`)")
+    classic = Row("hand-crafted features (`cellprof.profile.classic`)")
     t0 = time.perf_counter()
     for p in plates:
         test = stores[p][1]

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from cellprof.data import DataConfig
-from cellprof.model import ModelConfig
-from cellprof.singlecell import import_singlecell
-from cellprof.train import TrainConfig, scaled_schedule, train
+from cellprof.learn.data import DataConfig
+from cellprof.learn.model import ModelConfig
+from cellprof.prepare.singlecell import import_singlecell
+from cellprof.learn.train import TrainConfig, scaled_schedule, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "bbbc021"

@@ -29,15 +29,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from cellprof.checkpoint import initial_checkpoint
-from cellprof.crop import CropConfig, crop_screen
-from cellprof.data import DataConfig
-from cellprof.device import Compute, setup
-from cellprof.embed import EmbedConfig, embed
-from cellprof.model import ModelConfig
-from cellprof.store import read_info
-from cellprof.synth import SynthConfig, synthesize
-from cellprof.train import TrainConfig, train
+from cellprof.formats.checkpoint import initial_checkpoint
+from cellprof.prepare.crop import CropConfig, crop_screen
+from cellprof.learn.data import DataConfig
+from cellprof.learn.device import Compute, setup
+from cellprof.learn.embed import EmbedConfig, embed
+from cellprof.learn.model import ModelConfig
+from cellprof.formats.store import read_info
+from cellprof.example.synth import SynthConfig, synthesize
+from cellprof.learn.train import TrainConfig, train
 
 
 def peak_memory(device: torch.device) -> str:

@@ -4,7 +4,7 @@ Run by hand: ``python benchmarks/input_pipeline.py --store crops.h5 [--rounds 3]
 
 Prints, for an in-memory store and the same store streamed from its gzip chunks:
 
-1. *loader crops/s*: :class:`cellprof.loader.Loader` delivering normalised, augmented
+1. *loader crops/s*: :class:`cellprof.learn.loader.Loader` delivering normalised, augmented
    float32 tensors on the CPU device, both batches of a step (the autoencoder's and the
    discriminator's), batch 104; beside it the old path (numpy ``train_batch`` +
    ``disc_batch`` on the main thread).
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from cellprof.data import CropData, DataConfig
-from cellprof.loader import Loader
+from cellprof.learn.data import CropData, DataConfig
+from cellprof.learn.loader import Loader
 
 CPU = torch.device("cpu")
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellprof.match import MatchConfig, load_profiles, run_match
-from cellprof.retrieval import retrieve
+from cellprof.profile.match import MatchConfig, load_profiles, run_match
+from cellprof.profile.retrieval import retrieve
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "bbbc021"
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from cellprof.data import DataConfig
-from cellprof.model import ModelConfig
-from cellprof.train import TrainConfig, scaled_schedule, train
+from cellprof.learn.data import DataConfig
+from cellprof.learn.model import ModelConfig
+from cellprof.learn.train import TrainConfig, scaled_schedule, train
 
 
 def main() -> None:

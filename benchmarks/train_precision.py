@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from cellprof.device import Compute
-from cellprof.losses import compute_losses
-from cellprof.model import ModelConfig, VAEPlus
+from cellprof.learn.device import Compute
+from cellprof.learn.losses import compute_losses
+from cellprof.learn.model import ModelConfig, VAEPlus
 
 
 def gemm_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 3) -> float:

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from cellprof.crop import CropConfig, crop_screen
-from cellprof.data import CropData, DataConfig
-from cellprof.losses import compute_losses
-from cellprof.model import ModelConfig, VAEPlus
-from cellprof.synth import SynthConfig, synthesize
-from cellprof.train import TrainConfig, train
+from cellprof.prepare.crop import CropConfig, crop_screen
+from cellprof.learn.data import CropData, DataConfig
+from cellprof.learn.losses import compute_losses
+from cellprof.learn.model import ModelConfig, VAEPlus
+from cellprof.example.synth import SynthConfig, synthesize
+from cellprof.learn.train import TrainConfig, train
 
 
 def bare(device: str, batch: int, steps: int, data: CropData, variant: str) -> float:

@@ -99,8 +99,8 @@ def shared_or_skip(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny synthetic screen (DMSO + 16 treatments, 2 plates) cropped at 36 px."""
-    from cellprof.crop import CropConfig, crop_screen
-    from cellprof.synth import SynthConfig, synthesize
+    from cellprof.prepare.crop import CropConfig, crop_screen
+    from cellprof.example.synth import SynthConfig, synthesize
 
     root = tmp_path_factory.mktemp("synthetic")
     res = synthesize(root / "screen", SynthConfig(field_size=128, cells_per_field=10, sites=1,
@@ -114,8 +114,8 @@ def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(synthetic_store: Path) -> tuple[Path, Path]:
     """(model.pt, crops.h5): a 3-step tiny VAE+ trained on ``synthetic_store``."""
-    from cellprof.model import ModelConfig
-    from cellprof.train import TrainConfig, train
+    from cellprof.learn.model import ModelConfig
+    from cellprof.learn.train import TrainConfig, train
 
     run = synthetic_store.parent / "run"
     train(synthetic_store, run, model_config=ModelConfig(latent_dim=8, enc_filters=8,

@@ -8,7 +8,7 @@ import pytest
 from skimage.feature import graycomatrix, graycoprops
 from skimage.measure import regionprops
 
-from cellprof.classic import (
+from cellprof.profile.classic import (
     TEXTURE_ANGLES, TEXTURE_LEVELS, TEXTURE_NAMES, TEXTURE_SCALE, classical_features,
     nucleus_masks, quantize,
 )

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cellprof import __version__, store
+from cellprof import __version__
+
+from cellprof.formats import store
 from cellprof.cli import app
 
 runner = CliRunner()
@@ -106,13 +108,13 @@ def test_train_and_embed_defaults_are_the_librarys() -> None:
     """Every option that sets a config field shows that field's own default in --help."""
     import typer.main
 
-    from cellprof.data import DataConfig
-    from cellprof.embed import EmbedConfig
-    from cellprof.model import ModelConfig
-    from cellprof.train import TrainConfig
+    from cellprof.learn.data import DataConfig
+    from cellprof.learn.embed import EmbedConfig
+    from cellprof.learn.model import ModelConfig
+    from cellprof.learn.train import TrainConfig
 
     group = typer.main.get_command(app)
-    from cellprof.match import MatchConfig
+    from cellprof.profile.match import MatchConfig
 
     owners = {"train": [TrainConfig(), DataConfig(), ModelConfig()], "embed": [EmbedConfig()],
               "match": [MatchConfig()]}

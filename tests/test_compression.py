@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cellprof import store
+from cellprof.formats import store
 from cellprof.cli import app
-from cellprof.crop import CropConfig, crop_screen
-from cellprof.data import CropData, DataConfig
+from cellprof.prepare.crop import CropConfig, crop_screen
+from cellprof.learn.data import CropData, DataConfig
 from cellprof.errors import InputError
-from cellprof.merge import merge_stores
+from cellprof.prepare.merge import merge_stores
 from conftest import TinyScreen
 
 
@@ -93,7 +93,7 @@ def test_cli_compression_option(tiny: TinyScreen, tmp_path: Path) -> None:
 
 def test_singlecell_import_uncompressed(tmp_path: Path) -> None:
     """`crop --singlecell --compression none`: pre-cut crops stored uncompressed, unchanged."""
-    from cellprof.singlecell import import_singlecell
+    from cellprof.prepare.singlecell import import_singlecell
 
     folder = tmp_path / "cells"
     for label in ("apo", "meta"):

@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cellprof.cli import app
-from cellprof.controls import control_rows, use_compound_column
+from cellprof.profile.controls import control_rows, use_compound_column
 from cellprof.errors import InputError
-from cellprof.match import MatchConfig, prepare
+from cellprof.profile.match import MatchConfig, prepare
 from test_match import screen
 
 runner = CliRunner()

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import tifffile
 
-from cellprof import store
-from cellprof.crop import CropConfig, crop_screen
+from cellprof.formats import store
+from cellprof.prepare.crop import CropConfig, crop_screen
 from cellprof.errors import InputError
-from cellprof.segment import SegmentConfig
+from cellprof.prepare.segment import SegmentConfig
 from conftest import CHANNELS, TinyScreen, disc_value, write_tiny_screen
 
 CFG = CropConfig(size=16)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cellprof.diagnostics import frame_report, ring_index, ring_means, ring_standout
+from cellprof.learn.diagnostics import frame_report, ring_index, ring_means, ring_standout
 
 
 def blobs(n: int = 50, size: int = 68, seed: int = 0) -> np.ndarray:

@@ -10,13 +10,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cellprof import store
+from cellprof.formats import store
 from cellprof.cli import app
-from cellprof.crop import CropConfig, crop_screen
-from cellprof.data import scale_crops
-from cellprof.embed import EmbedConfig, embed, export, load_encoder
+from cellprof.prepare.crop import CropConfig, crop_screen
+from cellprof.learn.data import scale_crops
+from cellprof.learn.embed import EmbedConfig, embed, export, load_encoder
 from cellprof.errors import CheckpointError, InputError, StoreError
-from cellprof.profiles import profile_table, read_profiles
+from cellprof.formats.profiles import profile_table, read_profiles
 from conftest import Stop, stop_after
 
 
@@ -123,10 +123,10 @@ def test_checkpoints_from_before_the_crop_scaling_rename_still_embed(trained,
                                                                       tmp_path: Path) -> None:
     """A checkpoint whose data config says "normalization" (the old name of crop_scaling)
     embeds as it did; new profiles record the scaling as crop_scaling."""
-    from cellprof.checkpoint import load_checkpoint, save_checkpoint
-    from cellprof.data import DataConfig
+    from cellprof.formats.checkpoint import load_checkpoint, save_checkpoint
+    from cellprof.learn.data import DataConfig
     from cellprof.errors import CheckpointError
-    from cellprof.profiles import profile_attrs
+    from cellprof.formats.profiles import profile_attrs
 
     ckpt, crops = trained
     old = load_checkpoint(ckpt)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cellprof.cli import app
 from cellprof.errors import InputError
-from cellprof.profiles import ProfileWriter, export_table
+from cellprof.formats.profiles import ProfileWriter, export_table
 
 runner = CliRunner()
 
@@ -99,7 +99,7 @@ def test_export_command_errors_name_the_option(profiles: Path, tmp_path: Path) -
 def test_treatment_level_by_another_compound_column(profiles: Path, tmp_path: Path) -> None:
     """Profiles cropped from a JUMP/LINCS layout name the compound Metadata_pert_iname and
     leave Metadata_Compound empty: --compound-column groups the treatments by it."""
-    from cellprof.profiles import read_profiles
+    from cellprof.formats.profiles import read_profiles
 
     meta, feats, names = read_profiles(profiles)
     meta["Metadata_pert_iname"] = meta["Metadata_Compound"].map(

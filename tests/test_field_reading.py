@@ -12,10 +12,12 @@ import tifffile
 from conftest import TinyScreen
 from skimage.io import imsave
 
-from cellprof import runner, store
-from cellprof.crop import CropConfig, crop_screen
+from cellprof.prepare import runner
+
+from cellprof.formats import store
+from cellprof.prepare.crop import CropConfig, crop_screen
 from cellprof.errors import ImageError
-from cellprof.fieldwork import CropsTransfer, FieldBuffer, FieldTask, load_field, process_field
+from cellprof.prepare.fieldwork import CropsTransfer, FieldBuffer, FieldTask, load_field, process_field
 
 RNG = np.random.default_rng(7)
 

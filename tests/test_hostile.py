@@ -21,12 +21,12 @@ import tifffile
 import torch
 from typer.testing import CliRunner
 
-from cellprof import store
-from cellprof.checkpoint import load_checkpoint
+from cellprof.formats import store
+from cellprof.formats.checkpoint import load_checkpoint
 from cellprof.cli import app
-from cellprof.crop import CropConfig, crop_screen
+from cellprof.prepare.crop import CropConfig, crop_screen
 from cellprof.errors import CheckpointError, InputError, StoreError
-from cellprof.train import TrainConfig
+from cellprof.learn.train import TrainConfig
 from conftest import TinyScreen, disc_field
 
 runner = CliRunner()

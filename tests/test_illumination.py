@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from cellprof import illumination
-from cellprof.illumination import (
+from cellprof.prepare import illumination
+from cellprof.prepare.illumination import (
     IlluminationAccumulator,
     correct,
     default_sigma,

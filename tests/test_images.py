@@ -10,7 +10,7 @@ import tifffile
 from skimage.io import imsave
 
 from cellprof.errors import ImageError, MissingImage
-from cellprof.images import intensity_stats, read_planes, resolve_image
+from cellprof.formats.images import intensity_stats, read_planes, resolve_image
 
 
 @pytest.mark.parametrize("pathname", [r"C:\Users\me\screen\images",

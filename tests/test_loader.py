@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from cellprof import chunks, store
-from cellprof.data import CropData, DataConfig, RawBatch, orient, scale_crops
-from cellprof.loader import Loader, as_tensor, model_input, orientation_groups
+from cellprof.formats import chunks, store
+from cellprof.learn.data import CropData, DataConfig, RawBatch, orient, scale_crops
+from cellprof.learn.loader import Loader, as_tensor, model_input, orientation_groups
 
 CPU = torch.device("cpu")
 CONFIGS = {

@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 
 from cellprof.errors import InputError
-from cellprof.match import (
+from cellprof.profile.match import (
     MatchConfig, accuracy, feature_names, load_profiles, mean_average_precision, nsc, nscb,
     moa_rows, prepare, run_match, single_batch_moas, summary_rows,
 )
-from cellprof.normalize import normalize, whitening_matrix
-from cellprof.profiles import ProfileWriter
-from cellprof import retrieval
-from cellprof.retrieval import average_precision, map_per_moa, retrieve
+from cellprof.profile.normalize import normalize, whitening_matrix
+from cellprof.formats.profiles import ProfileWriter
+from cellprof.profile import retrieval
+from cellprof.profile.retrieval import average_precision, map_per_moa, retrieve
 from conftest import shared_or_skip
 
 COLS = ["Metadata_Treatment", "Metadata_Compound", "Metadata_Concentration",

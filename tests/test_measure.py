@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cellprof import store
-from cellprof.classic import classical_features
+from cellprof.formats import store
+from cellprof.profile.classic import classical_features
 from cellprof.cli import app
-from cellprof.embed import export
+from cellprof.learn.embed import export
 from cellprof.errors import InputError, StoreError
-from cellprof.match import MatchConfig, run_match
-from cellprof.measure import MeasureConfig, measure
-from cellprof.profiles import profile_attrs, read_profiles
+from cellprof.profile.match import MatchConfig, run_match
+from cellprof.profile.measure import MeasureConfig, measure
+from cellprof.formats.profiles import profile_attrs, read_profiles
 from conftest import CHANNELS, Stop, stop_after
 
 
@@ -47,7 +47,7 @@ def test_profiles_are_the_classical_features_of_each_cell(measured: Path,
     np.testing.assert_allclose(feats, expected.to_numpy(np.float32), rtol=1e-6)
     pd.testing.assert_frame_equal(meta, store.read_cells(synthetic_store))
     attrs = profile_attrs(measured)
-    assert attrs["profile_kind"] == "hand-crafted" and attrs["method"] == "cellprof.classic"
+    assert attrs["profile_kind"] == "hand-crafted" and attrs["method"] == "cellprof.profile.classic"
 
 
 def test_file_opens_with_h5py_and_pandas_with_feature_names(measured: Path,
@@ -134,7 +134,7 @@ def test_cli_measure_then_match(synthetic_store: Path, tmp_path: Path) -> None:
 def test_show_says_hand_crafted_profiles_cannot_be_decoded(tiny_model: tuple[Path, Path],
                                                            measured: Path,
                                                            tmp_path: Path) -> None:
-    from cellprof.show import show
+    from cellprof.report.show import show
 
     ckpt, crops = tiny_model
     with pytest.raises(StoreError, match=r"hand-crafted features \(cellprof measure\), not "

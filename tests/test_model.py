@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cellprof.errors import CheckpointError
-from cellprof.losses import (compute_losses, discriminator_loss, feature_matching_loss, jitter,
+from cellprof.learn.losses import (compute_losses, discriminator_loss, feature_matching_loss, jitter,
                              kl_loss, layer_weights, pixel_loss)
-from cellprof.model import ModelConfig, VAEPlus, count_parameters, spatial_plan
+from cellprof.learn.model import ModelConfig, VAEPlus, count_parameters, spatial_plan
 
 TINY = dict(latent_dim=8, enc_filters=4, dec_filters=4, disc_channels=(4, 4, 4, 8, 1))
 

@@ -11,9 +11,9 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from cellprof import store
+from cellprof.formats import store
 from cellprof.cli import app
-from cellprof.crop import CropConfig, crop_screen
+from cellprof.prepare.crop import CropConfig, crop_screen
 from cellprof.errors import InputError
 from conftest import CHANNELS, disc_value, write_tiny_screen
 

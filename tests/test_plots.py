@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from cellprof.plots import composite, save_confusion_matrix, save_grid, save_strip
+from cellprof.report.plots import composite, save_confusion_matrix, save_grid, save_strip
 
 CHANNELS = ("DNA", "Tubulin", "Actin")
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from cellprof.checkpoint import load_checkpoint
-from cellprof.data import CropData, DataConfig
-from cellprof.device import Compute, cpu_has_bf16, resolve_precision
+from cellprof.formats.checkpoint import load_checkpoint
+from cellprof.learn.data import CropData, DataConfig
+from cellprof.learn.device import Compute, cpu_has_bf16, resolve_precision
 from cellprof.errors import InputError
-from cellprof.losses import compute_losses
-from cellprof.model import ModelConfig, VAEPlus
-from cellprof.train import TrainConfig, saved_train_config, train
+from cellprof.learn.losses import compute_losses
+from cellprof.learn.model import ModelConfig, VAEPlus
+from cellprof.learn.train import TrainConfig, saved_train_config, train
 
 TINY = dict(latent_dim=8, enc_filters=8, dec_filters=8, disc_channels=(8, 8, 8, 8, 1),
             ramp_start=2, ramp_length=2)

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellprof import store
-from cellprof.crop import CropConfig, crop_screen, plan
-from cellprof.segment import SegmentConfig
-from cellprof.singlecell import import_singlecell
+from cellprof.formats import store
+from cellprof.prepare.crop import CropConfig, crop_screen, plan
+from cellprof.prepare.segment import SegmentConfig
+from cellprof.prepare.singlecell import import_singlecell
 from conftest import shared_or_skip
 
 pytestmark = pytest.mark.realdata

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cellprof.checkpoint import load_checkpoint
+from cellprof.formats.checkpoint import load_checkpoint
 from cellprof.cli import app
 from cellprof.errors import InputError
-from cellprof.model import ModelConfig
-from cellprof.train import TrainConfig, train
+from cellprof.learn.model import ModelConfig
+from cellprof.learn.train import TrainConfig, train
 
 runner = CliRunner()
 TINY = ModelConfig(latent_dim=8, enc_filters=8, dec_filters=8, disc_channels=(8, 8, 8, 8, 1),

@@ -16,15 +16,15 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cellprof import store
+from cellprof.formats import store
 from cellprof.cli import app
-from cellprof.crop import CropConfig, crop_screen
-from cellprof.embed import EmbedConfig, embed
+from cellprof.prepare.crop import CropConfig, crop_screen
+from cellprof.learn.embed import EmbedConfig, embed
 from cellprof.errors import InputError
-from cellprof.merge import merge_stores
-from cellprof.profiles import read_profiles
-from cellprof.safeio import OutputLock, atomic_path, fingerprint, fingerprint_change
-from cellprof.train import TrainConfig, train
+from cellprof.prepare.merge import merge_stores
+from cellprof.formats.profiles import read_profiles
+from cellprof.formats.safeio import OutputLock, atomic_path, fingerprint, fingerprint_change
+from cellprof.learn.train import TrainConfig, train
 from conftest import TinyScreen
 
 runner = CliRunner()
@@ -103,7 +103,7 @@ def test_embed_refuses_to_write_over_its_store(tiny_model: tuple[Path, Path],
 
 HOLD = """
 import sys, time
-from cellprof.safeio import OutputLock
+from cellprof.formats.safeio import OutputLock
 lock = OutputLock(sys.argv[1], folder=sys.argv[2] == "folder").acquire()
 print("held", flush=True)
 time.sleep(60)

@@ -1,4 +1,4 @@
-"""Every way of making a crop store writes the layout :mod:`cellprof.schema` declares."""
+"""Every way of making a crop store writes the layout :mod:`cellprof.formats.schema` declares."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellprof import schema, store
-from cellprof.crop import CropConfig, crop_screen
-from cellprof.merge import merge_stores
-from cellprof.singlecell import import_singlecell
+from cellprof.formats import schema, store
+from cellprof.prepare.crop import CropConfig, crop_screen
+from cellprof.prepare.merge import merge_stores
+from cellprof.prepare.singlecell import import_singlecell
 from conftest import TinyScreen
 
 

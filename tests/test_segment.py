@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellprof.segment import COLUMNS, SegmentConfig, find_nuclei
+from cellprof.prepare.segment import COLUMNS, SegmentConfig, find_nuclei
 
 H, W = 160, 200
 RADIUS = 7

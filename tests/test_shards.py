@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellprof import store
-from cellprof.crop import CropConfig, crop_screen
+from cellprof.formats import store
+from cellprof.prepare.crop import CropConfig, crop_screen
 from cellprof.errors import InputError
-from cellprof.merge import merge_stores
+from cellprof.prepare.merge import merge_stores
 from conftest import TinyScreen
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellprof import store
-from cellprof.singlecell import import_singlecell
+from cellprof.formats import store
+from cellprof.prepare.singlecell import import_singlecell
 
 
 def _flat_folder(root: Path, n: int = 6) -> pd.DataFrame:

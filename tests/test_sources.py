@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cellprof import store
+from cellprof.formats import store
 from cellprof.cli import app
-from cellprof.crop import CropConfig, crop_screen
+from cellprof.prepare.crop import CropConfig, crop_screen
 from cellprof.errors import InputError
 from conftest import TinyScreen, disc_value
 

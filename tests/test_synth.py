@@ -15,7 +15,7 @@ from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
 from cellprof.errors import InputError
-from cellprof.synth import CHANNELS, SynthConfig, SynthResult, synthesize
+from cellprof.example.synth import CHANNELS, SynthConfig, SynthResult, synthesize
 
 SMALL = SynthConfig(field_size=128, cells_per_field=6, sites=1)
 TINY = SynthConfig(field_size=96, cells_per_field=4, sites=1, plates_per_batch=1)

@@ -15,14 +15,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cellprof.checkpoint import load_checkpoint
+from cellprof.formats.checkpoint import load_checkpoint
 from cellprof.cli import app
-from cellprof.crop import CropConfig, crop_screen
-from cellprof.data import CropData, DataConfig, augment, split_by_field
+from cellprof.prepare.crop import CropConfig, crop_screen
+from cellprof.learn.data import CropData, DataConfig, augment, split_by_field
 from cellprof.errors import CheckpointError, InputError, StoreError
-from cellprof.model import ModelConfig
-from cellprof.store import read_cells
-from cellprof.train import TrainConfig, TrainingDiverged, train
+from cellprof.learn.model import ModelConfig
+from cellprof.formats.store import read_cells
+from cellprof.learn.train import TrainConfig, TrainingDiverged, train
 
 TINY = dict(latent_dim=8, enc_filters=8, dec_filters=8, disc_channels=(8, 8, 8, 8, 1),
             ramp_start=2, ramp_length=2)
@@ -164,7 +164,7 @@ def test_streaming_equals_in_memory_order(store_path: Path) -> None:
 
 def test_diverging_loss_stops_with_last_good_checkpoint(store_path: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import cellprof.train as train_module
+    import cellprof.learn.train as train_module
 
     real = train_module.compute_losses
 

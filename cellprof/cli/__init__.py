@@ -1,6 +1,6 @@
 """The ``cellprof`` command: a thin layer of options over the library.
 
-Every command maps its options onto a library call (``cellprof.crop.crop_screen`` …), so
+Every command maps its options onto a library call (``cellprof.prepare.crop.crop_screen`` …), so
 what the CLI does a notebook can do too. Errors a user can fix (:class:`CellprofError`)
 print as one red line and exit with status 1, never a traceback. Commands live in
 :mod:`cellprof.cli.prepare` (synth, crop, merge), :mod:`cellprof.cli.learn` (train, embed,

@@ -28,7 +28,7 @@ def _literal(node: ast.expr) -> Any:
 
 @cache
 def defaults(module: str, cls: str) -> dict[str, Any]:
-    """``{field: default}`` of dataclass ``cls`` in ``module`` (e.g. "cellprof.train")."""
+    """``{field: default}`` of dataclass ``cls`` in ``module`` (e.g. "cellprof.learn.train")."""
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         raise ImportError(f"cannot find module {module}")

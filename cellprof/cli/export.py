@@ -27,7 +27,7 @@ def export(
     compound_column: Annotated[str, typer.Option(
         help="Column naming the compound, which --level treatment groups by, e.g. "
              "Metadata_pert_iname (LINCS) or Metadata_JCP2022 (JUMP).")
-    ] = defaults("cellprof.match", "MatchConfig")["compound_column"],
+    ] = defaults("cellprof.profile.match", "MatchConfig")["compound_column"],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
 ) -> None:
     """Write profiles as a table: Metadata_ columns, then features.
@@ -37,9 +37,9 @@ def export(
     pycytominer.aggregate(compute_object_count=True) and normalize
     keep them. Profiles are not normalised: `cellprof match` does that.
     """
-    from cellprof.profiles import FORMATS, LEVELS
-    from cellprof.profiles import export as write
-    from cellprof.safeio import refuse_inputs
+    from cellprof.formats.profiles import FORMATS, LEVELS
+    from cellprof.formats.profiles import export as write
+    from cellprof.formats.safeio import refuse_inputs
 
     try:
         if format not in FORMATS:

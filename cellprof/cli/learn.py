@@ -26,10 +26,10 @@ from cellprof.errors import CellprofError
 
 # Every default below is the library's own (see cellprof.cli._defaults), so `--help` and
 # the library cannot drift apart.
-_T = defaults("cellprof.train", "TrainConfig")
-_D = defaults("cellprof.data", "DataConfig")
-_M = defaults("cellprof.model", "ModelConfig")
-_E = defaults("cellprof.embed", "EmbedConfig")
+_T = defaults("cellprof.learn.train", "TrainConfig")
+_D = defaults("cellprof.learn.data", "DataConfig")
+_M = defaults("cellprof.learn.model", "ModelConfig")
+_E = defaults("cellprof.learn.embed", "EmbedConfig")
 _PRECISION_HELP = "auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16."
 # The optional table `embed` and `measure` both write beside their profiles file.
 _TableFormat = Annotated[Optional[str], typer.Option(
@@ -122,10 +122,10 @@ def train(
     `torchrun --nproc-per-node N cellprof train ...` (DDP; only rank 0 writes).
     Ctrl-C saves a checkpoint; `--resume` continues exactly.
     """
-    from cellprof.data import DataConfig
-    from cellprof.model import ModelConfig
-    from cellprof.train import TrainConfig, saved_train_config, scaled_schedule
-    from cellprof.train import train as run_train
+    from cellprof.learn.data import DataConfig
+    from cellprof.learn.model import ModelConfig
+    from cellprof.learn.train import TrainConfig, saved_train_config, scaled_schedule
+    from cellprof.learn.train import train as run_train
 
     try:
         if schedule not in ("paper", "scaled"):
@@ -202,8 +202,8 @@ def embed(
     Writes OUT (HDF5: /features, /cells/<column>, provenance attributes; docs/formats.md),
     resumably (OUT.partial until complete), and optionally a Parquet/CSV table.
     """
-    from cellprof.embed import EmbedConfig
-    from cellprof.embed import embed as run_embed
+    from cellprof.learn.embed import EmbedConfig
+    from cellprof.learn.embed import embed as run_embed
 
     t0 = time.perf_counter()
     try:
@@ -222,7 +222,7 @@ def _check_format(format: str | None, level: str) -> None:
     """Refuse a bad table option before the long run, not after it."""
     if format not in (None, "parquet", "csv"):
         raise CellprofError(f"--format must be parquet or csv, got {format!r}")
-    from cellprof.profiles import LEVELS
+    from cellprof.formats.profiles import LEVELS
 
     if level not in LEVELS:
         raise CellprofError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
@@ -230,7 +230,7 @@ def _check_format(format: str | None, level: str) -> None:
 
 def _done(verb: str, res: object, format: str | None, level: str, t0: float) -> None:
     """Write the optional table of a profiles file and say what was made."""
-    from cellprof.embed import export
+    from cellprof.learn.embed import export
 
     table = export(res.out, res.out.with_suffix(f".{level}.{format}"), level) \
         if format else None
@@ -253,13 +253,13 @@ def measure(
 ) -> None:
     """Hand-crafted features of every cell: the classical baseline beside `embed`.
 
-    Nucleus shape, intensity, texture and channel correlation (cellprof.classic, named
+    Nucleus shape, intensity, texture and channel correlation (cellprof.profile.classic, named
     CellProfiler-style) of the store's raw crops, written in the same profiles format as
     `cellprof embed` (profile_kind "hand-crafted", feature_names AreaShape_Area ...), so
     `cellprof match` takes it as it is. Resumable (OUT.partial until complete).
     """
-    from cellprof.measure import MeasureConfig
-    from cellprof.measure import measure as run_measure
+    from cellprof.profile.measure import MeasureConfig
+    from cellprof.profile.measure import measure as run_measure
 
     t0 = time.perf_counter()
     try:

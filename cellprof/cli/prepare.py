@@ -17,7 +17,7 @@ from cellprof.cli._app import (
     console,
 )
 from cellprof.errors import CellprofError
-from cellprof.safeio import refuse_inputs
+from cellprof.formats.safeio import refuse_inputs
 
 
 @app.command()
@@ -39,7 +39,7 @@ def synth(
     (compound, concentration, moa). Several MOAs, each with ≥2 compounds at ≥2
     concentrations, differ by visible phenotypes; DMSO on every plate.
     """
-    from cellprof.synth import SynthConfig, synthesize
+    from cellprof.example.synth import SynthConfig, synthesize
 
     try:
         cfg = SynthConfig(seed=seed, batches=batches, plates_per_batch=plates_per_batch,
@@ -138,9 +138,9 @@ def crop(
     docs/formats.md) and, when anything was reported, OUT.issues.csv (kind, file, row,
     reason). An interrupted run leaves OUT.partial; rerun the same command to resume.
     """
-    from cellprof.crop import CropConfig, crop_screen
-    from cellprof.segment import SegmentConfig
-    from cellprof.singlecell import import_singlecell
+    from cellprof.prepare.crop import CropConfig, crop_screen
+    from cellprof.prepare.segment import SegmentConfig
+    from cellprof.prepare.singlecell import import_singlecell
 
     t0 = time.perf_counter()
     try:
@@ -219,7 +219,7 @@ def merge(
     Shards must share channels, crop size and pixel type; cells, fields, issues and
     illumination functions are concatenated in the order given.
     """
-    from cellprof.merge import merge_stores
+    from cellprof.prepare.merge import merge_stores
 
     try:
         with _progress() as bar:

@@ -19,7 +19,7 @@ from cellprof.cli._app import (
 from cellprof.cli._defaults import defaults
 from cellprof.errors import CellprofError
 
-_MC = defaults("cellprof.match", "MatchConfig")  # --help shows the library's own defaults
+_MC = defaults("cellprof.profile.match", "MatchConfig")  # --help shows the library's own defaults
 # How commands that compare treatments are told the compound and the controls (match, show).
 _Control = Annotated[Optional[str], typer.Option(
     help="Compound name of the negative control [default: DMSO].", show_default=False)]
@@ -89,7 +89,7 @@ def match(
     OUT/metrics.json, OUT/treatments.csv, OUT/map_per_moa.csv (each MOA's mAP with a
     permutation p-value), OUT/treatment_profiles.parquet and OUT/confusion_nsc.png.
     """
-    from cellprof.match import MatchConfig, moa_rows, run_match, summary_rows
+    from cellprof.profile.match import MatchConfig, moa_rows, run_match, summary_rows
 
     try:
         normalize_at = _renamed(ctx, "level", "normalize_at")  # --level: one more release
@@ -143,8 +143,8 @@ def show(
     the control's) and OUT/interpolation.png (decoded latents from the control's mean to
     a treatment's). Channels are shown as a labelled colour composite.
     """
-    from cellprof.show import ShowConfig
-    from cellprof.show import show as run_show
+    from cellprof.report.show import ShowConfig
+    from cellprof.report.show import show as run_show
 
     try:
         res = run_show(checkpoint, crops, out, profiles=profiles, config=ShowConfig(
@@ -176,8 +176,8 @@ def demo(
     ./cellprof-demo): screen/, crops.h5, run/, profiles.h5, report/, figures/. Never
     writes over earlier results without --force.
     """
-    from cellprof.demo import DemoConfig, run_demo
-    from cellprof.synth import SynthConfig
+    from cellprof.example.demo import DemoConfig, run_demo
+    from cellprof.example.synth import SynthConfig
 
     t0 = time.perf_counter()
     try:

@@ -1,0 +1,203 @@
+"""A training run's folder: what ``cellprof train`` writes besides the weights' updates.
+
+Run folder::
+
+    config.json            every setting, seed, versions, store channels and crop scaling
+    losses.csv             step, each loss term, schedule weights, validation error, cells/s
+    images/recon_*.png     held-out cells and their reconstructions
+    images/samples_*.png   cells decoded from random latents
+    checkpoints/last.pt    newest checkpoint (atomic); model.pt when training completes
+
+Under DDP every rank holds a :class:`RunFolder`, and only rank 0's writes anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import os
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from cellprof.formats.checkpoint import RESUME, load_checkpoint, save_checkpoint, versions
+from cellprof.learn.data import CropData
+from cellprof.learn.device import to_device
+from cellprof.errors import CheckpointError, InputError
+from cellprof.learn.losses import pixel_loss
+from cellprof.learn.model import VAEPlus
+from cellprof.formats.safeio import OutputLock, atomic_path, write_json
+
+R = TypeVar("R")
+
+
+def holding_run_lock(fn: Callable[..., R]) -> Callable[..., R]:
+    """Run ``fn(store, out, ...)`` holding the run folder's lock (rank 0 only, the one
+    that writes), so a second training into the same ``--out`` is refused instead of
+    both logging every step and leaving model.pt and config.json disagreeing."""
+    @functools.wraps(fn)
+    def locked(store_path: str | Path, out: str | Path, **kwargs: Any) -> R:
+        if int(os.environ.get("RANK", "0")) != 0:
+            return fn(store_path, out, **kwargs)
+        with OutputLock(out, folder=True):
+            return fn(store_path, out, **kwargs)
+    return locked
+
+
+class RunFolder:
+    """Paths of a run, the checks before starting one, and rank 0's writes."""
+
+    def __init__(self, out: str | Path, main: bool) -> None:
+        self.out, self.main = Path(out), main
+        self.last = self.out / "checkpoints" / "last.pt"
+        self.final = self.out / "model.pt"
+        self._log: _Log | None = None
+
+    def resume_point(self, device: torch.device) -> dict[str, Any]:
+        """The checkpoint to continue from (``--resume``)."""
+        if not self.last.exists():
+            raise CheckpointError(f"{self.out}: nothing to resume (no checkpoints/last.pt)")
+        ckpt = load_checkpoint(self.last, map_location=device)
+        lacking = [k for k in RESUME if k not in ckpt]
+        if lacking:
+            raise CheckpointError(f"{self.last}: cannot resume, the checkpoint lacks "
+                                  f"{', '.join(lacking)}")
+        return ckpt
+
+    def check_fresh(self, overwrite: bool) -> None:
+        """Refuse to start over a run unless ``overwrite``."""
+        if (self.last.exists() or self.final.exists()) and not overwrite:
+            raise InputError(f"{self.out}: holds a training run; pass --resume to continue it "
+                             "or --overwrite to start over")
+
+    def start(self, config: dict[str, Any], columns: list[str], resumed_at: int | None,
+              changes: dict[str, list[Any]] | None = None) -> None:
+        """Write config.json and open losses.csv (keeping rows up to ``resumed_at``); on a
+        fresh start remove everything of an overwritten run that could be resumed or shown.
+
+        config.json's ``resumes`` lists, per resume that changed settings, the step and
+        ``{setting: [before, after]}`` (``changes``), so a run's history stays readable
+        after its config was changed mid-way."""
+        if not self.main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        resumes: list[dict[str, Any]] = []
+        if resumed_at is None:
+            for old in (self.last, self.final, *(self.out / "images").glob("*.png")):
+                old.unlink(missing_ok=True)
+        else:
+            resumes = self._earlier_resumes()
+            if changes:
+                resumes.append({"step": resumed_at, "changed": changes})
+        write_json(self.out / "config.json", {**config, "versions": versions(),
+                                              "resumes": resumes})
+        self._log = _Log(self.out / "losses.csv", columns, resumed_at)
+
+    def _earlier_resumes(self) -> list[dict[str, Any]]:
+        """Settings changed by earlier resumes, as config.json records them."""
+        try:
+            return list(json.loads((self.out / "config.json").read_text()).get("resumes", []))
+        except (OSError, ValueError, AttributeError):
+            return []
+
+    def log(self, row: dict[str, Any]) -> None:
+        if self._log is not None:
+            self._log.write(row)
+
+    def checkpoint(self, final: bool, payload: dict[str, Any]) -> Path | None:
+        """Save ``payload`` as last.pt (and model.pt when ``final``); rank 0 only."""
+        if not self.main:
+            return None
+        path = save_checkpoint(self.last, payload)
+        return save_checkpoint(self.final, payload) if final else path
+
+    def images(self, model: VAEPlus, data: CropData, device: torch.device, step: int) -> None:
+        """Reconstructions of 8 held-out cells and 16 random samples, as PNG grids."""
+        if not self.main:
+            return
+        from cellprof.report.plots import save_grid
+
+        idx = data.val_indices()[:8] if len(data.val_idx) else data.train_idx[:8]
+        x = data.scaled(np.sort(idx))
+        model.eval()
+        with torch.no_grad():
+            recon = model.decode(model.encode(to_device(x, device))[0]).float().cpu().numpy()
+            gen = torch.Generator(device=device).manual_seed(1234)
+            samples = model.sample(16, generator=gen).float().cpu().numpy()
+        model.train()
+        images = self.out / "images"
+        save_grid(images / f"recon_{step:07d}.png", [x, recon], list(data.channels),
+                  row_labels=["held-out cells", "reconstruction"], title=f"step {step}")
+        save_grid(images / f"samples_{step:07d}.png", [samples[:8], samples[8:]],
+                  list(data.channels), title=f"random samples, step {step}")
+
+
+def validate(model: VAEPlus, data: CropData, device: torch.device,
+             batch_size: int) -> dict[str, float]:
+    """Held-out reconstruction error with z = mu, in float32 whatever the training
+    precision: ½·sum of squares per cell and per-pixel MSE."""
+    model.eval()
+    total, sq, n, numel = 0.0, 0.0, 0, 1
+    with torch.no_grad():
+        for x in data.val_batches(batch_size):
+            xt = to_device(x, device)
+            recon = model.decode(model.encode(xt)[0]).float()
+            total += float(pixel_loss(recon, xt.float())) * len(x)
+            sq += float((recon - xt).pow(2).sum())
+            n += len(x)
+            numel = x[0].size
+    model.train()
+    return {"val_pixel": total / n, "val_mse": sq / (n * numel)} if n else {}
+
+
+class StopRequest:
+    """Ctrl-C / SIGTERM set a flag; the loop checkpoints and leaves at the next step.
+
+    ``signum`` keeps which signal it was, so the CLI can exit 128 + it (130, 143) as shells
+    and schedulers expect of a stopped job, rather than 0 (success)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signum = 0
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():  # signals: main only
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class _Log:
+    """losses.csv, appended row by row; on resume rows past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, columns: list[str], resume_step: int | None) -> None:
+        self.path, self.columns = path, columns
+        rows = []
+        if resume_step is not None and path.exists():
+            with open(path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, columns, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+    def write(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a", newline="") as fh:
+            csv.DictWriter(fh, self.columns, extrasaction="ignore").writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+

@@ -1,0 +1,218 @@
+"""Reading the tables a user has: CellProfiler image/object tables, moa tables.
+
+CellProfiler writes the same measurements under two naming styles. The spreadsheet
+export (ExportToSpreadsheet) has ``FileName_DNA``, ``PathName_DNA``, ``Metadata_Plate`` in
+``Image.csv`` and ``Location_Center_X`` in ``Nuclei.csv``; the database export
+(ExportToDatabase, and BBBC021's official ``BBBC021_v1_image.csv``) prefixes every column
+with its table (``Image_FileName_DAPI``, ``Nuclei_Location_Center_X``) and sometimes
+suffixes metadata with the channel it was extracted from (``Image_Metadata_Plate_DAPI``).
+Everything here maps both onto the spreadsheet names, which are also pycytominer's, so
+the rest of cellprof sees one convention.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cellprof.errors import InputError
+
+from cellprof.formats.schema import (  # noqa: F401 - the canonical names, re-exported for users
+    CENTER_X, CENTER_Y, COMPOUND, CONCENTRATION, IMAGE_NUMBER, MOA, OBJECT_NUMBER, PLATE, SITE,
+    TABLE_NUMBER, WELL,
+)
+
+# Bare or oddly cased names users' tables carry for the canonical metadata columns.
+_ALIASES = {
+    "plate": PLATE, "well": WELL, "site": SITE, "field": SITE, "compound": COMPOUND,
+    "concentration": CONCENTRATION, "moa": MOA, "replicate": "Metadata_Replicate",
+}
+
+
+def is_metadata_alias(name: str) -> bool:
+    """Whether a bare column name (``plate``, ``Compound`` …) stands for canonical metadata."""
+    return str(name).lower() in _ALIASES
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV (plain or gzipped) or Parquet table; the format is told by its content.
+
+    Raises
+    ------
+    InputError
+        When the file is missing, empty or not a table, naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: table not found")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    try:
+        if magic == b"PAR1":
+            return pd.read_parquet(path)
+        return pd.read_csv(path, compression="gzip" if magic[:2] == b"\x1f\x8b" else None,
+                           low_memory=False)
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise InputError(f"{path}: cannot be read as a CSV or Parquet table ({exc})") from None
+
+
+def canonical_columns(table: pd.DataFrame, prefix: str = "Image_") -> pd.DataFrame:
+    """Rename database-style and bare metadata columns to spreadsheet-style names.
+
+    ``Image_FileName_DAPI`` becomes ``FileName_DAPI``; ``Image_Metadata_Plate_DAPI``
+    becomes ``Metadata_Plate`` (a trailing channel name is dropped when the bare name is
+    free); ``moa``/``compound``/``Metadata_moa`` become ``Metadata_MOA``/``Metadata_Compound``.
+    """
+    renamed = {c: c[len(prefix):] if prefix and c.startswith(prefix) else c for c in table.columns}
+    channels = {m.group(1) for c in renamed.values() if (m := re.match(r"FileName_(.+)$", c))}
+    taken = set(renamed.values())
+    for old, new in list(renamed.items()):
+        m = re.match(r"(Metadata_[A-Za-z0-9]+)_(.+)$", new)
+        if m and m.group(2) in channels and m.group(1) not in taken:
+            renamed[old] = m.group(1)
+            taken.add(m.group(1))
+    for old, new in list(renamed.items()):
+        bare = new[len("Metadata_"):] if new.startswith("Metadata_") else new
+        canon = _ALIASES.get(bare.lower())
+        if canon and canon not in taken:
+            renamed[old] = canon
+            taken.add(canon)
+    return table.rename(columns=renamed)
+
+
+def channels_of(table: pd.DataFrame) -> list[str]:
+    """Channel names found as ``FileName_<name>`` columns, in table order."""
+    return [c[len("FileName_"):] for c in table.columns if c.startswith("FileName_")]
+
+
+def require_columns(table: pd.DataFrame, columns: list[str], source: str | Path) -> None:
+    """Raise :class:`InputError` naming the missing columns and what the table has."""
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        have = ", ".join(map(str, table.columns[:12])) + (" …" if len(table.columns) > 12 else "")
+        raise InputError(f"{source}: missing column(s) {', '.join(missing)} (has: {have})")
+
+
+def whole_numbers(values: pd.Series, column: str, source: str | Path) -> pd.Series:
+    """``values`` as int64, or :class:`InputError` naming the first row (1-based line of
+    the file, after its header) that is empty or not a whole number."""
+    nums = pd.to_numeric(values, errors="coerce")
+    bad = nums.isna() | (nums != nums.round())
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        value = values.iloc[i]
+        what = "is empty" if pd.isna(value) or str(value).strip() == "" else \
+            f"is {value!r}, not a whole number"
+        raise InputError(f"{source}, row {i + 2}: {column} {what}")
+    return nums.astype(np.int64)
+
+
+def object_centres(table: pd.DataFrame, source: str | Path, object_name: str = "Nuclei"
+                   ) -> pd.DataFrame:
+    """``ObjectNumber, Location_Center_X/Y`` and the image keys of an object table.
+
+    The keys are whichever of ``TableNumber``, ``ImageNumber`` and ``Metadata_*`` the table
+    has (:func:`cellprof.prepare.sources.pair_objects` decides which pair objects with images);
+    ``ObjectNumber`` is NaN when the table has none. Database-style tables hold several
+    objects' columns side by side (``Nuclei_Location_Center_X``,
+    ``Cells_Location_Center_X``); ``object_name`` picks one.
+    """
+    cols = {}
+    for target in (CENTER_X, CENTER_Y):
+        cands = [target, f"{object_name}_{target}"] + [
+            c for c in table.columns if c.endswith("_" + target)]
+        found = next((c for c in cands if c in table.columns), None)
+        if found is None:
+            raise InputError(f"{source}: missing column {target} (or {object_name}_{target}): "
+                             "is this a CellProfiler object table?")
+        cols[target] = found
+    obj = next((c for c in ("ObjectNumber", f"{object_name}_Number_Object_Number",
+                            "Number_Object_Number") if c in table.columns), None)
+    # Numbers that are empty or not whole would pair or number cells wrongly: named, refused.
+    numbers = {c: whole_numbers(table[c], c, source)
+               for c in (TABLE_NUMBER, IMAGE_NUMBER) if c in table.columns}
+    out = pd.DataFrame({
+        OBJECT_NUMBER: whole_numbers(table[obj], obj, source) if obj
+        else np.nan,  # numbered per image once paired
+        CENTER_X: pd.to_numeric(table[cols[CENTER_X]], errors="coerce"),
+        CENTER_Y: pd.to_numeric(table[cols[CENTER_Y]], errors="coerce"),
+    }, index=table.index)
+    # Keys that can pair an object with its image: CellProfiler's numbers, field metadata.
+    keys = [c for c in table.columns if c in (TABLE_NUMBER, IMAGE_NUMBER)
+            or (str(c).startswith("Metadata_") and c not in out.columns)]
+    out = pd.concat([table[keys].assign(**numbers), out], axis=1).reset_index(drop=True)
+    out["_row"] = np.arange(len(table)) + 2  # 1-based line in the file, after the header
+    return out
+
+
+def concentration_key(values: pd.Series) -> pd.Series:
+    """Concentrations rounded to 6 significant digits, so 0.3 and 0.300000 join."""
+    nums = pd.to_numeric(values, errors="coerce")
+    return nums.map(lambda v: float(f"{v:.6g}") if pd.notna(v) else np.nan)
+
+
+def read_moa_table(path: str | Path) -> pd.DataFrame:
+    """A moa table (``compound, concentration, moa``; BBBC021's layout) in canonical names."""
+    table = canonical_columns(read_table(path), prefix="")
+    require_columns(table, [COMPOUND, CONCENTRATION, MOA], path)
+    table = table[[COMPOUND, CONCENTRATION, MOA]].copy()
+    table["_conc_key"] = concentration_key(table[CONCENTRATION])
+    dup = table.duplicated([COMPOUND, "_conc_key"], keep=False)
+    if dup.any():
+        row = int(np.flatnonzero(dup.to_numpy())[0]) + 2
+        raise InputError(f"{path}: row {row}: compound/concentration listed twice")
+    return table
+
+
+def join_moa(fields: pd.DataFrame, moa: pd.DataFrame, source: str | Path) -> pd.DataFrame:
+    """Add ``Metadata_MOA`` to a table with compound and concentration columns.
+
+    Treatments absent from the moa table get an empty MOA (unlabelled). A moa table that
+    matches no treatment at all is an error: it is almost always the wrong table or a
+    naming mismatch, and silently unlabelled data would only surface much later.
+    """
+    require_columns(fields, [COMPOUND, CONCENTRATION], "image table (needed to join --moa)")
+    left = fields.drop(columns=[MOA], errors="ignore").copy()
+    left["_conc_key"] = concentration_key(left[CONCENTRATION])
+    joined = left.merge(moa[[COMPOUND, "_conc_key", MOA]], on=[COMPOUND, "_conc_key"],
+                        how="left", validate="many_to_one")
+    if joined[MOA].notna().sum() == 0:
+        example = fields[[COMPOUND, CONCENTRATION]].iloc[0].tolist() if len(fields) else []
+        raise InputError(f"{source}: matches no treatment of the image table (compound and "
+                         f"concentration must agree; e.g. the image table has {example})")
+    joined[MOA] = joined[MOA].fillna("").astype(str)
+    joined.index = fields.index
+    return joined.drop(columns=["_conc_key"])
+
+
+def complete_metadata(table: pd.DataFrame, first_channel: str) -> pd.DataFrame:
+    """Make plate, well and site present, with sites from file names when the table has none."""
+    table = table.copy()
+    for col in (PLATE, WELL):
+        table[col] = table[col].astype(str) if col in table.columns else ""
+    if SITE not in table.columns:
+        sites = table[f"FileName_{first_channel}"].map(site_from_filename)
+        if sites.isna().any():
+            sites = table.groupby([PLATE, WELL]).cumcount() + 1
+        table[SITE] = sites.astype(np.int64)
+    if CONCENTRATION in table.columns:
+        table[CONCENTRATION] = pd.to_numeric(table[CONCENTRATION], errors="coerce")
+    for col in table.columns:
+        if col.startswith("Metadata_") and col not in (SITE, CONCENTRATION) and \
+                not pd.api.types.is_numeric_dtype(table[col]):
+            table[col] = table[col].fillna("").astype(str)
+    return table
+
+
+def site_from_filename(name: str) -> int | None:
+    """The site number in ImageXpress-style names (``B02_s3_w1….tif`` -> 3), else None."""
+    m = re.search(r"_s(\d+)(?:_|\.|$)", str(name))
+    return int(m.group(1)) if m else None
+
+
+def batch_of(plate: str) -> str:
+    """BBBC021's batch convention: the plate-name prefix before the first ``_``."""
+    return str(plate).split("_", 1)[0]
