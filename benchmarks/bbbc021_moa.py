@@ -54,18 +54,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellprof.formats.checkpoint import initial_checkpoint, load_checkpoint, model_config_of
+from cellprof.formats.checkpoint import load_checkpoint
 from cellprof.profile.classic import classical_features
 from cellprof.learn.data import CropData, DataConfig, scale_crops
 from cellprof.learn.device import Compute
 from cellprof.learn.diagnostics import frame_report
 from cellprof.profile.match import MatchConfig, prepare
 from cellprof.prepare.merge import merge_stores
-from cellprof.learn.model import ModelConfig, VAEPlus
+from cellprof.learn.model import ModelConfig, VAEPlus, model_config_of
 from cellprof.profile.retrieval import accuracy, retrieve
 from cellprof.prepare.singlecell import import_singlecell
 from cellprof.formats.store import read_cells, read_crops
-from cellprof.learn.train import TrainConfig, scaled_schedule, train
+from cellprof.learn.train import TrainConfig, initial_checkpoint, scaled_schedule, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "bbbc021"

@@ -48,12 +48,13 @@ import pandas as pd
 import torch
 
 from cellprof.profile.classic import classical_features
-from cellprof.formats.checkpoint import initial_checkpoint
+from cellprof.learn.train import initial_checkpoint
 from cellprof.learn.data import DataConfig
 from cellprof.learn.embed import EmbedConfig, embed
 from cellprof.learn.model import VARIANTS, ModelConfig
 from cellprof.profile.normalize import normalize
-from cellprof.formats.profiles import aggregate, read_profiles
+from cellprof.formats.profiles import read_profiles
+from cellprof.profile.aggregate import aggregate
 from cellprof.profile.retrieval import average_precision, similarity_blocks
 from cellprof.prepare.singlecell import import_singlecell
 from cellprof.formats.store import read_cells, read_crops, read_info

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellprof.formats.checkpoint import initial_checkpoint
+from cellprof.learn.train import initial_checkpoint
 from cellprof.prepare.crop import CropConfig, crop_screen
 from cellprof.learn.data import scale_crops
 from cellprof.learn.embed import EmbedConfig, embed

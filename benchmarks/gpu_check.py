@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from cellprof.formats.checkpoint import initial_checkpoint
+from cellprof.learn.train import initial_checkpoint
 from cellprof.prepare.crop import CropConfig, crop_screen
 from cellprof.learn.data import DataConfig
 from cellprof.learn.device import Compute, setup

@@ -14,7 +14,8 @@ from cellprof.formats import store
 from cellprof.cli import app
 from cellprof.prepare.crop import CropConfig, crop_screen
 from cellprof.learn.data import scale_crops
-from cellprof.learn.embed import EmbedConfig, embed, export, load_encoder
+from cellprof.learn.embed import EmbedConfig, embed, load_encoder
+from cellprof.profile.aggregate import export
 from cellprof.errors import CheckpointError, InputError, StoreError
 from cellprof.formats.profiles import profile_table, read_profiles
 from conftest import Stop, stop_after
@@ -144,3 +145,21 @@ def test_checkpoints_from_before_the_crop_scaling_rename_still_embed(trained,
         assert DataConfig(normalization="percentile").crop_scaling == "percentile"
     with pytest.raises(CheckpointError, match=r"unknown field\(s\) \['scaling'\]"):
         DataConfig.from_dict({"scaling": "max"})
+
+
+def test_a_checkpoint_without_its_data_config_is_refused_in_one_line(trained,
+                                                                     tmp_path: Path) -> None:
+    """Embedding reads the crop scaling from data_config: a checkpoint lacking it is damaged,
+    and the user is told so by name, not with a KeyError."""
+    from cellprof.formats.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt, crops = trained
+    old = load_checkpoint(ckpt)
+    payload = {k: v for k, v in old.items()
+               if k not in ("format", "version", "versions", "path", "data_config")}
+    save_checkpoint(tmp_path / "nodata.pt", payload)
+    res = CliRunner().invoke(app, ["embed", str(tmp_path / "nodata.pt"), str(crops),
+                                   "--out", str(tmp_path / "p.h5")])
+    assert res.exit_code == 1 and not isinstance(res.exception, KeyError)
+    assert "nodata.pt: damaged checkpoint, missing data_config" in " ".join(res.output.split())
+    assert not (tmp_path / "p.h5").exists()

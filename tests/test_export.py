@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from cellprof.cli import app
 from cellprof.errors import InputError
-from cellprof.formats.profiles import ProfileWriter, export_table
+from cellprof.formats.profiles import ProfileWriter
+from cellprof.profile.aggregate import export_table
 
 runner = CliRunner()
 

@@ -492,8 +492,14 @@ def test_run_match_writes_everything(tmp_path: Path) -> None:
     result = run_match(screen(), tmp_path / "out", MatchConfig())
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == [
-        "confusion_nsc.png", "map_per_moa.csv", "metrics.json", "treatment_profiles.parquet",
+        "confusion_nsc.csv", "map_per_moa.csv", "metrics.json", "treatment_profiles.parquet",
         "treatments.csv"]
+    # the confusion counts are the NSC queries: hits on the diagonal, rows by true MOA
+    confusion = pd.read_csv(out / "confusion_nsc.csv", index_col="Metadata_MOA")
+    assert confusion.equals(result.confusion.rename_axis("Metadata_MOA"))
+    assert int(confusion.to_numpy().sum()) == result.metrics["n_nsc_queries"]
+    assert np.trace(confusion.to_numpy()) == round(result.nsc * result.metrics["n_nsc_queries"])
+    assert list(confusion.index) == list(confusion.columns)
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("nsc", "nscb", "nsc_per_compound", "nscb_per_compound", "map", "n_treatments",
                 "n_compounds", "n_moas", "nscb_excluded_moas", "nsc_no_candidate",

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from cellprof.formats import store
 from cellprof.profile.classic import classical_features
 from cellprof.cli import app
-from cellprof.learn.embed import export
+from cellprof.profile.aggregate import export
 from cellprof.errors import InputError, StoreError
 from cellprof.profile.match import MatchConfig, run_match
 from cellprof.profile.measure import MeasureConfig, measure

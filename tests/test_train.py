@@ -16,6 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from cellprof.formats.checkpoint import load_checkpoint
+from cellprof.report.plots import save_training_images
 from cellprof.cli import app
 from cellprof.prepare.crop import CropConfig, crop_screen
 from cellprof.learn.data import CropData, DataConfig, augment, split_by_field
@@ -55,7 +56,8 @@ def test_loss_falls(store_path: Path, tmp_path: Path) -> None:
 def test_outputs_a_user_opens(store_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     train(store_path, out, model_config=ModelConfig(**TINY),
-          config=TrainConfig(steps=4, **{**FAST, "image_every": 2}))
+          config=TrainConfig(steps=4, **{**FAST, "image_every": 2}),
+          pictures=save_training_images)
     assert sorted(p.name for p in (out / "images").iterdir()) == [
         "recon_0000002.png", "recon_0000004.png", "samples_0000002.png", "samples_0000004.png"]
     import json
@@ -227,7 +229,7 @@ def test_cli_train_and_errors(store_path: Path, tmp_path: Path) -> None:
 def test_overwrite_leaves_nothing_of_the_old_run(store_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     train(store_path, out, model_config=ModelConfig(**TINY),
-          config=TrainConfig(steps=4, **{**FAST, "image_every": 4}))
+          config=TrainConfig(steps=4, **{**FAST, "image_every": 4}), pictures=save_training_images)
     assert (out / "images" / "recon_0000004.png").exists()
     res = train(store_path, out, model_config=ModelConfig(**TINY), overwrite=True,
                 config=TrainConfig(steps=2, **FAST))

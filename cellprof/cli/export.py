@@ -37,8 +37,8 @@ def export(
     pycytominer.aggregate(compute_object_count=True) and normalize
     keep them. Profiles are not normalised: `cellprof match` does that.
     """
-    from cellprof.formats.profiles import FORMATS, LEVELS
-    from cellprof.formats.profiles import export as write
+    from cellprof.profile.aggregate import FORMATS, LEVELS
+    from cellprof.profile.aggregate import export as write
     from cellprof.formats.safeio import refuse_inputs
 
     try:

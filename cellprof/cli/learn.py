@@ -126,6 +126,7 @@ def train(
     from cellprof.learn.model import ModelConfig
     from cellprof.learn.train import TrainConfig, saved_train_config, scaled_schedule
     from cellprof.learn.train import train as run_train
+    from cellprof.report.plots import save_training_images
 
     try:
         if schedule not in ("paper", "scaled"):
@@ -163,7 +164,8 @@ def train(
                           val_fraction=val_fraction, memory_limit_gb=memory_limit)
         with _progress() as bar:
             res = run_train(crops, out, model_config=mcfg, config=tcfg, data_config=dcfg,
-                            resume=resume, overwrite=overwrite, progress=bar.train)
+                            resume=resume, overwrite=overwrite, progress=bar.train,
+                            pictures=save_training_images)
     except CellprofError as exc:
         _fail(exc)
     if int(os.environ.get("RANK", "0")) != 0:
@@ -222,7 +224,7 @@ def _check_format(format: str | None, level: str) -> None:
     """Refuse a bad table option before the long run, not after it."""
     if format not in (None, "parquet", "csv"):
         raise CellprofError(f"--format must be parquet or csv, got {format!r}")
-    from cellprof.formats.profiles import LEVELS
+    from cellprof.profile.aggregate import LEVELS
 
     if level not in LEVELS:
         raise CellprofError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
@@ -230,7 +232,7 @@ def _check_format(format: str | None, level: str) -> None:
 
 def _done(verb: str, res: object, format: str | None, level: str, t0: float) -> None:
     """Write the optional table of a profiles file and say what was made."""
-    from cellprof.learn.embed import export
+    from cellprof.profile.aggregate import export
 
     table = export(res.out, res.out.with_suffix(f".{level}.{format}"), level) \
         if format else None

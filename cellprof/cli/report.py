@@ -90,6 +90,7 @@ def match(
     permutation p-value), OUT/treatment_profiles.parquet and OUT/confusion_nsc.png.
     """
     from cellprof.profile.match import MatchConfig, moa_rows, run_match, summary_rows
+    from cellprof.report.plots import save_match_figures
 
     try:
         normalize_at = _renamed(ctx, "level", "normalize_at")  # --level: one more release
@@ -102,6 +103,7 @@ def match(
                           permutations=permutations, seed=seed)
         res = run_match(profiles[0] if len(profiles) == 1 else profiles, out, cfg,
                         image_table=image_table, moa=moa)
+        save_match_figures(res)
     except CellprofError as exc:
         _fail(exc)
     table = Table(title=f"cellprof match ({cfg.normalize}, {scope}, {metric})",

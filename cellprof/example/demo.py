@@ -20,6 +20,7 @@ from cellprof.errors import InputError
 from cellprof.profile.match import MatchConfig, MatchResult, run_match
 from cellprof.learn.model import ModelConfig
 from cellprof.prepare.runner import Progress
+from cellprof.report.plots import save_match_figures, save_training_images
 from cellprof.report.show import ShowConfig, ShowResult, show
 from cellprof.example.synth import SynthConfig, SynthResult, synthesize
 from cellprof.learn.train import TrainConfig, TrainResult, scaled_schedule, train
@@ -100,10 +101,12 @@ def run_demo(outdir: str | Path = "cellprof-demo", *, force: bool = False,
                                         val_every=max(1, config.steps // 4),
                                         image_every=config.steps,
                                         checkpoint_every=max(1, config.steps // 4)),
-                     data_config=DataConfig(), progress=train_progress)
+                     data_config=DataConfig(), progress=train_progress,
+                     pictures=save_training_images)
     profiles = embed(training.checkpoint, crops.out, outdir / "profiles.h5",
                      config=EmbedConfig(device=config.device), progress=progress)
     report = run_match(profiles.out, outdir / "report", MatchConfig(normalize=config.normalize))
+    save_match_figures(report)
     figures = show(training.checkpoint, crops.out, outdir / "figures", profiles=profiles.out,
                    config=ShowConfig(device=config.device))
     return DemoResult(outdir, screen, crops, training, profiles, report, figures)

@@ -10,7 +10,7 @@ Layout of a profiles file (``cellprof embed --out profiles.h5``)::
 
 As tables, profiles follow pycytominer: ``Metadata_*`` columns first, then one column per
 feature; everything that is not ``Metadata_`` is a feature unless named otherwise. Exported
-tables (:func:`export`) prefix CellProfiler's identifiers too (``Metadata_ImageNumber``,
+tables (:func:`cellprof.profile.aggregate.export`) prefix CellProfiler's identifiers too (``Metadata_ImageNumber``,
 ``Metadata_ObjectNumber`` …), as CytoTable does, so pycytominer's
 ``aggregate(compute_object_count=True)`` and ``normalize`` keep them as metadata.
 """
@@ -30,10 +30,8 @@ import numpy as np
 import pandas as pd
 
 from cellprof import __version__
-from cellprof.profile.controls import use_compound_column
 from cellprof.errors import InputError, StoreError
 from cellprof.formats.safeio import OutputLock, atomic_path, fingerprint_change, partial_path
-from cellprof.formats.schema import COMPOUND, CONCENTRATION, PLATE, WELL
 from cellprof.formats.store import ColumnTable, column_kind
 
 log = logging.getLogger("cellprof")
@@ -182,70 +180,6 @@ def profile_table(path: str | Path) -> pd.DataFrame:
     """A profiles file as one table: metadata columns, then features."""
     meta, feats, names = read_profiles(path)
     return pd.concat([meta, pd.DataFrame(feats, columns=names)], axis=1)
-
-
-def aggregate(table: pd.DataFrame, by: Sequence[str], method: str = "mean",
-              features: Sequence[str] | None = None) -> pd.DataFrame:
-    """Collapse rows to one per group of ``by`` (pycytominer's ``aggregate``).
-
-    Metadata columns constant within every group are kept; features are averaged
-    (``mean``) or take the median (``median``, robust to a few odd cells). A column
-    ``Metadata_Count`` says how many rows each profile summarises.
-    """
-    if method not in ("mean", "median"):
-        raise InputError(f"--aggregate must be mean or median, got {method!r}")
-    missing = [c for c in by if c not in table.columns]
-    if missing:
-        raise InputError(f"cannot aggregate: no column {', '.join(missing)}")
-    feats = list(features) if features is not None else feature_columns(table)
-    groups = table.groupby(list(by), sort=True, dropna=False)
-    agg = groups[feats].agg(method)
-    meta = [c for c in metadata_columns(table) if c not in by]
-    constant = [c for c in meta if (groups[c].nunique(dropna=False) <= 1).all()]
-    out = pd.concat([groups[constant].first(), groups.size().rename("Metadata_Count"), agg],
-                    axis=1).reset_index()
-    return out
-
-
-LEVELS = ("cell", "well", "treatment")
-FORMATS = ("parquet", "csv")
-
-
-def export_table(profiles: str | Path, level: str = "cell", method: str = "mean",
-                 compound_column: str | None = None) -> pd.DataFrame:
-    """A profiles file as a pycytominer-ready table: ``Metadata_*`` columns, then features.
-
-    ``cell``: one row per cell, identifiers prefixed ``Metadata_``; ``well``: cells averaged
-    per plate and well (``Metadata_Count`` cells); ``treatment``: wells averaged per compound
-    and concentration, each well counting once as in ``cellprof match``
-    (``Metadata_Count`` wells, ``Metadata_Cell_Count`` cells). Not normalised.
-    ``compound_column`` names the compound when it is not ``Metadata_Compound``
-    (``Metadata_pert_iname`` …); it is copied to ``Metadata_Compound``.
-    """
-    if level not in LEVELS:
-        raise InputError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
-    table = profile_table(profiles)
-    table = table.rename(columns={c: f"Metadata_{c}" for c in META_KEYS if c in table.columns})
-    table = use_compound_column(table, compound_column, f"{profiles}: the profiles")
-    if level in ("well", "treatment"):
-        table = aggregate(table, [PLATE, WELL], method)
-    if level == "treatment":
-        missing = [c for c in (COMPOUND, CONCENTRATION) if c not in table.columns]
-        if missing:
-            raise InputError(f"{profiles}: --level treatment needs {', '.join(missing)} in the "
-                             "profiles' metadata")
-        cells = table.groupby([COMPOUND, CONCENTRATION], dropna=False)["Metadata_Count"].sum()
-        table = aggregate(table.drop(columns="Metadata_Count"), [COMPOUND, CONCENTRATION],
-                          method).merge(cells.rename("Metadata_Cell_Count").reset_index(),
-                                        on=[COMPOUND, CONCENTRATION], how="left")
-    meta = metadata_columns(table)
-    return table[meta + [c for c in table.columns if c not in meta]]
-
-
-def export(profiles: str | Path, path: str | Path, level: str = "cell",
-           method: str = "mean", compound_column: str | None = None) -> Path:
-    """Write :func:`export_table` as CSV or Parquet (by suffix), atomically."""
-    return write_table(export_table(profiles, level, method, compound_column), path)
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:

@@ -29,13 +29,13 @@ from torch import nn
 from torch.nn.utils import fuse_conv_bn_eval
 
 from cellprof.formats import chunks, store
-from cellprof.formats.checkpoint import check_fits, load_checkpoint, model_config_of
+from cellprof.formats.checkpoint import check_fits, load_checkpoint
 from cellprof.learn.data import DataConfig, percentile_scale, plate_percentiles
 from cellprof.learn.device import PRECISIONS, Compute, setup, to_device
 from cellprof.errors import InputError
 from cellprof.learn.loader import as_tensor, model_input
-from cellprof.learn.model import VAEPlus
-from cellprof.formats.profiles import ProfileWriter, export  # noqa: F401 - export: embed's table
+from cellprof.learn.model import VAEPlus, model_config_of
+from cellprof.formats.profiles import ProfileWriter
 from cellprof.formats.safeio import fingerprint, refuse_inputs
 from cellprof.formats.schema import PLATE
 

@@ -415,3 +415,13 @@ class VAEPlus(nn.Module):
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable values in ``module``."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def model_config_of(ckpt: Mapping[str, Any]) -> ModelConfig:
+    """The model config a checkpoint (:func:`cellprof.formats.checkpoint.load_checkpoint`)
+    was trained with; a :class:`CheckpointError` naming the file when it is invalid."""
+    try:
+        return ModelConfig.from_dict(ckpt["model_config"])
+    except (TypeError, ValueError, KeyError, CheckpointError) as exc:
+        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: damaged checkpoint, its "
+                              f"model_config is invalid ({exc})") from None

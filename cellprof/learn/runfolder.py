@@ -4,8 +4,8 @@ Run folder::
 
     config.json            every setting, seed, versions, store channels and crop scaling
     losses.csv             step, each loss term, schedule weights, validation error, cells/s
-    images/recon_*.png     held-out cells and their reconstructions
-    images/samples_*.png   cells decoded from random latents
+    images/recon_*.png     held-out cells and their reconstructions  } drawn by the
+    images/samples_*.png   cells decoded from random latents          } ``pictures`` hook
     checkpoints/last.pt    newest checkpoint (atomic); model.pt when training completes
 
 Under DDP every rank holds a :class:`RunFolder`, and only rank 0's writes anything.
@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -117,12 +118,12 @@ class RunFolder:
         path = save_checkpoint(self.last, payload)
         return save_checkpoint(self.final, payload) if final else path
 
-    def images(self, model: VAEPlus, data: CropData, device: torch.device, step: int) -> None:
-        """Reconstructions of 8 held-out cells and 16 random samples, as PNG grids."""
-        if not self.main:
+    def images(self, model: VAEPlus, data: CropData, device: torch.device, step: int,
+               pictures: Pictures | None) -> None:
+        """Reconstructions of 8 held-out cells and 16 random samples, handed to
+        ``pictures`` (which draws them into ``images/``); nothing without it."""
+        if not self.main or pictures is None:
             return
-        from cellprof.report.plots import save_grid
-
         idx = data.val_indices()[:8] if len(data.val_idx) else data.train_idx[:8]
         x = data.scaled(np.sort(idx))
         model.eval()
@@ -131,11 +132,25 @@ class RunFolder:
             gen = torch.Generator(device=device).manual_seed(1234)
             samples = model.sample(16, generator=gen).float().cpu().numpy()
         model.train()
-        images = self.out / "images"
-        save_grid(images / f"recon_{step:07d}.png", [x, recon], list(data.channels),
-                  row_labels=["held-out cells", "reconstruction"], title=f"step {step}")
-        save_grid(images / f"samples_{step:07d}.png", [samples[:8], samples[8:]],
-                  list(data.channels), title=f"random samples, step {step}")
+        pictures(self.out / "images", TrainingImages(step, tuple(data.channels), x, recon,
+                                                     samples))
+
+
+@dataclass(frozen=True)
+class TrainingImages:
+    """What a run shows of its model at ``step``: held-out cells (N, C, H, W, scaled as
+    the model sees them), their reconstructions, and cells decoded from random latents."""
+
+    step: int
+    channels: tuple[str, ...]
+    held_out: np.ndarray
+    reconstruction: np.ndarray
+    samples: np.ndarray
+
+
+Pictures = Callable[[Path, TrainingImages], None]
+"""Draws :class:`TrainingImages` into a run's ``images/`` folder; the command line passes
+:func:`cellprof.report.plots.save_training_images`. Training computes, the report draws."""
 
 
 def validate(model: VAEPlus, data: CropData, device: torch.device,

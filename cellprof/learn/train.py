@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cellprof.formats.checkpoint import check_fits, load_checkpoint
+from cellprof.formats.checkpoint import check_fits, load_checkpoint, save_checkpoint
 from cellprof.learn.data import CropData, DataConfig
 from cellprof.learn.device import (
     PRECISIONS, Compute, Dist, agree, check_replicas, setup, try_compile,
@@ -31,8 +31,9 @@ from cellprof.learn.device import (
 from cellprof.errors import CellprofError, CheckpointError, InputError
 from cellprof.learn.loader import Loader
 from cellprof.learn.losses import compute_losses, layer_weights
-from cellprof.learn.model import ModelConfig, VAEPlus
-from cellprof.learn.runfolder import RunFolder, StopRequest, holding_run_lock, validate
+from cellprof.learn.model import ModelConfig, VAEPlus, model_config_of
+from cellprof.learn.runfolder import (Pictures, RunFolder, StopRequest, holding_run_lock,
+                                      validate)
 
 
 class TrainingDiverged(CellprofError):
@@ -159,8 +160,12 @@ def train(
     config: TrainConfig = TrainConfig(), data_config: DataConfig = DataConfig(),
     resume: bool = False, overwrite: bool = False,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    pictures: Pictures | None = None,
 ) -> TrainResult:
     """Train (or resume) a model on a crop store into the run folder ``out``.
+
+    ``pictures`` draws held-out reconstructions and random samples every ``image_every``
+    steps (:func:`cellprof.report.plots.save_training_images`, as ``cellprof train`` does).
 
     Raises
     ------
@@ -215,7 +220,7 @@ def train(
             if progress is not None and d.main:  # every step: batch logs print on a clock
                 progress(step, config.steps, {**shown, **val, "cells_per_s": rate})
             if step % config.image_every == 0 or step == config.steps:
-                run.images(model, data, d.device, step)
+                run.images(model, data, d.device, step, pictures)
             if step % config.checkpoint_every == 0 and step < config.steps:
                 run.checkpoint(False, p.state("running", step))
             if stop_now:
@@ -338,7 +343,7 @@ def _resumed_configs(ckpt: dict[str, Any], model_config: ModelConfig | None,
     """The saved run's model and data configs, and what ``config`` changes of its saved
     training settings (:func:`resume_changes`: steps, learning rates, intervals, device and
     precision may change; anything else is refused by name)."""
-    saved = ModelConfig.from_dict(ckpt["model_config"])
+    saved = model_config_of(ckpt)
     if model_config is not None and model_config != saved:
         raise CheckpointError(f"{run.last}: was trained with another model ({saved.variant}, "
                               f"latent {saved.latent_dim}); resume without model options")
@@ -402,3 +407,15 @@ def scaled_schedule(steps: int, config: ModelConfig) -> ModelConfig:
     the first 1/32, every layer at full weight from 5/32 on)."""
     start = max(1, math.ceil(steps * 2500 / 80_000))
     return ModelConfig.from_dict({**config.to_dict(), "ramp_start": start, "ramp_length": start})
+
+
+def initial_checkpoint(path: str | Path, config: ModelConfig, channels: tuple[str, ...],
+                       seed: int = 0) -> Path:
+    """A checkpoint of a freshly initialised (untrained) model: a floor for benchmarks,
+    since anything a trained encoder adds must beat random convolutional features."""
+    torch.manual_seed(seed)
+    model = VAEPlus(config).eval()
+    return save_checkpoint(path, {
+        "model_config": config.to_dict(), "train_config": {}, "data_config": asdict(DataConfig()),
+        "data": {"channels": list(channels), "crop_size": config.image_size}, "step": 0,
+        "status": "untrained", "model": model.state_dict()})

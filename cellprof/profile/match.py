@@ -30,8 +30,8 @@ from cellprof.profile.controls import (
 from cellprof.errors import InputError
 from cellprof.profile.normalize import SCOPES, SPHERE_EPS, method_name, normalize
 from cellprof.formats.safeio import OutputLock, refuse_repeats, write_json
-from cellprof.report.plots import save_confusion_matrix
-from cellprof.formats.profiles import aggregate, feature_columns, profile_table, write_table
+from cellprof.formats.profiles import feature_columns, profile_table, write_table
+from cellprof.profile.aggregate import aggregate
 from cellprof.profile.retrieval import (
     BATCHES, TREATMENT, accuracy, map_per_moa, mean_average_precision, nsc, nscb, retrieve,
     single_batch_moas,
@@ -138,6 +138,9 @@ class MatchResult:
     nscb_excluded_moas: list[str]
     metrics: dict[str, Any] = field(repr=False)
     paths: dict[str, Path] = field(repr=False)
+    confusion: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
+    """NSC queries counted by true MOA (rows) and the MOA of their neighbour (columns);
+    :func:`cellprof.report.plots.save_match_figures` draws it."""
 
 
 def feature_names(table: pd.DataFrame) -> list[str]:
@@ -408,7 +411,7 @@ def run_match(profiles: str | Path | pd.DataFrame | Sequence[str | Path], out_di
               config: MatchConfig = MatchConfig(), image_table: str | Path | None = None,
               moa: str | Path | None = None) -> MatchResult:
     """Load, prepare, match; write metrics.json, treatments.csv, map_per_moa.csv,
-    confusion_nsc.png and treatment_profiles.parquet into ``out_dir`` (each atomically;
+    confusion_nsc.csv and treatment_profiles.parquet into ``out_dir`` (each atomically;
     metrics.json last)."""
     columns = {"compound_column": config.compound_column,
                "concentration_column": config.concentration_column}
@@ -453,21 +456,26 @@ def run_match(profiles: str | Path | pd.DataFrame | Sequence[str | Path], out_di
         paths = {"treatments": write_table(res, out / "treatments.csv"),
                  "per_moa": write_table(per_moa, out / "map_per_moa.csv"),
                  "profiles": write_table(treat, out / "treatment_profiles.parquet")}
-        asked = res[res["nsc_correct"].notna()]
-        labels = sorted(set(asked[MOA]) | set(asked["nsc_neighbour_moa"]))
-        index = {m: i for i, m in enumerate(labels)}
-        matrix = np.zeros((len(labels), len(labels)))
-        np.add.at(matrix, (asked[MOA].map(index).to_numpy(int),
-                           asked["nsc_neighbour_moa"].map(index).to_numpy(int)), 1)
-        paths["confusion"] = save_confusion_matrix(
-            out / "confusion_nsc.png", labels, matrix,
-            title=f"NSC, {config.normalize} ({config.scope}) / {config.metric}")
+        confusion = nsc_confusion(res)
+        paths["confusion_table"] = write_table(confusion.rename_axis(MOA).reset_index(),
+                                               out / "confusion_nsc.csv")
         paths["metrics"] = _write_json(metrics, out / "metrics.json")
     return MatchResult(
         out_dir=out, **{k: nan if metrics[k] is None else metrics[k] for k in
                         ("nsc", "nscb", "nsc_per_compound", "nscb_per_compound", "map")},
         n_treatments=report["n_treatments"], n_compounds=report["n_compounds"],
-        n_moas=report["n_moas"], nscb_excluded_moas=excluded, metrics=metrics, paths=paths)
+        n_moas=report["n_moas"], nscb_excluded_moas=excluded, metrics=metrics, paths=paths,
+        confusion=confusion)
+
+
+def nsc_confusion(res: pd.DataFrame) -> pd.DataFrame:
+    """Counts of NSC queries by true MOA (rows) and their neighbour's MOA (columns), over
+    every MOA that is either; the diagonal is the NSC hits."""
+    asked = res[res["nsc_correct"].notna()]
+    labels = sorted(set(asked[MOA]) | set(asked["nsc_neighbour_moa"]))
+    counts = pd.crosstab(asked[MOA], asked["nsc_neighbour_moa"])
+    return counts.reindex(index=labels, columns=labels, fill_value=0).astype(int) \
+        .rename_axis(index=None, columns=None)
 
 
 def summary_rows(result: MatchResult) -> list[tuple[str, str]]:

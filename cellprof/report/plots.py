@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -26,6 +27,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from cellprof.formats.safeio import atomic_path
+
+if TYPE_CHECKING:
+    from cellprof.learn.runfolder import TrainingImages
+    from cellprof.profile.match import MatchResult
 
 # Fluorescence conventions: nuclear stains are shown blue, FITC/GFP-range green, TRITC red.
 _CONVENTIONS = (
@@ -268,3 +273,28 @@ def save_confusion_matrix(path: str | os.PathLike, labels: Sequence[str], matrix
                                                f"({right:.4g} / {total:.4g})"]))
     ax.set_title(title or "", fontsize=11)
     return _write(fig, path, dpi=150)
+
+
+def save_match_figures(result: MatchResult) -> Path:
+    """Draw a match run's NSC confusion matrix beside its tables (``confusion_nsc.png``),
+    from the counts :func:`cellprof.profile.match.run_match` wrote; records the path in
+    ``result.paths["confusion"]``."""
+    cfg = result.metrics.get("config", {})
+    title = f"NSC, {cfg.get('normalize')} ({cfg.get('scope')}) / {cfg.get('metric')}"
+    labels = [str(label) for label in result.confusion.index]
+    path = save_confusion_matrix(result.out_dir / "confusion_nsc.png", labels,
+                                 result.confusion.to_numpy(), title=title)
+    result.paths["confusion"] = path
+    return path
+
+
+def save_training_images(folder: Path, images: TrainingImages) -> None:
+    """A training run's pictures at one step (the ``pictures`` hook of
+    :func:`cellprof.learn.train.train`): ``recon_<step>.png``, held-out cells over their
+    reconstructions, and ``samples_<step>.png``, cells decoded from random latents."""
+    channels, step = list(images.channels), images.step
+    save_grid(folder / f"recon_{step:07d}.png", [images.held_out, images.reconstruction],
+              channels, row_labels=["held-out cells", "reconstruction"], title=f"step {step}")
+    half = len(images.samples) // 2
+    save_grid(folder / f"samples_{step:07d}.png", [images.samples[:half], images.samples[half:]],
+              channels, title=f"random samples, step {step}")
