@@ -97,3 +97,19 @@ def test_importing_the_package_or_the_cli_does_not_import_torch(module: str) -> 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "False", f"import {module} imported torch"
+
+
+def test_the_public_api_is_importable_from_the_package() -> None:
+    """Every name ``cellprof`` lists is the library's own object, loaded on first use."""
+    import importlib
+
+    import cellprof
+
+    for name in cellprof.__all__:
+        if name == "__version__":
+            continue
+        value = getattr(cellprof, name)
+        module = importlib.import_module(cellprof._WHERE[name])
+        assert value is getattr(module, name), name
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        cellprof.nothing  # noqa: B018
