@@ -275,6 +275,19 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
     ``Metadata_Count`` (wells), ``Metadata_Query``, then features — without the control
     and without unlabelled treatments, and a report of every count and exclusion.
     """
+    table, features = _checked_table(table, config)
+    report: dict[str, Any] = {
+        "n_input_rows": len(table), "n_input_features": len(features),
+        "identifier_columns": [c for c in table.columns if c not in features
+                               and not str(c).startswith("Metadata_")
+                               and pd.api.types.is_numeric_dtype(table[c])]}
+    table, features = _treated_rows(table, features, config, report)
+    wells, features = _normalised_wells(table, features, config, report)
+    return _treatments(wells, features, config, report), report
+
+
+def _checked_table(table: pd.DataFrame, config: MatchConfig) -> tuple[pd.DataFrame, list[str]]:
+    """The table in cellprof's naming with every column matching needs, and its features."""
     # a table given as a DataFrame gets the naming a file gets (Metadata_moa -> Metadata_MOA)
     table = _use_columns(canonical_columns(table),
                          (config.compound_column, config.concentration_column), "profiles")
@@ -294,11 +307,13 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
     if not features:
         raise InputError("profiles have no numeric feature columns (everything numeric "
                          "that is not Metadata_* or a CellProfiler key)")
-    report: dict[str, Any] = {
-        "n_input_rows": len(table), "n_input_features": len(features),
-        "identifier_columns": [c for c in table.columns if c not in features
-                               and not str(c).startswith("Metadata_")
-                               and pd.api.types.is_numeric_dtype(table[c])]}
+    return table, features
+
+
+def _treated_rows(table: pd.DataFrame, features: list[str], config: MatchConfig,
+                  report: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
+    """Rows marked control or not, non-finite values handled, rows with a compound only,
+    concentrations as keys and one MOA per treatment."""
     # controls are chosen on the rows as given (cells or wells), before anything is dropped
     table = table.assign(**{_CONTROL: control_rows(table, config.control,
                                                    config.control_query)})
@@ -318,7 +333,13 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
     if (kinds > 1).any():
         raise InputError(f"{MOA} differs between rows of treatment(s) "
                          f"{', '.join(f'{c}@{v:g}' for c, v in kinds.index[kinds > 1][:5])}")
+    return table, features
 
+
+def _normalised_wells(table: pd.DataFrame, features: list[str], config: MatchConfig,
+                      report: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
+    """Rows -> wells (or sites), normalised against the controls, the controls dropped;
+    and the features left (those with spread in the controls)."""
     keys = [PLATE, WELL] + ([SITE] if config.normalize_at == "site" else [])
     grouped = "site" if config.normalize_at == "site" else "well"  # what a row of wells is
     if config.control_query is not None and (
@@ -361,7 +382,12 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
     features = [f for f in features if f not in zero]
     if not features:
         raise InputError("every feature has zero spread in the control wells")
-    wells = wells[~controls]
+    return wells[~controls], features
+
+
+def _treatments(wells: pd.DataFrame, features: list[str], config: MatchConfig,
+                report: dict[str, Any]) -> pd.DataFrame:
+    """Normalised wells -> one labelled profile per treatment, queries marked."""
     batches = wells[PLATE].map(batch_of).groupby(
         [wells[COMPOUND], wells[CONCENTRATION]], dropna=False).agg(
         lambda s: ";".join(sorted(set(s)))).rename(BATCHES)
@@ -395,7 +421,7 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
     report.update(single_compound_moas=single, n_features=len(features),
                   n_treatments=len(treat), n_compounds=int(treat[COMPOUND].nunique()),
                   n_moas=int(treat[MOA].nunique()))
-    return treat, report
+    return treat
 
 
 def _write_json(data: dict[str, Any], path: Path) -> Path:
