@@ -1,23 +1,17 @@
-"""Reading a field into a kept buffer, and crops coming back through shared memory, give
-what the general reader and the result pipe give, for every kind of image file."""
+"""Reading a field into a kept buffer gives what the general reader gives, for every kind
+of image file."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import tifffile
-from conftest import TinyScreen
 from skimage.io import imsave
 
-from cellprof.prepare import runner
-
-from cellprof.formats import store
-from cellprof.prepare.crop import CropConfig, crop_screen
 from cellprof.errors import ImageError
-from cellprof.prepare.fieldwork import CropsTransfer, FieldBuffer, FieldTask, load_field, process_field
+from cellprof.prepare.fieldwork import FieldBuffer, FieldTask, load_field, process_field
 
 RNG = np.random.default_rng(7)
 
@@ -129,55 +123,3 @@ def test_one_buffer_serves_every_field_and_crops_are_copies(tmp_path: Path) -> N
     np.testing.assert_array_equal(two.crops, process_field(second, *args).crops)
     assert not np.shares_memory(two.crops, held)
     assert one.field == process_field(first, *args).field
-
-
-def _run(tiny: TinyScreen, out: Path, workers: int) -> None:
-    crop_screen(tiny.image_table, out, objects=tiny.objects, config=CropConfig(size=16),
-                workers=workers)
-
-
-def test_crops_come_back_through_shared_slots_or_the_pipe_alike(
-        tiny: TinyScreen, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With two workers every field's crops travel in a shared slot; a field too large for
-    its slot comes through the result pipe; the stores are the one-process store."""
-    travelled: list[bool] = []
-    unpack = CropsTransfer.unpack
-
-    def counting(self, result, slot):
-        travelled.append(not isinstance(result.crops, np.ndarray))
-        return unpack(self, result, slot)
-
-    monkeypatch.setattr(CropsTransfer, "unpack", counting)
-    _run(tiny, tmp_path / "one.h5", 1)
-    _run(tiny, tmp_path / "slots.h5", 2)
-    assert travelled == [True] * 4
-    travelled.clear()
-    monkeypatch.setattr(runner, "SLOT_BYTES", 1000)  # smaller than one field's crops
-    _run(tiny, tmp_path / "pipe.h5", 2)
-    assert travelled == [False] * 4
-    for name in ("slots.h5", "pipe.h5"):
-        np.testing.assert_array_equal(store.read_crops(tmp_path / name),
-                                      store.read_crops(tmp_path / "one.h5"))
-        pd.testing.assert_frame_equal(store.read_cells(tmp_path / name),
-                                      store.read_cells(tmp_path / "one.h5"))
-        pd.testing.assert_frame_equal(store.read_fields(tmp_path / name),
-                                      store.read_fields(tmp_path / "one.h5"))
-
-
-def test_without_fork_crops_come_through_the_pipe(
-        tiny: TinyScreen, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where workers are not forked (macOS and Windows spawn them), no slots are made and
-    the store is the same."""
-    import multiprocessing
-
-    spawn = multiprocessing.get_context("spawn")
-    monkeypatch.setattr(runner.multiprocessing, "get_context", lambda: spawn)
-    made: list[int] = []
-    monkeypatch.setattr(runner.mmap, "mmap", lambda *a: made.append(1))
-    _run(tiny, tmp_path / "one.h5", 1)
-    _run(tiny, tmp_path / "spawned.h5", 2)
-    assert not made
-    np.testing.assert_array_equal(store.read_crops(tmp_path / "spawned.h5"),
-                                  store.read_crops(tmp_path / "one.h5"))
-    pd.testing.assert_frame_equal(store.read_cells(tmp_path / "spawned.h5"),
-                                  store.read_cells(tmp_path / "one.h5"))

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -39,13 +40,33 @@ def crop_args(tiny: TinyScreen, out: Path, *extra: str) -> list[str]:
 
 
 def one_line_error(res, *words: str) -> None:
-    """Exit status 1, no traceback, and the message names what it must."""
+    """Exit status 1 from the CLI's own handling (an exception that escaped it would be
+    ``res.exception``; CliRunner sets ``SystemExit`` for every handled exit), no traceback,
+    and one ``error:`` line, the last, naming what it must."""
     assert res.exit_code == 1, res.output
-    assert "Traceback" not in res.output and res.exception is None or \
-        isinstance(res.exception, SystemExit), res.output
-    assert "error:" in res.output, res.output
+    assert isinstance(res.exception, SystemExit), (repr(res.exception), res.output)
+    assert "Traceback" not in res.output, res.output
+    lines = res.output.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert errors == lines[-1:], res.output  # one error line, and nothing after it
     for w in words:
-        assert w in res.output, (w, res.output)
+        assert w in errors[0], (w, res.output)
+
+
+@pytest.mark.parametrize("output", [
+    "Traceback (most recent call last):\n  File ...\nerror: Image.csv: bad\n",
+    "error: Image.csv: bad\nerror: and again\n",
+    "error: Image.csv: bad\nmore after it\n",
+    "nothing said\n",
+])
+def test_one_line_error_refuses_more_than_one_line(output: str) -> None:
+    """The helper above fails on a traceback, a second line or no error line, though the
+    CLI exited 1 through its own handling."""
+    res = SimpleNamespace(exit_code=1, exception=SystemExit(1), output=output)
+    one_line_error(SimpleNamespace(exit_code=1, exception=SystemExit(1),
+                                   output="error: Image.csv: bad\n"), "Image.csv")
+    with pytest.raises(AssertionError):
+        one_line_error(res, "Image.csv")
 
 
 # --- item 6: --plates -----------------------------------------------------------------------
@@ -286,7 +307,8 @@ def test_embed_checks_its_options_before_embedding(tiny_model: tuple[Path, Path]
     model, crops = tiny_model
     res = runner.invoke(app, ["embed", str(model), str(crops), "--out", str(tmp_path / "p.h5"),
                               "--format", "csv", "--level", "plate"])
-    one_line_error(res, "--level must be one of cell, well, treatment")
+    assert res.exit_code == 2 and "Traceback" not in res.output  # refused by the parser
+    assert "--level" in res.output and "'cell'" in res.output and "'treatment'" in res.output
     assert not (tmp_path / "p.h5").exists() and not (tmp_path / "p.h5.partial").exists()
 
 

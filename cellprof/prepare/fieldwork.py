@@ -49,35 +49,6 @@ class FieldResult:
     issues: list[dict[str, Any]] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _CropsInSlot:
-    """Stands for a result's crops while they travel in a shared slot."""
-
-    shape: tuple[int, ...]
-    dtype: str
-
-
-class CropsTransfer:
-    """Sends a :class:`FieldResult`'s crops through shared memory
-    (:class:`cellprof.prepare.runner.Transfer`); crops larger than the slot go through the pipe."""
-
-    def pack(self, result: FieldResult, slot: memoryview) -> FieldResult:
-        crops = result.crops
-        if not isinstance(crops, np.ndarray) or crops.nbytes > len(slot) or not len(crops):
-            return result
-        np.frombuffer(slot, dtype=crops.dtype, count=crops.size).reshape(crops.shape)[...] = crops
-        result.crops = _CropsInSlot(crops.shape, crops.dtype.str)  # type: ignore[assignment]
-        return result
-
-    def unpack(self, result: FieldResult, slot: memoryview) -> FieldResult:
-        held = result.crops
-        if isinstance(held, _CropsInSlot):
-            count = int(np.prod(held.shape))
-            result.crops = np.frombuffer(slot, dtype=held.dtype, count=count
-                                         ).reshape(held.shape).copy()
-        return result
-
-
 def issue(kind: str, file: str | Path, row: int, reason: str) -> dict[str, Any]:
     """One problem report: what kind, which file and row (-1 = whole file), and why."""
     return {"kind": kind, "file": str(file), "row": int(row), "reason": reason}

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cellprof.errors import ImageError, InputError
-from cellprof.prepare.fieldwork import CropsTransfer, FieldResult, issue
+from cellprof.prepare.fieldwork import FieldResult, issue
 from cellprof.formats.images import intensity_stats, read_planes
 from cellprof.prepare.runner import Progress, commit_results, ordered_map
 from cellprof.formats.schema import FIELD_KEY, cell_rows, field_row, store_columns
@@ -182,8 +182,7 @@ def import_singlecell(
     try:
         done = set(writer.done_fields(FIELD_KEY)[FIELD_KEY])
         todo = [t for t in tasks if t.key not in done]
-        commit_results(ordered_map(_LoadJob(shape, dtype, chans), todo, workers,
-                                   CropsTransfer()), writer,
+        commit_results(ordered_map(_LoadJob(shape, dtype, chans), todo, workers), writer,
                        strict=strict, total=len(tasks), done=len(done), progress=progress)
         return finish_store(writer, out)
     finally:
