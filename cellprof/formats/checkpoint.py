@@ -3,10 +3,10 @@
 A checkpoint is a dict of tensors and plain JSON types (configs are saved as dicts, never
 as pickled objects), so loading it never runs code from the file. This module knows the
 file, not the model: it checks the format and that the configs are dicts; what they must
-hold is checked where they are read (:func:`cellprof.learn.model.model_config_of`). It carries everything
-``--resume`` needs to continue bit-for-bit: model and optimiser states, the step, and the
-torch random states (the data stream is a pure function of seed and step, see
-:mod:`cellprof.learn.data`).
+hold is checked where they are read (:func:`cellprof.learn.model.model_config_of`). It
+carries everything ``--resume`` needs to continue bit-for-bit: model and optimiser states,
+the step, and the torch random states (the data stream is a pure function of seed and
+step, see :mod:`cellprof.learn.data`).
 """
 
 from __future__ import annotations

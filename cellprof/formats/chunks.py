@@ -98,13 +98,15 @@ def read_chunks(ds: h5py.Dataset, first_cells: Iterable[int]) -> Iterator[np.nda
     for lo in starts:
         mask, raw = ds.id.read_direct_chunk((lo,) + (0,) * (ds.ndim - 1))
         raws.append((lo, mask, raw))
-    shape = ds.chunks
+    shape, dtype, n = ds.chunks, ds.dtype, ds.shape[0]
 
     def one(item: tuple[int, int, bytes]) -> np.ndarray:
+        # No h5py call on a pool thread: h5py's lock may be held by the caller (iterating
+        # a group holds it), and the pool would wait for it forever.
         lo, mask, raw = item
         if mask:  # HDF5 skipped a filter for this chunk: let it decode the chunk itself
             return ds[lo:lo + rows]
-        return decode(raw, shape, ds.dtype)[:max(0, min(rows, ds.shape[0] - lo))]
+        return decode(raw, shape, dtype)[:max(0, min(rows, n - lo))]
 
     if any(mask for _, mask, _ in raws):
         yield from map(one, raws)  # h5py itself is not to be called from pool threads here
@@ -122,9 +124,87 @@ def read_all(ds: h5py.Dataset, window: int = 64) -> np.ndarray:
     rows = ds.chunks[0]
     starts = range(0, ds.shape[0], rows)
     for i in range(0, len(starts), window):
-        for lo, chunk in zip(starts[i:i + window], read_chunks(ds, starts[i:i + window])):
+        for lo, chunk in zip(starts[i:i + window], read_chunks(ds, starts[i:i + window]),
+                             strict=True):
             out[lo:lo + len(chunk)] = chunk
     return out
+
+
+def read_rows(ds: h5py.Dataset, rows: slice | np.ndarray | None = None,
+              window: int = 64) -> np.ndarray:
+    """Rows of a dataset chunked along axis 0 (the crop store's ``/crops``): every reader
+    of a store's rows goes through here, so the chunk arithmetic is written once.
+
+    Parameters
+    ----------
+    ds
+        The dataset, e.g. ``/crops`` ``(N, C, H, W)``.
+    rows
+        None for every row (:func:`read_all`), a slice (step 1: a streamed block), or
+        indices in increasing order, repeats allowed (a training group, validation cells),
+        or a boolean mask.
+    window
+        Chunks decompressed at once; at most that many compressed chunks are held besides
+        the result.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n,) + ds.shape[1:]`` of ``ds.dtype``, equal to ``ds[rows]``.
+
+    Each chunk holding a wanted row is read once, whole, and the chunks are decompressed in
+    parallel (:func:`read_chunks`): HDF5 would decompress a chunk for every hyperslab that
+    touches it, on one core. An uncompressed block is one plain read.
+    """
+    n = ds.shape[0]
+    if rows is None:
+        return read_all(ds, window)
+    if isinstance(rows, slice):
+        lo, hi, step = rows.indices(n)
+        if step == 1 and (not direct_ok(ds) or hi <= lo):
+            return ds[lo:max(lo, hi)]
+        idx = np.arange(lo, hi, step)
+    else:
+        idx = np.asarray(rows)
+        idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64, copy=False)
+    if idx.ndim != 1 or (len(idx) and (idx[0] < 0 or idx[-1] >= n)) \
+            or np.any(np.diff(idx) < 0):
+        raise ValueError(f"rows must be increasing indices in [0, {n}) of {ds.name}")
+    if ds.chunks is None:
+        return ds[()][idx]
+    out = np.empty((len(idx),) + ds.shape[1:], dtype=ds.dtype)
+    if not len(idx):
+        return out
+    size = ds.chunks[0]
+    firsts = np.unique(idx // size) * size
+    bounds = np.searchsorted(idx, np.r_[firsts, firsts[-1] + size])  # idx of each chunk
+    for w in range(0, len(firsts), window):
+        for k, chunk in enumerate(read_chunks(ds, firsts[w:w + window].tolist()), start=w):
+            a, b = int(bounds[k]), int(bounds[k + 1])
+            start = int(idx[a] - firsts[k])
+            if idx[b - 1] - idx[a] == b - a - 1:  # a run of rows: a plain copy
+                out[a:b] = chunk[start:start + b - a]
+            else:
+                out[a:b] = chunk[idx[a:b] - firsts[k]]
+    return out
+
+
+def copy_rows(src: h5py.Dataset, dst: h5py.Dataset, n: int) -> None:
+    """``dst[:n] = src[:n]`` for two datasets of one layout (chunks, filters, dtype), whole
+    chunks copied as stored (no decompressing and compressing again), the rest through
+    :func:`read_rows`. Variable-length values (text) are copied as values: their stored
+    bytes point into the source file's heap."""
+    size = src.chunks[0] if src.chunks else 0
+    raw = (size and src.chunks == dst.chunks and src.chunks[1:] == src.shape[1:]
+           and src.dtype.kind != "O")
+    whole = n // size * size if raw else 0
+    for lo in range(0, whole, size):
+        offset = (lo,) + (0,) * (src.ndim - 1)
+        mask, data = src.id.read_direct_chunk(offset)
+        dst.id.write_direct_chunk(offset, data, mask)
+    if n > whole:
+        dst[whole:n] = read_rows(src, slice(whole, n)) if src.dtype.kind != "O" \
+            else src[whole:n]
 
 
 def write_chunks(ds: h5py.Dataset, first_cell: int, data: np.ndarray) -> None:

@@ -5,23 +5,22 @@ Layout of a profiles file (``cellprof embed --out profiles.h5``)::
     /features         (N, D) float32   posterior mean of each cell (its profile)
     /logvar           (N, D) float32   posterior log-variance (only with --logvar)
     /cells/<column>   N rows           the crop store's per-cell metadata, same order
-    attributes        format, schema_version, feature_names (JSON), checkpoint, store,
-                      crop_scaling, model_config (JSON), n_done, complete, created
+    attributes        format, schema_version, profile_kind, feature_names (JSON), store,
+                      channels, checkpoint, crop_scaling, model_config (JSON), ...;
+                      config and inputs (what a resume must match), n_done, complete,
+                      created
 
 As tables, profiles follow pycytominer: ``Metadata_*`` columns first, then one column per
 feature; everything that is not ``Metadata_`` is a feature unless named otherwise. Exported
-tables (:func:`cellprof.profile.aggregate.export`) prefix CellProfiler's identifiers too (``Metadata_ImageNumber``,
-``Metadata_ObjectNumber`` …), as CytoTable does, so pycytominer's
+tables (:func:`cellprof.profile.aggregate.export`) prefix CellProfiler's identifiers too
+(``Metadata_ImageNumber``, ``Metadata_ObjectNumber`` …), as CytoTable does, so pycytominer's
 ``aggregate(compute_object_count=True)`` and ``normalize`` keep them as metadata.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +28,17 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from cellprof import __version__
 from cellprof.errors import InputError, StoreError
-from cellprof.formats.safeio import OutputLock, atomic_path, fingerprint_change, partial_path
+from cellprof.formats.partial import PartialFile
+from cellprof.formats.safeio import atomic_path
 from cellprof.formats.store import ColumnTable, column_kind
-
-log = logging.getLogger("cellprof")
 
 FORMAT = "cellprof-profiles"
 SCHEMA_VERSION = 1
 FEATURES, LOGVAR, CELLS = "features", "logvar", "cells"
+RESERVED = frozenset({"format", "schema_version", "feature_names", "config", "inputs",
+                      "n_done", "complete", "created", "cellprof_version"})
+"""Attributes the writer sets itself; a caller's ``attrs`` may not name them."""
 META_KEYS = ("ImageNumber", "ObjectNumber", "TableNumber", "Location_Center_X",
              "Location_Center_Y", "Crop_Padded")
 
@@ -57,97 +57,64 @@ class ProfileWriter:
     """Fill ``<out>.partial`` in order, resumably; rename to ``out`` when complete.
 
     ``inputs`` is the fingerprint of the checkpoint and crop store
-    (:func:`cellprof.formats.safeio.fingerprint`): a partial file made from other inputs is
-    started over, with the reason logged, never continued. The writer holds the
-    output's lock until :meth:`finish` or :meth:`close`.
+    (:func:`cellprof.formats.safeio.fingerprint`): a partial file made from other inputs or
+    with other settings (``attrs``, feature names, ``logvar``) is started over, with the
+    reason logged, never continued. The partial file, its lock, resume (a torn file's
+    committed rows copied into a fresh one) and final rename are
+    :class:`~cellprof.formats.partial.PartialFile`'s, as for a crop store.
     """
 
     def __init__(self, path: str | Path, cells: pd.DataFrame, feature_names: Sequence[str],
                  attrs: dict[str, Any], logvar: bool,
                  inputs: dict[str, Any] | None = None, resume: bool = True) -> None:
-        self.path = Path(path)
-        self.tmp = partial_path(self.path)
-        self._lock = OutputLock(self.path).acquire()
-        try:
-            self._open(cells, feature_names, attrs, logvar, inputs or {}, resume)
-        except BaseException:
-            self._lock.release()
-            raise
+        reserved = sorted(set(attrs) & RESERVED)
+        if reserved:
+            raise ValueError(f"profile attributes {reserved} are the writer's own")
+        names = list(feature_names)
+        datasets = (FEATURES, LOGVAR) if logvar else (FEATURES,)
 
-    def _open(self, cells: pd.DataFrame, feature_names: Sequence[str], attrs: dict[str, Any],
-              logvar: bool, inputs: dict[str, Any], resume: bool) -> None:
-        key = json.dumps(attrs, sort_keys=True, default=str)
-        inputs_json = json.dumps(inputs, sort_keys=True, default=str)
-        if resume and self.tmp.exists():
-            why = self._resume(key, inputs_json)
-            if why is None:
-                return
-            log.warning("%s: starting over: %s", self.tmp, why)
-        self.tmp.unlink(missing_ok=True)
-        self.tmp.parent.mkdir(parents=True, exist_ok=True)
-        f = self.file = h5py.File(self.tmp, "w")
-        n, d = len(cells), len(feature_names)
-        chunks = (min(max(n, 1), 1024), d)
-        for name in (FEATURES, LOGVAR) if logvar else (FEATURES,):
-            f.create_dataset(name, shape=(n, d), dtype=np.float32, chunks=chunks,
-                             compression="gzip", compression_opts=1, shuffle=True)
-        ColumnTable.create(f, CELLS, {c: column_kind(cells[c]) for c in cells.columns}
-                           ).append(cells, 0)
-        f.attrs.update(format=FORMAT, schema_version=SCHEMA_VERSION, run_key=key,
-                       inputs=inputs_json,
-                       feature_names=json.dumps(list(feature_names)), n_done=0,
-                       complete=False, cellprof_version=__version__,
-                       created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       **{k: json.dumps(v) if not isinstance(v, str) else v
-                          for k, v in attrs.items()})
-        f.flush()
+        def create(f: h5py.File) -> None:
+            n, d = len(cells), len(names)
+            chunks = (min(max(n, 1), 1024), d)
+            for name in datasets:
+                f.create_dataset(name, shape=(n, d), dtype=np.float32, chunks=chunks,
+                                 compression="gzip", compression_opts=1, shuffle=True)
+            ColumnTable.create(f, CELLS, {c: column_kind(cells[c]) for c in cells.columns}
+                               ).append(cells, 0)
+            f.attrs.update(schema_version=SCHEMA_VERSION, feature_names=json.dumps(names),
+                           **{k: json.dumps(v) if not isinstance(v, str) else v
+                              for k, v in attrs.items()})
 
-    def _resume(self, key: str, inputs_json: str) -> str | None:
-        """Reopen the partial file; None, or why it cannot be continued."""
-        try:
-            f = h5py.File(self.tmp, "a")
-        except Exception as exc:  # noqa: BLE001 - torn files raise many types
-            return f"the partial file cannot be opened ({type(exc).__name__})"
-        saved = f.attrs.get("inputs")
-        if f.attrs.get("format") != FORMAT:
-            why: str | None = "it is not a partial profiles file"
-        elif saved != inputs_json:
-            why = (fingerprint_change(json.loads(saved), json.loads(inputs_json))
-                   if saved else None) or "its inputs changed"
-        elif f.attrs.get("run_key") != key:
-            why = "it was written with other settings"
-        else:
-            self.file = f
-            return None
-        f.close()
-        return why
+        config = {"attrs": attrs, "feature_names": names, "logvar": logvar,
+                  "n_cells": len(cells)}
+        self.part = PartialFile(path, format=FORMAT, config=config, inputs=inputs,
+                                counts=dict.fromkeys(datasets, "n_done"), create=create,
+                                resume=resume)
+        self.path, self.tmp, self.file = self.part.path, self.part.tmp, self.part.file
 
     @property
     def n_done(self) -> int:
-        return int(self.file.attrs["n_done"])
+        """Rows written and committed, from the first: a resume continues here."""
+        return self.part.count("n_done")
 
     def write(self, start: int, features: np.ndarray, logvar: np.ndarray | None = None) -> None:
+        """Write rows ``[start, start + len(features))`` and commit them (``start`` is
+        :attr:`n_done`: rows are written in order)."""
+        if start != self.n_done:
+            raise ValueError(f"rows are written in order: {start} given, {self.n_done} done")
         end = start + len(features)
         self.file[FEATURES][start:end] = features
         if logvar is not None and LOGVAR in self.file:
             self.file[LOGVAR][start:end] = logvar
-        self.file.flush()
-        self.file.attrs["n_done"] = end  # last, so a kill mid-write redoes this block
-        self.file.flush()
+        self.part.commit(n_done=end)  # after the rows, so a kill mid-write redoes them
 
     def finish(self) -> Path:
-        self.file.attrs["complete"] = True
-        self.file.close()
-        os.replace(self.tmp, self.path)
-        self._lock.release()
-        return self.path
+        """Mark complete, close and rename durably to the final path."""
+        return self.part.finish()
 
     def close(self) -> None:
-        try:
-            if self.file.id.valid:
-                self.file.close()
-        finally:
-            self._lock.release()
+        """Close without finishing (the ``.partial`` file stays for a resume)."""
+        self.part.close()
 
 
 def _open(path: str | Path) -> h5py.File:

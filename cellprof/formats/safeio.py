@@ -5,6 +5,8 @@ Every cellprof writer goes through this module, so each guarantee is made once:
 * **Atomic files** (:func:`atomic_path`, :func:`write_text`): a file is written under a
   temporary name beside its final one and renamed with :func:`os.replace` only when
   complete, so a reader never sees half a file; a failed write removes the temporary.
+  The rename is durable (:func:`durable_replace`): the file is synced before it and the
+  folder after, so a finished output survives a power cut, not only a killed process.
 * **Output locks** (:class:`OutputLock`): an exclusive ``fcntl.flock`` on ``<out>.lock``
   while a command writes ``out``. Two runs into one output would interleave (two
   trainings each logging every step, two crops racing for one rename); the second is
@@ -58,9 +60,36 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = partial_path(path)
     try:
         yield tmp
-        os.replace(tmp, path)
+        durable_replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def durable_replace(tmp: str | Path, path: str | Path) -> None:
+    """``os.replace(tmp, path)`` that a power cut cannot undo or tear.
+
+    A rename alone survives a killed process, but after a power cut the file system may
+    have kept the new name without the file's data (a finished file of zeros) or lost the
+    rename. So the file's data is synced before the rename and the folder's entry after it.
+    Syncing a folder is best effort: some platforms and file systems refuse it, and the
+    rename is still atomic there.
+    """
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    try:
+        fd = os.open(Path(path).parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -240,14 +269,15 @@ def fingerprint_change(saved: dict[str, Any] | None, now: dict[str, Any]) -> str
     """Why ``now`` differs from ``saved`` (e.g. "Nuclei.csv changed"), or None if the same."""
     if saved is None:
         return "the partial output records no input fingerprint"
-    def same(a: Any, b: Any) -> bool:  # a copy or a touch with equal content is the same
-        strip = (lambda d: {k: v for k, v in d.items() if k != "mtime_ns"} if d else d)
-        return strip(a) == strip(b)
+
+    def strip(d: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Without the mtime: a copy or a touch with equal content is the same input."""
+        return {k: v for k, v in d.items() if k != "mtime_ns"} if d else d
 
     changed = []
     for name, fp in now.items():
         old = saved.get(name)
-        if same(old, fp):
+        if strip(old) == strip(fp):
             continue
         label = Path(fp["path"]).name if fp else name
         if old is None or fp is None:

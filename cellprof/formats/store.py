@@ -18,26 +18,25 @@ This is the only module that names HDF5 datasets, so the layout lives in one pla
 Tables are stored column-wise (not as a pickled pandas object) so any HDF5 tool reads
 them; :func:`read_cells` turns them into a :class:`pandas.DataFrame`.
 
-Writing is crash-safe in the sense that matters for long jobs: the writer appends one
-field at a time to ``<out>.partial`` and records the committed row counts only after a
-field's rows are all flushed. A resumed run copies what those counts cover into a fresh
-file (in a child process, :func:`rebuild_partial`: a hard kill mid-flush can tear the
-old file's heap so that it crashes its reader, or fails only at the next write), so a
-field interrupted mid-write is redone, never duplicated, and a torn file is either
-rebuilt from its last committed field or started over. The file gets its final name
-only when :meth:`CropStoreWriter.finish` renames it.
+Writing is crash-safe in the sense that matters for long jobs: the writer appends fields
+in batches to ``<out>.partial`` and records the committed row counts (``n_cells``,
+``n_fields``, ``n_issues``) only after a batch's rows are all flushed. A resumed run copies
+what those counts cover into a fresh file in a child process (a hard kill mid-flush can
+tear the old file's heap so that it crashes its reader, or fails only at the next write),
+so a field interrupted mid-write is redone, never duplicated, and a torn file is either
+rebuilt from its last committed field or started over. The file gets its final name only
+when :meth:`CropStoreWriter.finish` renames it. That machinery is
+:class:`cellprof.formats.partial.PartialFile`, shared with the profiles writer.
+
+Every read of ``/crops`` rows goes through :func:`cellprof.formats.chunks.read_rows`
+(here :func:`read_crops`): whole chunks, decompressed on every core.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
-import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +44,10 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from cellprof import __version__
-
-from cellprof.formats import chunks
 from cellprof.errors import InputError, StoreError
-from cellprof.formats.safeio import OutputLock, fingerprint_change, partial_path
+from cellprof.formats import chunks
+from cellprof.formats.partial import PartialFile
+from cellprof.formats.safeio import partial_path
 
 FORMAT = "cellprof-crops"
 SCHEMA_VERSION = 1
@@ -86,8 +84,8 @@ def check_compression(compression: str) -> str:
                          f"got {compression!r}")
     return compression
 
+
 _STR = h5py.string_dtype("utf-8")
-log = logging.getLogger("cellprof")
 
 
 def column_kind(series: pd.Series) -> str:
@@ -224,10 +222,6 @@ class ColumnTable:
                 ds[start:end] = values
         return end
 
-    def truncate(self, n: int) -> None:
-        for col in self.columns:
-            self.group[col].resize((n,))
-
     def read(self, rows: slice | np.ndarray | None = None) -> pd.DataFrame:
         out: dict[str, Any] = {}
         for col in self.columns:
@@ -248,6 +242,12 @@ class StoreInfo:
     dtype: np.dtype
     config: dict[str, Any]
     summary: dict[str, Any]
+
+
+Part = pd.DataFrame | Mapping[str, np.ndarray]
+"""Rows of a table: a frame, or a mapping of equal-length columns."""
+COUNTS = {CROPS: "n_cells", CELLS: "n_cells", FIELDS: "n_fields", ISSUES: "n_issues"}
+"""The committed count of each growing part of a partial store (root attributes)."""
 
 
 class CropStoreWriter:
@@ -279,8 +279,9 @@ class CropStoreWriter:
         How ``/crops`` is stored: a key of :data:`COMPRESSIONS`. Part of what a resumed
         run must match, through ``config``.
 
-    The writer holds :class:`~cellprof.formats.safeio.OutputLock` on ``path`` from construction
-    to :meth:`finish` or :meth:`close`, so a second writer of the same output is refused.
+    The partial file, its lock, resume and final rename are
+    :class:`~cellprof.formats.partial.PartialFile`'s, as for a profiles file; a second
+    writer of the same output is refused.
     """
 
     def __init__(
@@ -298,85 +299,27 @@ class CropStoreWriter:
         compression: str = "gzip",
     ) -> None:
         self.compression = check_compression(compression)
-        self.path = Path(path)
-        self.tmp = partial_path(self.path)
-        self.resumed_fields = 0
-        self.restart_reason: str | None = None
-        self._queue: list[tuple[dict[str, Any], np.ndarray,
-                                pd.DataFrame | Mapping[str, np.ndarray],
-                                pd.DataFrame | None]] = []
+        shape = (len(channels), crop_size, crop_size)
+
+        def create(f: h5py.File) -> None:
+            f.attrs.update(schema_version=SCHEMA_VERSION, channels=json.dumps(list(channels)),
+                           crop_size=int(crop_size), summary="{}")
+            f.create_dataset(CROPS, shape=(0,) + shape, maxshape=(None,) + shape,
+                             dtype=np.dtype(dtype), chunks=(CHUNK_CELLS,) + shape,
+                             **COMPRESSIONS[self.compression])
+            ColumnTable.create(f, CELLS, cell_columns)
+            ColumnTable.create(f, FIELDS, field_columns)
+            ColumnTable.create(f, ISSUES, ISSUE_COLUMNS)
+            f.create_group(ILLUMINATION)
+
+        self.part = PartialFile(path, format=FORMAT, config=config, inputs=inputs,
+                                counts=COUNTS, create=create, resume=resume)
+        self.path, self.tmp, self.file = self.part.path, self.part.tmp, self.part.file
+        self.restart_reason = self.part.restart_reason
+        self.resumed_fields = self.part.count("n_fields") if self.part.resumed else 0
+        self._queue: dict[str, list[Any]] = {CROPS: [], CELLS: [], FIELDS: [], ISSUES: []}
         self._queued_bytes = 0
         self._tables: dict[str, ColumnTable] = {}
-        self._lock = OutputLock(self.path).acquire()
-        try:
-            self._open(channels, crop_size, dtype, cell_columns, field_columns, config,
-                       resume, inputs)
-        except BaseException:
-            self._lock.release()
-            raise
-
-    def _open(self, channels: Sequence[str], crop_size: int, dtype: np.dtype | type,
-              cell_columns: Mapping[str, str], field_columns: Mapping[str, str],
-              config: Mapping[str, Any], resume: bool, inputs: Mapping[str, Any] | None
-              ) -> None:
-        config_json = json.dumps(dict(config), sort_keys=True, default=str)
-        inputs_json = json.dumps(dict(inputs or {}), sort_keys=True, default=str)
-        if resume and self.tmp.exists():
-            self.restart_reason = self._try_resume(config_json, inputs_json)
-            if self.restart_reason is None:
-                return
-            log.warning("%s: starting over: %s", self.tmp, self.restart_reason)
-        self.tmp.unlink(missing_ok=True)
-        self.tmp.parent.mkdir(parents=True, exist_ok=True)
-        self.file = h5py.File(self.tmp, "w")
-        f = self.file
-        f.attrs.update(
-            format=FORMAT, schema_version=SCHEMA_VERSION, cellprof_version=__version__,
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            channels=json.dumps(list(channels)), crop_size=int(crop_size), config=config_json,
-            inputs=inputs_json, complete=False, n_cells=0, n_fields=0, n_issues=0, summary="{}",
-        )
-        c = len(channels)
-        f.create_dataset(
-            CROPS, shape=(0, c, crop_size, crop_size), maxshape=(None, c, crop_size, crop_size),
-            dtype=np.dtype(dtype), chunks=(CHUNK_CELLS, c, crop_size, crop_size),
-            **COMPRESSIONS[self.compression],
-        )
-        ColumnTable.create(f, CELLS, cell_columns)
-        ColumnTable.create(f, FIELDS, field_columns)
-        ColumnTable.create(f, ISSUES, ISSUE_COLUMNS)
-        f.create_group(ILLUMINATION)
-        f.flush()
-
-    def _try_resume(self, config_json: str, inputs_json: str) -> str | None:
-        """Reopen the partial file after its committed fields; None, or why not."""
-        damage = rebuild_partial(self.tmp)
-        if damage:
-            return f"the partial file is damaged ({damage}), as a hard kill can leave it"
-        try:
-            f = h5py.File(self.tmp, "a")
-        except Exception as exc:  # noqa: BLE001 - HDF5 raises many types for torn files
-            return f"the partial file cannot be opened ({type(exc).__name__})"
-        if f.attrs.get("format") != FORMAT or f.attrs.get("config") != config_json:
-            f.close()
-            return "it was written with other settings"
-        saved = f.attrs.get("inputs")
-        if saved != inputs_json:
-            f.close()
-            return (fingerprint_change(json.loads(saved), json.loads(inputs_json))
-                    if saved else None) or "its inputs changed"
-        try:
-            n_cells, n_fields = int(f.attrs["n_cells"]), int(f.attrs["n_fields"])
-            f[CROPS].resize((n_cells,) + f[CROPS].shape[1:])
-            ColumnTable(f[CELLS]).truncate(n_cells)
-            ColumnTable(f[FIELDS]).truncate(n_fields)
-            ColumnTable(f[ISSUES]).truncate(int(f.attrs["n_issues"]))
-        except Exception as exc:  # noqa: BLE001
-            f.close()
-            return f"the partial file is damaged ({type(exc).__name__}: {exc})"
-        self.file = f
-        self.resumed_fields = n_fields
-        return None
 
     def _table(self, name: str) -> ColumnTable:
         """The file's table ``name``, kept between commits (the writer opens one file)."""
@@ -396,10 +339,8 @@ class CropStoreWriter:
         self.commit()
         return self._table(ISSUES).read()
 
-    def add_field(
-        self, field: Mapping[str, Any], crops: np.ndarray,
-        cells: pd.DataFrame | Mapping[str, np.ndarray], issues: pd.DataFrame | None = None,
-    ) -> None:
+    def add_field(self, field: Mapping[str, Any], crops: np.ndarray, cells: Part,
+                  issues: pd.DataFrame | None = None) -> None:
         """Queue one field (its crops, their metadata rows, its own row and its issues).
 
         Fields are written in batches of about ``BATCH_BYTES`` of crops: an HDF5 flush costs
@@ -407,50 +348,57 @@ class CropStoreWriter:
         :meth:`close` writes the queue too; only a hard kill loses it (and the fields are
         then redone on resume).
         """
-        if len(crops) != n_rows(cells):
-            raise ValueError(f"{len(crops)} crops but {n_rows(cells)} metadata rows")
-        self._queue.append((dict(field), crops, cells, issues))
-        self._queued_bytes += crops.nbytes
-        if self._queued_bytes >= BATCH_BYTES or len(self._queue) >= BATCH_FIELDS:
+        self.add_rows(crops, cells, fields=dict(field), issues=issues)
+
+    def add_rows(self, crops: np.ndarray | None = None, cells: Part | None = None, *,
+                 fields: Mapping[str, Any] | pd.DataFrame | None = None,
+                 issues: pd.DataFrame | None = None) -> None:
+        """Queue crops with their metadata rows, and field and issue rows: one field's
+        (``fields`` a record, as :meth:`add_field`) or any (``fields`` a table, as ``merge``
+        copies a shard). Committed in order by :meth:`commit`, like every row."""
+        if (0 if crops is None else len(crops)) != (0 if cells is None else n_rows(cells)):
+            raise ValueError(f"{len(crops) if crops is not None else 0} crops but "
+                             f"{n_rows(cells) if cells is not None else 0} metadata rows")
+        q = self._queue
+        if crops is not None and len(crops):
+            q[CROPS].append(crops)
+            q[CELLS].append(cells)
+            self._queued_bytes += crops.nbytes
+        if fields is not None:
+            q[FIELDS].append(fields)
+        if issues is not None and len(issues):
+            q[ISSUES].append(issues)
+        if self._queued_bytes >= BATCH_BYTES or len(q[FIELDS]) >= BATCH_FIELDS:
             self.commit()
 
     def commit(self) -> None:
-        """Write every queued field, then record the new committed counts."""
-        if not self._queue:
+        """Write every queued row, then record the new committed counts."""
+        q = self._queue
+        if not any(q.values()):
             return
-        f = self.file
-        crops = [q[1] for q in self._queue if len(q[1])]
-        n0 = int(f.attrs["n_cells"])
-        n1 = n0 + sum(len(c) for c in crops)
-        ds = f[CROPS]
+        n0 = self.part.count("n_cells")
+        n1 = n0 + sum(len(c) for c in q[CROPS])
+        ds = self.file[CROPS]
         ds.resize((n1,) + ds.shape[1:])
-        if crops:
-            write_crops(ds, n0, np.concatenate(crops))
-        cells = [q[2] for q in self._queue if n_rows(q[2])]
-        if cells:
-            self._table(CELLS).append_parts(cells, n0)
-        records = [q[0] for q in self._queue]
-        names = list(dict.fromkeys(k for r in records for k in r))
-        fields = {k: _objects([r.get(k) for r in records]) for k in names}
-        nf = self._table(FIELDS).append_parts([fields], int(f.attrs["n_fields"]))
-        ni = int(f.attrs["n_issues"])
-        issues = [q[3] for q in self._queue if q[3] is not None and len(q[3])]
-        if issues:
-            ni = self._table(ISSUES).append_parts(issues, ni)
-        f.flush()
-        # Counts last: a crash before this line leaves these fields uncommitted.
-        f.attrs.update(n_cells=n1, n_fields=nf, n_issues=ni)
-        f.flush()
-        self._queue.clear()
+        if q[CROPS]:
+            write_crops(ds, n0, np.concatenate(q[CROPS]) if len(q[CROPS]) > 1
+                        else q[CROPS][0])
+            self._table(CELLS).append_parts(q[CELLS], n0)
+        nf = self._table(FIELDS).append_parts(_field_parts(q[FIELDS]),
+                                              self.part.count("n_fields"))
+        ni = self.part.count("n_issues")
+        if q[ISSUES]:
+            ni = self._table(ISSUES).append_parts(q[ISSUES], ni)
+        # Counts last: a crash before they are written leaves these rows uncommitted.
+        self.part.commit(n_cells=n1, n_fields=nf, n_issues=ni)
+        for rows in q.values():
+            rows.clear()
         self._queued_bytes = 0
 
     def add_issues(self, issues: pd.DataFrame) -> None:
         """Commit problems found before any field (e.g. in the tables)."""
+        self.add_rows(issues=issues)
         self.commit()
-        n = self._table(ISSUES).append(issues, int(self.file.attrs["n_issues"]))
-        self.file.flush()
-        self.file.attrs["n_issues"] = n
-        self.file.flush()
 
     def set_illumination(self, plate: str, illum: np.ndarray) -> None:
         group = self.file[ILLUMINATION]
@@ -466,89 +414,36 @@ class CropStoreWriter:
         return {str(ds.attrs["plate"]): ds[()] for ds in group.values()}
 
     def finish(self, summary: Mapping[str, Any]) -> Path:
-        """Mark complete, close and atomically rename to the final path."""
+        """Mark complete, close and rename durably to the final path."""
         self.commit()
-        self.file.attrs.update(complete=True, summary=json.dumps(dict(summary), default=str))
-        self.file.close()
-        os.replace(self.tmp, self.path)
-        self._lock.release()
-        return self.path
+        return self.part.finish(summary=json.dumps(dict(summary), default=str))
 
     def close(self) -> None:
         """Close without finishing (the ``.partial`` file stays for a resume)."""
         try:
             if self.file.id.valid:
-                try:
-                    self.commit()
-                finally:
-                    self.file.close()
+                self.commit()
         finally:
-            self._lock.release()
+            self.part.close()
 
 
-def rebuild_partial(path: str | Path) -> str | None:
-    """Copy a partial store's committed part into a fresh file, in a child process; None
-    when done, else what failed.
-
-    A kill during an HDF5 flush can tear a file's heap or chunk index. Reading such a file
-    has raised ``OSError: bad heap index``, ``RuntimeError`` and crashed the interpreter,
-    and a file whose committed rows still read can fail later, when new rows are written
-    into its damaged heap. So a resume never writes into the old file: a child process
-    (which takes the risk of the crash) copies every committed row, crop chunk and
-    illumination function into a new file that replaces it.
-    """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    code = "import sys, cellprof.formats.store as s; s._rebuild(sys.argv[1])"
-    try:
-        r = subprocess.run([sys.executable, "-c", code, str(path)], env=env,
-                           capture_output=True, text=True, timeout=24 * 3600)
-    except subprocess.TimeoutExpired:
-        return "copying its committed part took over a day"
-    finally:
-        Path(str(path) + ".rebuild").unlink(missing_ok=True)
-    if r.returncode == 0:
-        return None
-    if r.returncode < 0:
-        return f"reading it crashed with signal {-r.returncode}"
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    return lines[-1][:200] if lines else f"reading it failed (status {r.returncode})"
-
-
-def _rebuild(path: str) -> None:
-    """The child's side of :func:`rebuild_partial`."""
-    tmp = path + ".rebuild"
-    with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
-        if src.attrs.get("format") != FORMAT:
-            raise StoreError("not a partial crop store")
-        n = {CELLS: int(src.attrs["n_cells"]), FIELDS: int(src.attrs["n_fields"]),
-             ISSUES: int(src.attrs["n_issues"])}
-        dst.attrs.update(dict(src.attrs))
-        old = src[CROPS]
-        if old.shape[0] < n[CELLS]:
-            raise StoreError(f"/crops holds {old.shape[0]} cells, {n[CELLS]} committed")
-        new = dst.create_dataset(
-            CROPS, shape=(n[CELLS],) + old.shape[1:], maxshape=(None,) + old.shape[1:],
-            dtype=old.dtype, chunks=old.chunks, compression=old.compression,
-            compression_opts=old.compression_opts, shuffle=old.shuffle)
-        rows = old.chunks[0]
-        whole = n[CELLS] // rows
-        for i in range(whole):  # whole chunks as stored: no decompressing
-            offset = (i * rows,) + (0,) * (old.ndim - 1)
-            mask, data = old.id.read_direct_chunk(offset)
-            new.id.write_direct_chunk(offset, data, mask)
-        if n[CELLS] > whole * rows:
-            new[whole * rows:n[CELLS]] = old[whole * rows:n[CELLS]]
-        for name, count in n.items():
-            table = ColumnTable(src[name])
-            if len(table) < count:
-                raise StoreError(f"/{name} holds {len(table)} rows, {count} committed")
-            kinds = {c: src[name][c].attrs["kind"] for c in table.columns}
-            ColumnTable.create(dst, name, kinds).append(table.read(slice(0, count)), 0)
-        group = dst.create_group(ILLUMINATION)
-        for key, ds in src[ILLUMINATION].items():
-            group.create_dataset(key, data=ds[()], compression="gzip")
-            group[key].attrs["plate"] = ds.attrs["plate"]
-    os.replace(tmp, path)
+def _field_parts(queued: list[Mapping[str, Any] | pd.DataFrame]) -> list[Part]:
+    """Queued field rows as table parts, in order. Each run of one-field records (dicts,
+    from :meth:`CropStoreWriter.add_field`) becomes one part of object columns, built in
+    one pass, rather than a part per field whose columns are then concatenated."""
+    parts: list[Part] = []
+    run: list[Mapping[str, Any]] = []
+    for item in [*queued, None]:
+        if isinstance(item, dict):
+            run.append(item)
+            continue
+        if run:
+            names = dict.fromkeys(k for r in run for k in r)
+            parts.append({k: _objects([r.get(k) for r in run]) for k in names})
+            run = []
+        if item is not None:
+            parts.append(item)
+    return parts
 
 
 def write_crops(ds: h5py.Dataset, start: int, crops: np.ndarray) -> None:
@@ -564,11 +459,9 @@ def write_crops(ds: h5py.Dataset, start: int, crops: np.ndarray) -> None:
     if not chunks.direct_ok(ds):
         ds[start:end] = crops
         return
-    rows = ds.chunks[0]
-    first = start // rows * rows
+    first = start // ds.chunks[0] * ds.chunks[0]
     if first < start:  # the committed head of a chunk that this write completes
-        head = next(chunks.read_chunks(ds, [first]))[:start - first]
-        crops = np.concatenate([head, crops])
+        crops = np.concatenate([chunks.read_rows(ds, slice(first, start)), crops])
     chunks.write_chunks(ds, first, crops)
 
 
@@ -650,10 +543,10 @@ def read_issues(path: str | Path) -> pd.DataFrame:
 
 
 def read_crops(path: str | Path, rows: slice | np.ndarray | None = None) -> np.ndarray:
-    """Crops ``(n, C, H, W)``; ``rows`` a slice or sorted index array (all when None, read
-    with every core: :func:`cellprof.formats.chunks.read_all`)."""
+    """Crops ``(n, C, H, W)``; ``rows`` a slice or increasing index array (all when None),
+    read by whole chunks on every core (:func:`cellprof.formats.chunks.read_rows`)."""
     with open_store(path) as f:
-        return chunks.read_all(f[CROPS]) if rows is None else f[CROPS][rows]
+        return chunks.read_rows(f[CROPS], rows)
 
 
 def read_illumination(path: str | Path) -> dict[str, np.ndarray]:

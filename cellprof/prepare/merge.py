@@ -1,9 +1,11 @@
 """``cellprof merge``: join crop stores cut in shards (e.g. one cluster job per plate).
 
 Cropping parallelises across machines by plate (``cellprof crop --plates P``); training
-wants one store. Merging copies the shards' crops chunk by chunk (memory: one chunk) and
-concatenates their cell, field and issue tables and illumination functions, in the order
-given. Shards must agree on channels, crop size and pixel type.
+wants one store. Merging copies the shards' crops a thousand at a time (read and written by
+whole chunks on every core) and concatenates their cell, field and issue tables and
+illumination functions, in the order given, all through the crop store's writer (memory:
+about :data:`cellprof.formats.store.BATCH_BYTES` of crops). Shards must agree on channels,
+crop size and pixel type.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cellprof.formats import store
 from cellprof.errors import InputError
+from cellprof.formats import chunks, store
 from cellprof.formats.safeio import refuse_inputs, refuse_repeats
 from cellprof.formats.schema import merged_columns
 from cellprof.formats.store import CELLS, CROPS, FIELDS, ISSUES, ColumnTable, CropStoreWriter
@@ -57,24 +59,16 @@ def merge_stores(inputs: Sequence[str | Path], out: str | Path, *, overwrite: bo
     total = sum(i.n_cells for i in infos)
     done = 0
     try:
-        f = writer.file
         for p in inputs:
             with store.open_store(p) as src:
-                n0 = int(f.attrs["n_cells"])
-                n = src[CROPS].shape[0]
-                f[CROPS].resize((n0 + n,) + f[CROPS].shape[1:])
-                step = store.CHUNK_CELLS * 16
-                for lo in range(0, n, step):
-                    f[CROPS][n0 + lo:n0 + min(lo + step, n)] = src[CROPS][lo:lo + step]
-                    done += min(step, n - lo)
+                writer.add_rows(fields=ColumnTable(src[FIELDS]).read(),
+                                issues=ColumnTable(src[ISSUES]).read())
+                for lo, hi in store.blocks(0, src[CROPS].shape[0], store.CHUNK_CELLS * 16):
+                    writer.add_rows(chunks.read_rows(src[CROPS], slice(lo, hi)),
+                                    ColumnTable(src[CELLS]).read(slice(lo, hi)))
+                    done += hi - lo
                     if progress:
                         progress("merge", done, total)
-                ColumnTable(f[CELLS]).append(ColumnTable(src[CELLS]).read(), n0)
-                nf = ColumnTable(f[FIELDS]).append(ColumnTable(src[FIELDS]).read(),
-                                                   int(f.attrs["n_fields"]))
-                ni = ColumnTable(f[ISSUES]).append(ColumnTable(src[ISSUES]).read(),
-                                                   int(f.attrs["n_issues"]))
-                f.attrs.update(n_cells=n0 + n, n_fields=nf, n_issues=ni)
                 for ds in src[store.ILLUMINATION].values():
                     writer.set_illumination(str(ds.attrs["plate"]), ds[()])
         summaries = [i.summary for i in infos]

@@ -27,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-from cellprof.formats import store
+from cellprof.formats import chunks, store
 from cellprof.profile.classic import TEXTURE_LEVELS, TEXTURE_SCALE, classical_features
 from cellprof.errors import InputError
 from cellprof.formats.profiles import ProfileWriter
@@ -106,7 +106,7 @@ def measure(crops: str | Path, out: str | Path, *, config: MeasureConfig = Measu
             if progress:
                 progress("measure", start, n)
             for lo, hi in store.blocks(start, n, config.batch_size):
-                x = ds[lo:hi][:, order]
+                x = chunks.read_rows(ds, slice(lo, hi))[:, order]
                 feats = classical_features(x, channels, batch=hi - lo)
                 writer.write(lo, feats[names].to_numpy(np.float32))
                 done += hi - lo
