@@ -1,8 +1,9 @@
-"""The input pipeline: batches prepared ahead on a thread, finished in torch on the device,
-equal to the reference numpy batches bit for bit."""
+"""The input pipeline: batches prepared a step ahead on a thread by the one crop transform
+(torch, on the device), equal bit for bit to a plain numpy reference written here."""
 
 from __future__ import annotations
 
+import threading
 import zlib
 from pathlib import Path
 
@@ -12,8 +13,8 @@ import pytest
 import torch
 
 from cellprof.formats import chunks, store
-from cellprof.learn.data import CropData, DataConfig, RawBatch, orient, scale_crops
-from cellprof.learn.loader import Loader, as_tensor, model_input, orientation_groups
+from cellprof.learn.data import CropData, DataConfig, RawBatch, as_tensor, model_input
+from cellprof.learn.loader import Loader
 
 CPU = torch.device("cpu")
 CONFIGS = {
@@ -24,22 +25,47 @@ CONFIGS = {
 }
 
 
+def numpy_input(raw: np.ndarray, scale: np.ndarray | None = None,
+                turns: np.ndarray | None = None, flips: np.ndarray | None = None) -> np.ndarray:
+    """Model input the plain numpy way, one crop at a time: scale it (by its own per-channel
+    maximum, or ``(x - offset) / divisor`` clipped at 0), then turn and mirror it."""
+    out = np.empty(raw.shape, np.float32)
+    for i, crop in enumerate(raw.astype(np.float32)):
+        if scale is None:
+            crop = crop / np.maximum(crop.max(axis=(1, 2), keepdims=True), 1e-12)
+        else:
+            crop = np.maximum((crop - scale[0, i][:, None, None]) / scale[1, i][:, None, None], 0)
+        if turns is not None:
+            crop = np.rot90(crop, turns[i], axes=(1, 2))
+            crop = crop[..., ::-1] if flips[i] else crop
+        out[i] = crop
+    return out
+
+
+def plate_scale(plates: np.ndarray, pct: dict[str, np.ndarray]) -> np.ndarray:
+    """(2, N, C): each crop's plate p1, and p99 - p1 (at least 1e-6)."""
+    lo = np.stack([pct[str(p)][0] for p in plates])
+    hi = np.stack([pct[str(p)][1] for p in plates])
+    return np.stack([lo, np.maximum(hi - lo, 1e-6)])
+
+
 def reference(data: CropData, step: int, batch: int) -> np.ndarray:
-    """The batch computed the plain way: normalise all crops, then orient them."""
+    """Step ``step``'s batch (its cells and orientations drawn by ``data``), made by
+    :func:`numpy_input`."""
     b = data.raw_batch(step, batch)
-    x = scale_crops(b.crops, data.config.crop_scaling, data.plates[b.cells], data.percentiles)
-    return x if b.turns is None else orient(x, b.turns, b.flips)
+    scale = None if data.percentiles is None else plate_scale(data.plates[b.cells],
+                                                              data.percentiles)
+    return numpy_input(b.crops, scale, b.turns, b.flips)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_prefetched_batches_equal_the_numpy_reference(synthetic_store: Path, name: str) -> None:
-    """Thread-prepared batches, finished in numpy on the thread (CPU device) or in torch
-    (a store held on the device), are the plain normalise-then-orient numbers, exactly, as
-    are `train_batch`/`disc_batch`; drawn on the calling thread (ahead=0) they are the same
-    again."""
+    """Thread-prepared batches, from crops gathered on the host or from a store held on the
+    device, are the plain numpy reference's numbers, exactly, as are
+    `train_batch`/`disc_batch`; made on the calling thread (ahead=0) they are the same
+    again, and a fresh CropData (a resumed run) makes them again."""
     data = CropData(synthetic_store, CONFIGS[name])
     seen = {}
-    # ahead 1 reuses its ring of 4 CPU buffers twice over the 7 steps
     for ahead, resident in ((1, None), (0, None), (2, True)):  # True: gathered "on device"
         with Loader(data, 8, range(2, 9), CPU, disc=True, ahead=ahead,
                     resident=resident) as batches:
@@ -60,42 +86,43 @@ def test_prefetched_batches_equal_the_numpy_reference(synthetic_store: Path, nam
         assert x.dtype == np.float32 and x.shape == (8, 3, 36, 36)
 
 
-def test_device_transform_equals_numpy_on_full_range_uint16() -> None:
-    """Values above 32,767 survive the int16 transport; max and percentile scaling and the
-    eight orientations match numpy's to the bit, on the device path and the CPU's one-pass
-    path alike."""
+def test_the_crop_transform_equals_the_numpy_reference_on_full_range_uint16() -> None:
+    """Values above 32,767 survive the int16 transport; max and percentile scaling and all
+    eight orientations match the numpy reference to the bit, whether a batch brings its
+    crops or takes them from a store held as a tensor, for every store type."""
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 65536, size=(40, 3, 9, 9)).astype(np.uint16)
     raw[0, 0] = 65535
     turns, flips = rng.integers(0, 4, 40), rng.integers(0, 2, 40).astype(bool)
-    got = model_input(as_tensor(raw), None, orientation_groups(turns, flips))
-    want = orient(scale_crops(raw, "max"), turns, flips)
-    np.testing.assert_array_equal(got.numpy(), want)
-    one_pass = RawBatch(np.arange(40), raw, None, turns, flips).model_input()
-    np.testing.assert_array_equal(one_pass, want)
-    # crops gathered from the store in memory while they are finished: the same numbers
+    assert len(set(zip(turns, flips, strict=True))) == 8  # every symmetry is checked
+    t, f = torch.from_numpy(turns), torch.from_numpy(flips)
+    want = numpy_input(raw, None, turns, flips)
+    np.testing.assert_array_equal(model_input(as_tensor(raw), None, t, f).numpy(), want)
+    np.testing.assert_array_equal(model_input(as_tensor(raw)).numpy(), numpy_input(raw))
+    np.testing.assert_array_equal(RawBatch(np.arange(40), raw, None, turns, flips)
+                                  .model_input().numpy(), want)
+    # crops gathered from the whole store, held as one tensor: the same numbers
     store_rows = rng.permutation(60)[:40]
     held = np.zeros((60, 3, 9, 9), np.uint16)
     held[store_rows] = raw
-    from_store = RawBatch(store_rows, None, None, turns, flips).model_input(source=held)
-    np.testing.assert_array_equal(from_store, want)
+    from_store = RawBatch(store_rows, None, None, turns, flips).model_input(
+        source=as_tensor(held))
+    np.testing.assert_array_equal(from_store.numpy(), want)
     with pytest.raises(ValueError, match="give the store as source"):
         RawBatch(store_rows, None, None, turns, flips).model_input()
     plates = np.array(["a", "b"] * 20)
     pct = {"a": np.array([[100, 200, 300], [60000, 50000, 40000]], np.float32),
            "b": np.array([[0, 0, 0], [65535, 1000, 1000]], np.float32)}
-    lohi = np.stack([pct[p] for p in plates], axis=1)
-    scale = np.stack([lohi[0], np.maximum(lohi[1] - lohi[0], 1e-6)])
-    got = model_input(as_tensor(raw), torch.from_numpy(scale), None)
-    np.testing.assert_array_equal(got.numpy(), scale_crops(raw, "percentile", plates, pct))
-    want = orient(scale_crops(raw, "percentile", plates, pct), turns, flips)
-    np.testing.assert_array_equal(RawBatch(np.arange(40), raw, scale, turns, flips)
-                                  .model_input(), want)
+    scale = plate_scale(plates, pct)
+    got = model_input(as_tensor(raw), torch.from_numpy(scale), t, f)
+    np.testing.assert_array_equal(got.numpy(), numpy_input(raw, scale, turns, flips))
     for dtype in (np.uint8, np.float32):  # stores of other types take the same path
         small = (raw // 257).astype(dtype)
-        np.testing.assert_array_equal(RawBatch(np.arange(40), small, None, turns, flips)
-                                      .model_input(), orient(scale_crops(small, "max"), turns, flips))
-    assert len(orientation_groups(turns, flips)) == 8  # every symmetry was checked
+        np.testing.assert_array_equal(model_input(as_tensor(small), None, t, f).numpy(),
+                                      numpy_input(small, None, turns, flips))
+    np.testing.assert_array_equal(raw, held[store_rows])  # the input was left as it was
+    with pytest.raises(ValueError, match="only square crops"):
+        model_input(as_tensor(raw[:, :, :, :5]), None, t, f)
 
 
 def test_a_loader_error_reaches_the_loop_and_an_early_exit_stops_the_thread(
@@ -103,10 +130,10 @@ def test_a_loader_error_reaches_the_loop_and_an_early_exit_stops_the_thread(
     data = CropData(synthetic_store, DataConfig())
     real = data.raw_batch
 
-    def broken(step: int, batch_size: int, gather: bool = True, out=None):
+    def broken(step: int, batch_size: int, gather: bool = True):
         if step == 4:
             raise OSError("disk gone")
-        return real(step, batch_size, gather, out)
+        return real(step, batch_size, gather)
 
     monkeypatch.setattr(data, "raw_batch", broken)
     batches = Loader(data, 8, range(0, 10), CPU, disc=False)
@@ -119,6 +146,7 @@ def test_a_loader_error_reaches_the_loop_and_an_early_exit_stops_the_thread(
             if step == 1:
                 break
     assert early._thread is None  # joined, not left running
+    assert not [t for t in threading.enumerate() if t.name == "cellprof-loader"]
 
 
 def test_parallel_chunk_reads_equal_hdf5s_and_files_stay_standard(tmp_path: Path) -> None:
@@ -209,15 +237,17 @@ def test_chunk_decoding_reads_what_hdf5s_filters_wrote_for_every_type(
         np.testing.assert_array_equal(chunks.decode(raw, values.shape, ds.dtype), values)
 
 
-def test_a_cpu_batch_stays_intact_while_two_more_steps_are_taken(synthetic_store: Path) -> None:
-    """CPU batches live in a ring of reused buffers; the contract (the Loader's docstring)
-    is that a batch stays intact while the two steps after it are taken."""
+@pytest.mark.parametrize("ahead", [0, 1, 3])
+def test_every_batch_stays_as_it_was_yielded(synthetic_store: Path, ahead: int) -> None:
+    """Each batch is new tensors: a user who keeps every one (no copies) finds them all, at
+    the end, equal to batches made afresh, and none shares memory with another."""
     data = CropData(synthetic_store, DataConfig())
-    ahead, held = 1, []  # the smallest ring that queues anything: 5 buffers
     with Loader(data, 8, range(0, 12), CPU, disc=True, ahead=ahead) as batches:
-        for step, x, xr in batches:
-            held.append((step, x, xr))  # no copies
-            for s, x_old, xr_old in held[-3:]:
-                np.testing.assert_array_equal(x_old.numpy(), reference(data, s, 8))
-                np.testing.assert_array_equal(xr_old.numpy(),
-                                              reference(data, data.disc_step(s, 8), 8))
+        held = list(batches)
+    assert [s for s, _, _ in held] == list(range(12))
+    fresh = CropData(synthetic_store, DataConfig())
+    for step, x, xr in held:
+        np.testing.assert_array_equal(x.numpy(), reference(fresh, step, 8))
+        np.testing.assert_array_equal(xr.numpy(), reference(fresh, fresh.disc_step(step, 8), 8))
+    pointers = {t.data_ptr() for _, x, xr in held for t in (x, xr)}
+    assert len(pointers) == 2 * len(held)

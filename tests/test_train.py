@@ -19,10 +19,12 @@ from cellprof.formats.checkpoint import load_checkpoint
 from cellprof.report.plots import save_training_images
 from cellprof.cli import app
 from cellprof.prepare.crop import CropConfig, crop_screen
-from cellprof.learn.data import CropData, DataConfig, augment, split_by_field
+from cellprof.learn.data import (CropData, DataConfig, draw_orientations, model_input,
+                                 split_by_field)
 from cellprof.errors import CheckpointError, InputError, StoreError
 from cellprof.learn.model import ModelConfig
 from cellprof.formats.store import read_cells
+from cellprof.learn.device import Dist
 from cellprof.learn.train import TrainConfig, TrainingDiverged, train
 
 TINY = dict(latent_dim=8, enc_filters=8, dec_filters=8, disc_channels=(8, 8, 8, 8, 1),
@@ -149,8 +151,9 @@ def test_data_split_by_field_and_augment_keeps_pixels(store_path: Path) -> None:
     key = cells["Metadata_Plate"] + "|" + cells["ImageNumber"].astype(str)
     assert not set(key.iloc[train_idx]) & set(key.iloc[val_idx])
     assert len(train_idx) + len(val_idx) == len(cells)
-    x = np.random.default_rng(0).random((16, 3, 36, 36)).astype(np.float32)
-    y = augment(x, np.random.default_rng(1))
+    x = torch.from_numpy(np.random.default_rng(0).random((16, 3, 36, 36)).astype(np.float32))
+    turns, flips = map(torch.from_numpy, draw_orientations(np.random.default_rng(1), 16))
+    x, y = model_input(x).numpy(), model_input(x, None, turns, flips).numpy()
     assert np.allclose(np.sort(x.reshape(16, -1), 1), np.sort(y.reshape(16, -1), 1))
     assert not np.array_equal(x, y)
 
@@ -184,6 +187,64 @@ def test_diverging_loss_stops_with_last_good_checkpoint(store_path: Path, tmp_pa
     good = load_checkpoint(out / "checkpoints" / "last.pt")
     assert good["step"] == 2
     assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
+
+
+def test_the_loss_is_read_only_at_log_steps_and_a_nan_between_them_still_stops(
+        store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading the loss makes a GPU's host wait, so the loop reads it only when it logs or
+    saves; a loss gone NaN between those steps is still caught there, before the next
+    checkpoint, which would have held NaN weights."""
+    import cellprof.learn.train as train_module
+
+    reads: list[list[int]] = []
+    real_agree, real_losses = train_module.agree, train_module.compute_losses
+
+    def counted(values: torch.Tensor, d: Dist) -> list[int]:
+        reads.append(real_agree(values, d))
+        return reads[-1]
+
+    def poisoned(model, x, x_real, step):  # NaN from step 5 on: between two log steps
+        losses = real_losses(model, x, x_real, step)
+        if step >= 5:
+            losses["total"] = losses["total"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(train_module, "agree", counted)
+    every4 = {**FAST, "log_every": 4, "val_every": 1000, "checkpoint_every": 4}
+    train(store_path, tmp_path / "clean", model_config=ModelConfig(**TINY),
+          config=TrainConfig(steps=10, **every4))
+    assert len(reads) == 3  # after steps 4 and 8 (log, checkpoint) and 10 (the last)
+    monkeypatch.setattr(train_module, "compute_losses", poisoned)
+    reads.clear()
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"non-finite at step 5 .*last good checkpoint"):
+        train(store_path, out, model_config=ModelConfig(**TINY),
+              config=TrainConfig(steps=12, **every4))
+    assert len(reads) == 2  # after step 4, and after step 8: caught there
+    good = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert good["step"] == 4
+    assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
+
+
+def test_an_exploding_loss_is_flagged_as_numpy_would() -> None:
+    """Above explode_factor x the median of the first 20 losses (numpy's median: the mean of
+    the middle two): flagged at its step, read at the check."""
+    from cellprof.learn.train import _Watch
+
+    d, last = Dist(0, 1, torch.device("cpu")), Path("nowhere.pt")
+    early = (np.random.default_rng(0).random(20) + 1.0).astype(np.float32)
+    limit = 10.0 * float(np.median(early.astype(np.float64)))
+    watch = _Watch(10.0, d.device)
+    for step, v in enumerate([*early, limit * 0.999, limit * 1.001, 1.0]):
+        watch(torch.tensor(v, dtype=torch.float32), step)
+    with pytest.raises(TrainingDiverged, match=r"exploded at step 21 .*no checkpoint"):
+        watch.check(d, 22, {"total": torch.tensor(1.0)}, last, {})
+    fine = _Watch(10.0, d.device)
+    for step, v in enumerate(early):
+        fine(torch.tensor(v, dtype=torch.float32), step)
+    fine.check(d, 19, {"total": torch.tensor(1.0)}, last, {"w": torch.ones(2)})
+    with pytest.raises(TrainingDiverged, match="weights became non-finite at step 19"):
+        fine.check(d, 19, {"total": torch.tensor(1.0)}, last, {"w": torch.tensor([1.0, np.inf])})
 
 
 def test_bad_checkpoints_and_stores(store_path: Path, tmp_path: Path) -> None:
@@ -223,7 +284,10 @@ def test_cli_train_and_errors(store_path: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, args)
     assert res.exit_code == 1 and "--resume" in res.output
     res = runner.invoke(app, [*args[:4], "--model", "gan", "--out", str(tmp_path / "x")])
-    assert res.exit_code == 1 and "variant" in res.output and "Traceback" not in res.output
+    # refused by the parser (status 2), which lists the choices
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and "'gan' is not one of" in out and "vae-gan-progressive" in out
+    assert "Traceback" not in res.output
 
 
 def test_overwrite_leaves_nothing_of_the_old_run(store_path: Path, tmp_path: Path) -> None:

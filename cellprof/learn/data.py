@@ -17,75 +17,29 @@ Under DDP every rank walks the same stream, and rank ``r`` takes its own slice o
 global batch, so the ranks together see each cell once per epoch.
 
 :meth:`CropData.raw_batch` is a step's raw crops with their scaling and orientations;
-:meth:`CropData.train_batch` finishes it in numpy, the reference definition. Training
-finishes it in torch on its device instead (:mod:`cellprof.learn.loader`), to the same bits.
+:func:`model_input`, in torch on any device, makes them model input: the one crop transform,
+which training runs on its device (:mod:`cellprof.learn.loader`), and validation, ``embed``
+and ``show`` run too.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator, Mapping
-from dataclasses import InitVar, dataclass, fields
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
 import pandas as pd
+import torch
+from torch import Tensor
 
 from cellprof.formats import chunks, store
-from cellprof.errors import CheckpointError, InputError, StoreError
+from cellprof.errors import InputError, StoreError
 from cellprof.formats.schema import IMAGE_NUMBER, PLATE, TABLE_NUMBER
-
-CROP_SCALINGS = ("max", "percentile")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """How crops become training tensors."""
-
-    crop_scaling: str = "max"
-    """How raw intensities become model input. ``max``: each crop divided by its own
-    per-channel maximum (the paper's); ``percentile``: per-plate per-channel
-    (x - p1) / (p99 - p1) from field statistics. Not called normalisation: that word is
-    ``cellprof match``'s, for profiles against control wells."""
-    augment: bool = True
-    """Random flips and 90-degree rotations (cells have no preferred orientation)."""
-    val_fraction: float = 0.1
-    """Share of *fields* held out for validation (cells of one field are correlated)."""
-    val_max_cells: int = 1024
-    """Cap on validation cells, evenly spaced over the held-out fields, to keep checks quick."""
-    memory_limit_gb: float = 4.0
-    """Load the whole store when its raw crops fit in this much memory; stream otherwise."""
-    group_blocks: int = 32
-    """Streaming: chunks (of 64 cells) shuffled together; larger = better mixed, more memory."""
-    normalization: InitVar[str | None] = None
-    """Deprecated name of ``crop_scaling`` (one release): accepted with a warning."""
-
-    def __post_init__(self, normalization: str | None) -> None:
-        if normalization is not None:
-            warnings.warn("DataConfig(normalization=...) is deprecated: use crop_scaling",
-                          DeprecationWarning, stacklevel=3)
-            object.__setattr__(self, "crop_scaling", normalization)
-        if self.crop_scaling not in CROP_SCALINGS:
-            raise InputError(f"--crop-scaling must be one of {', '.join(CROP_SCALINGS)}, "
-                             f"got {self.crop_scaling!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise InputError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> DataConfig:
-        """A saved data config (checkpoint, config.json), including those saved before
-        ``normalization`` was renamed ``crop_scaling``; unknown fields are refused."""
-        d = dict(d)
-        if "normalization" in d:  # the old name, in files written before the rename
-            d.setdefault("crop_scaling", d.pop("normalization"))
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise CheckpointError(f"data config has unknown field(s) {unknown}; "
-                                  f"expected only {sorted(known)}")
-        return cls(**d)
+from cellprof.learn.config import DataConfig
+from cellprof.learn.device import to_device
 
 
 def field_ids(cells: pd.DataFrame) -> np.ndarray:
@@ -124,35 +78,84 @@ def plate_percentiles(path: str | Path, channels: tuple[str, ...]) -> dict[str, 
     return out
 
 
+CPU = torch.device("cpu")
+
+
+def as_tensor(crops: np.ndarray) -> Tensor:
+    """Raw crops as a tensor sharing their memory: uint16 travels as int16 bits (every
+    torch >= 2.2 copies int16 to a device; :func:`model_input` reads them back as unsigned)."""
+    if crops.dtype == np.uint16:
+        return torch.from_numpy(crops.view(np.int16))
+    return torch.from_numpy(crops)
+
+
+@functools.lru_cache(maxsize=8)
+def _dihedral(size: int, device: torch.device) -> Tensor:
+    """(4, 2, size * size) int64: after ``k`` quarter turns, then a mirror when ``f``, the
+    source pixel of each pixel of a ``size`` x ``size`` crop. The 8 symmetries of a square
+    as 8 permutations, so one gather orients a whole batch, whatever each crop's symmetry."""
+    grid = torch.arange(size * size).view(size, size)
+    turned = [torch.rot90(grid, k, dims=(0, 1)) for k in range(4)]
+    return torch.stack([torch.stack([t, t.flip(-1)]) for t in turned]).flatten(2).to(device)
+
+
+def model_input(raw: Tensor, scale: Tensor | None = None, turns: Tensor | None = None,
+                flips: Tensor | None = None) -> Tensor:
+    """``(N, C, H, W)`` raw crops (:func:`as_tensor`) -> float32 model input on their device:
+    the one crop transform of training, validation, ``embed`` and ``show``.
+
+    ``scale`` None: each crop and channel divided by its own maximum (``max`` scaling);
+    else the ``(2, N, C)`` offset and divisor of :func:`percentile_scale`,
+    ``(x - scale[0]) / scale[1]`` clipped at 0 (``percentile``). With ``turns`` and
+    ``flips`` (both ``(N,)``), crop i is turned ``turns[i]`` quarter turns (axis 2 towards
+    3), then mirrored left-right when ``flips[i]``. Turning only moves pixels and neither
+    scaling depends on where they are, so it is done first, on the narrower raw type. No
+    value is read back to the host, so on a GPU the CPU never waits for it. The input is
+    never changed; the result is always a new tensor.
+
+    Examples
+    --------
+    >>> raw = as_tensor(np.array([[[[1, 2], [3, 4]]]], np.uint16))
+    >>> model_input(raw, turns=torch.tensor([1]), flips=torch.tensor([False]))[0, 0].tolist()
+    [[0.5, 1.0], [0.25, 0.75]]
+    """
+    n, c, h, w = raw.shape
+    if turns is not None and flips is not None:
+        if h != w:
+            raise ValueError(f"only square crops can be turned, got {h} x {w}")
+        where = _dihedral(h, raw.device)[turns, flips.long()]  # (N, H * W)
+        raw = raw.reshape(n, c, h * w).gather(2, where[:, None].expand(n, c, h * w))
+        raw = raw.view(n, c, h, w)
+    if raw.dtype == torch.int16:  # uint16 bits (as_tensor): widen, then read as unsigned
+        x = raw.to(torch.int32).bitwise_and_(0xFFFF).to(torch.float32)
+    else:
+        x = raw.to(torch.float32)
+    if scale is None:
+        return x / x.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+    x = (x - scale[0][:, :, None, None]) / scale[1][:, :, None, None]
+    return x.clamp_min_(0.0)
+
+
 def scale_crops(crops: np.ndarray, method: str, plates: np.ndarray | None = None,
                 percentiles: dict[str, np.ndarray] | None = None) -> np.ndarray:
-    """``(N, C, H, W)`` raw crops -> float32 model input, by ``method``
-    (:attr:`DataConfig.crop_scaling`: ``max`` or ``percentile``)."""
-    x = crops.astype(np.float32, copy=True)
-    if method == "max":
-        peak = x.max(axis=(2, 3), keepdims=True)
-        x /= np.maximum(peak, 1e-12)
-        return x
-    if plates is None or percentiles is None:
-        raise ValueError("percentile scaling needs each crop's plate and the plate table")
-    for plate in np.unique(plates):
-        lo, hi = percentiles[str(plate)]
-        sel = plates == plate
-        x[sel] = (x[sel] - lo[None, :, None, None]) / np.maximum(hi - lo, 1e-6)[None, :, None, None]
-    return np.maximum(x, 0.0, out=x)
+    """``(N, C, H, W)`` raw crops -> float32 model input on the CPU, by ``method``
+    (:attr:`DataConfig.crop_scaling`: ``max``, or ``percentile`` with each crop's plate and
+    :func:`plate_percentiles`): :func:`model_input` for numpy callers, not augmented."""
+    if method not in ("max", "percentile"):
+        raise ValueError(f"method must be max or percentile, got {method!r}")
+    scale = None
+    if method == "percentile":
+        if plates is None or percentiles is None:
+            raise ValueError("percentile scaling needs each crop's plate and the plate table")
+        scale = torch.from_numpy(percentile_scale(plates, percentiles))
+    return model_input(as_tensor(crops), scale).numpy()
 
 
 def percentile_scale(plates: np.ndarray, percentiles: dict[str, np.ndarray]) -> np.ndarray:
     """(2, N, C) float32: each crop's offset (its plate's p1) and divisor (p99 - p1, at
-    least 1e-6), the numbers :func:`scale_crops` uses for ``percentile``."""
+    least 1e-6), the numbers :func:`model_input` takes for ``percentile``."""
     lohi = np.stack([percentiles[str(p)] for p in plates], axis=1)
     return np.stack([lohi[0], np.maximum(lohi[1] - lohi[0], 1e-6)])
-
-
-def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random flip and quarter turn per crop (the 8 symmetries of a square)."""
-    turns, flips = draw_orientations(rng, len(x))
-    return orient(x, turns, flips)
 
 
 def draw_orientations(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,29 +165,16 @@ def draw_orientations(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.
     return turns, flips
 
 
-def orient(x: np.ndarray, turns: np.ndarray, flips: np.ndarray) -> np.ndarray:
-    """Crop i turned ``turns[i]`` quarter turns (axis 2 towards 3), then mirrored left-right
-    when ``flips[i]``."""
-    out = np.empty_like(x)
-    for kk in range(4):
-        for ff in (False, True):
-            sel = (turns == kk) & (flips == ff)
-            if sel.any():
-                y = np.rot90(x[sel], kk, axes=(2, 3))
-                out[sel] = y[..., ::-1] if ff else y
-    return out
-
-
 @dataclass(frozen=True)
 class RawBatch:
-    """One step's crops before they become model input: what the loader hands to the device,
-    which scales and orients them there (:func:`cellprof.learn.loader.model_input`)."""
+    """One step's crops before they become model input, with what makes them so: a pure
+    function of seed, step and rank (:meth:`CropData.raw_batch`)."""
 
     cells: np.ndarray
     """(N,) store rows."""
     crops: np.ndarray | None
-    """(N, C, H, W) raw crops in the store's dtype; None when the caller gathers them
-    itself (a store held in device memory)."""
+    """(N, C, H, W) raw crops in the store's dtype; None when drawn without them (a store
+    held in device memory: the caller gathers them there)."""
     scale: np.ndarray | None
     """(2, N, C) float32 offset and divisor per crop and channel (percentile scaling);
     None for per-crop max scaling."""
@@ -193,46 +183,22 @@ class RawBatch:
     flips: np.ndarray | None
     """(N,) mirror flags, None without augmentation."""
 
-    def model_input(self, out: np.ndarray | None = None,
-                    source: np.ndarray | None = None) -> np.ndarray:
-        """The batch as float32 model input on the CPU, in one pass over its pixels (into
-        ``out``, a float32 array of the crops' shape, when given).
-
-        The same numbers as :func:`scale_crops` then :func:`orient` (and as the device path,
-        :func:`cellprof.learn.loader.model_input`), about 2x faster: each crop is turned while it is
-        cast to float32 (a quarter turn is a strided view), and the per-crop maximum, which
-        no turn changes, is taken after (float32 holds every uint16 exactly). A batch drawn
-        without its crops takes them from ``source``, the whole store in memory, in that same
-        pass: gathering them into an array first cost another third.
-        """
-        raw = self.crops
-        if raw is None and source is None:
+    def model_input(self, device: torch.device = CPU,
+                    source: Tensor | None = None) -> Tensor:
+        """The batch as float32 model input on ``device`` (:func:`model_input`): its parts
+        copied there (through pinned memory, without blocking, on CUDA), then scaled and
+        turned there. A batch drawn without its crops gathers them from ``source``, the
+        whole store as one tensor on ``device`` (:func:`as_tensor`)."""
+        if self.crops is not None:
+            raw = to_device(as_tensor(self.crops), device)
+        elif source is not None:
+            raw = source[to_device(self.cells, device)]
+        else:
             raise ValueError("this batch was drawn without its crops (gather=False): "
                              "give the store as source")
-
-        def rows(sel: np.ndarray | slice) -> np.ndarray:
-            return raw[sel] if raw is not None else source[self.cells[sel]]
-
-        shape = (len(self.cells),) + (raw if raw is not None else source).shape[1:]
-        if out is None:
-            out = np.empty(shape, np.float32)
-        elif out.shape != shape or out.dtype != np.float32:
-            raise ValueError(f"out must be float32 {shape}, got {out.dtype} {out.shape}")
-        if self.turns is None or self.flips is None:
-            out[...] = rows(slice(None))
-        else:
-            for k in range(4):
-                for f in (False, True):
-                    idx = np.flatnonzero((self.turns == k) & (self.flips == f))
-                    if len(idx):
-                        y = np.rot90(rows(idx), k, axes=(2, 3))
-                        out[idx] = y[..., ::-1] if f else y
-        if self.scale is None:
-            out /= np.maximum(out.max(axis=(2, 3), keepdims=True), 1e-12)
-            return out
-        out -= self.scale[0][:, :, None, None]
-        out /= self.scale[1][:, :, None, None]
-        return np.maximum(out, 0.0, out=out)
+        rest = [None if a is None else to_device(a, device)
+                for a in (self.scale, self.turns, self.flips)]
+        return model_input(raw, *rest)
 
 
 class CropData:
@@ -317,35 +283,21 @@ class CropData:
 
     def _read_sorted(self, idx: np.ndarray) -> np.ndarray:
         """Crops of the sorted cells ``idx``, read by whole chunks, decompressed in
-        parallel (:mod:`cellprof.formats.chunks`)."""
+        parallel (:func:`cellprof.formats.chunks.read_rows`)."""
         with h5py.File(self.path, "r") as f:
-            ds = f[store.CROPS]
-            out = np.empty((len(idx),) + ds.shape[1:], dtype=ds.dtype)
-            blocks = idx // store.CHUNK_CELLS
-            wanted = np.unique(blocks)
-            for b, chunk in zip(wanted, chunks.read_chunks(
-                    ds, (int(b) * store.CHUNK_CELLS for b in wanted))):
-                sel = blocks == b
-                out[sel] = chunk[idx[sel] - int(b) * store.CHUNK_CELLS]
-        return out
+            return chunks.read_rows(f[store.CROPS], idx)
 
     def crop_shape(self, n: int) -> tuple[int, int, int, int]:
         """Shape of ``n`` crops of this store."""
         return n, len(self.channels), self.info.crop_size, self.info.crop_size
 
-    def _stream(self, start: int, count: int, gather: bool = True,
-                out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    def _stream(self, start: int, count: int, gather: bool = True
+                ) -> tuple[np.ndarray, np.ndarray | None]:
         """Cells at stream positions [start, start + count): indices and raw crops (None
-        when ``gather`` is off and the store is in memory: the caller indexes it),
-        gathered into ``out`` when given."""
+        when ``gather`` is off and the store is in memory: the caller indexes it)."""
         n = len(self.train_idx)
         gather = gather or self._all is None
-        raw = None
-        if gather:
-            raw = np.empty(self.crop_shape(count), self.info.dtype) if out is None else out
-            if raw.shape != self.crop_shape(count) or raw.dtype != self.info.dtype:
-                raise ValueError(f"out must be {self.info.dtype} {self.crop_shape(count)}, "
-                                 f"got {raw.dtype} {raw.shape}")
+        raw = np.empty(self.crop_shape(count), self.info.dtype) if gather else None
         idx_parts = []
         pos, done = start, 0
         while done < count:
@@ -363,16 +315,12 @@ class CropData:
             done += take
         return np.concatenate(idx_parts), raw
 
-    def raw_batch(self, step: int, batch_size: int, gather: bool = True,
-                  out: np.ndarray | None = None) -> RawBatch:
+    def raw_batch(self, step: int, batch_size: int, gather: bool = True) -> RawBatch:
         """This rank's cells of step ``step``, raw, with what turns them into model input
-        (the crops gathered into ``out`` when given).
-
-        ``train_batch`` is this batch scaled and oriented on the CPU; the training loop
-        does the same on its device (:mod:`cellprof.learn.loader`), with the same result.
-        """
+        (:meth:`RawBatch.model_input`); without their crops when not ``gather`` and the
+        store is in memory (the loader then gathers them from its copy on the device)."""
         start = (step * self.world + self.rank) * batch_size
-        idx, raw = self._stream(start, batch_size, gather, out)
+        idx, raw = self._stream(start, batch_size, gather)
         turns = flips = None
         if self.config.augment:
             turns, flips = draw_orientations(
@@ -386,8 +334,9 @@ class CropData:
         return percentile_scale(self.plates[idx], self.percentiles)
 
     def train_batch(self, step: int, batch_size: int) -> np.ndarray:
-        """This rank's ``(batch_size, C, H, W)`` float32 batch of step ``step``."""
-        return self.raw_batch(step, batch_size).model_input()
+        """This rank's ``(batch_size, C, H, W)`` float32 batch of step ``step``, as the
+        loader delivers it (here as a numpy array, to look at)."""
+        return self.raw_batch(step, batch_size).model_input().numpy()
 
     def disc_step(self, step: int, batch_size: int) -> int:
         """The stream step whose batch is the discriminator's real crops at ``step``."""

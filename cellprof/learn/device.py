@@ -17,14 +17,14 @@ import os
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from cellprof.errors import CellprofError, InputError
-
-PRECISIONS = ("auto", "fp32", "bf16")
+from cellprof.learn.config import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,10 @@ class Dist:
     rank: int
     world: int
     device: torch.device
+    host_group: Any = None
+    """Under DDP on GPUs (NCCL), a gloo group of the same processes, for agreeing on host
+    flags (:func:`any_rank`) without waiting for a GPU; None when the default group is gloo
+    already, or there is one process."""
 
     @property
     def main(self) -> bool:
@@ -57,7 +61,8 @@ def setup(device: str) -> Dist:
         torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
-    return Dist(rank, world, dev)
+    host = dist.new_group(backend="gloo") if world > 1 and cuda else None
+    return Dist(rank, world, dev, host)
 
 
 def cpu_has_bf16() -> bool:
@@ -161,13 +166,28 @@ def to_device(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tenso
     return t.to(device)
 
 
-def agree(flags: list[bool], d: Dist) -> list[bool]:
-    """Any rank's flag becomes every rank's (so all stop or all go on together)."""
+def agree(values: torch.Tensor, d: Dist) -> list[int]:
+    """Each of ``values`` (an integer tensor on the device) at its smallest over the ranks,
+    read on the host, the same list on every rank.
+
+    Reading a device tensor makes the host wait until the GPU has done all it was given,
+    which undoes the copies queued without blocking: the training loop calls this only at
+    steps that log or save, never every step.
+    """
+    if d.world > 1:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.MIN)
+    return [int(v) for v in values.tolist()]
+
+
+def any_rank(flag: bool, d: Dist) -> bool:
+    """True on every rank when ``flag`` is on any (a stop request: all ranks stop at the
+    same step). Agreed among the hosts over gloo, so it costs a message, not a GPU sync."""
     if d.world == 1:
-        return flags
-    t = torch.tensor([float(f) for f in flags], device=d.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in t.tolist()]
+        return flag
+    t = torch.tensor([float(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=d.host_group)
+    return bool(t.item())
 
 
 def check_replicas(model: torch.nn.Module, d: Dist) -> None:

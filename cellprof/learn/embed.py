@@ -30,30 +30,15 @@ from torch.nn.utils import fuse_conv_bn_eval
 
 from cellprof.formats import chunks, store
 from cellprof.formats.checkpoint import check_fits, load_checkpoint
-from cellprof.learn.data import DataConfig, percentile_scale, plate_percentiles
+from cellprof.learn.data import (DataConfig, as_tensor, model_input, percentile_scale,
+                                 plate_percentiles)
+from cellprof.learn.config import EmbedConfig
 from cellprof.learn.device import PRECISIONS, Compute, setup, to_device
 from cellprof.errors import InputError
-from cellprof.learn.loader import as_tensor, model_input
 from cellprof.learn.model import VAEPlus, model_config_of
 from cellprof.formats.profiles import ProfileWriter
 from cellprof.formats.safeio import fingerprint, refuse_inputs
 from cellprof.formats.schema import PLATE
-
-
-@dataclass(frozen=True)
-class EmbedConfig:
-    """Settings of an embedding run."""
-
-    batch_size: int = 1024
-    """Cells per forward pass (memory grows with it: about 0.5 GB per 1,024 cells of
-    68 px at fp32)."""
-    logvar: bool = False
-    """Also store each cell's posterior log-variance (its uncertainty)."""
-    device: str = "auto"
-    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``."""
-    precision: str = "auto"
-    """``auto`` (bf16 where the hardware has it), ``fp32`` or ``bf16``; see
-    :mod:`cellprof.learn.device`."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +128,7 @@ def embed(checkpoint: str | Path, crops: str | Path, out: str | Path, *,
                     ahead = reader.submit(_read_block, ds, *blocks[i + 1])
                 scale = None if pct is None else \
                     to_device(percentile_scale(plates[lo:hi], pct), device)
-                x = model_input(to_device(as_tensor(raw), device), scale, None)
+                x = model_input(to_device(as_tensor(raw), device), scale)
                 with compute.autocast():
                     mu, logvar = encoder(compute.layout(x))
                 writer.write(lo, mu.float().cpu().numpy(),
@@ -159,7 +144,4 @@ def embed(checkpoint: str | Path, crops: str | Path, out: str | Path, *,
 
 def _read_block(ds: h5py.Dataset, lo: int, hi: int) -> np.ndarray:
     """Raw crops [lo, hi), read by whole chunks decompressed in parallel."""
-    rows = store.CHUNK_CELLS
-    first = lo // rows * rows
-    parts = list(chunks.read_chunks(ds, range(first, hi, rows)))
-    return np.concatenate(parts)[lo - first:hi - first]
+    return chunks.read_rows(ds, slice(lo, hi))

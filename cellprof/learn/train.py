@@ -5,28 +5,30 @@ and optimisers, then one loop: take this step's batch (prepared ahead by
 :class:`cellprof.learn.loader.Loader`, a pure function of seed and step), one forward and one
 backward (:func:`cellprof.learn.losses.compute_losses` wires each network to its own loss), step
 both optimisers, decay conv kernels, then log, validate, draw and checkpoint at their
-intervals. The same command under ``torchrun --nproc-per-node N`` trains on N processes
-(DDP: NCCL on GPUs, gloo on CPU; :mod:`cellprof.learn.device`); only rank 0 writes the run
-folder (:mod:`cellprof.learn.runfolder`).
+intervals, the only steps at which the host reads the loss (on a GPU every read waits for
+the device; divergence is watched on the device in between, :class:`_Watch`). The same
+command under ``torchrun --nproc-per-node N`` trains on N processes (DDP: NCCL on GPUs,
+gloo on CPU; :mod:`cellprof.learn.device`); only rank 0 writes the run folder
+(:mod:`cellprof.learn.runfolder`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from cellprof.formats.checkpoint import check_fits, load_checkpoint, save_checkpoint
+from cellprof.learn.config import TrainConfig
 from cellprof.learn.data import CropData, DataConfig
 from cellprof.learn.device import (
-    PRECISIONS, Compute, Dist, agree, check_replicas, setup, try_compile,
+    Compute, Dist, agree, any_rank, check_replicas, setup, try_compile,
 )
 from cellprof.errors import CellprofError, CheckpointError, InputError
 from cellprof.learn.loader import Loader
@@ -38,57 +40,6 @@ from cellprof.learn.runfolder import (Pictures, RunFolder, StopRequest, holding_
 
 class TrainingDiverged(CellprofError):
     """The loss became non-finite or exploded; the last good checkpoint is kept."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Settings that may change between runs (unlike :class:`ModelConfig`)."""
-
-    steps: int = 80_000
-    """Optimisation steps (the reference's 80,000)."""
-    batch_size: int = 104
-    """Crops per step per process (the reference's 104); DDP multiplies it by the ranks."""
-    lr: float = 1e-3
-    """Adam, encoder and decoder. The reference's code gives Adam 0.01 and SGD 0.001, the
-    two constants crossed; 1e-3 is Adam's usual rate and trains stably here."""
-    disc_lr: float = 1e-2
-    """SGD with momentum, discriminator (the reference's other constant)."""
-    disc_momentum: float = 0.9
-    weight_decay: float = 1e-4
-    """Conv kernels are multiplied by (1 - weight_decay) after every step, as in the reference."""
-    seed: int = 0
-    device: str = "auto"
-    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``."""
-    precision: str = "auto"
-    """``auto``, ``fp32`` or ``bf16`` (see :mod:`cellprof.learn.device`): auto is bf16 autocast
-    with channels-last on CUDA and on CPUs with native bf16, fp32 elsewhere. Losses and
-    validation are float32 either way."""
-    log_every: int = 25
-    val_every: int = 500
-    image_every: int = 1000
-    checkpoint_every: int = 500
-    explode_factor: float = 1e3
-    """Stop when the loss exceeds this multiple of its early median."""
-    compile: bool = False
-    """``torch.compile`` the three networks (:func:`cellprof.learn.device.try_compile`): minutes
-    of compiling, then faster steps on GPUs; falls back to eager with a note."""
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "log_every", "val_every", "image_every",
-                     "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be at least 1, "
-                                 f"got {getattr(self, name)}")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, "
-                             f"got {self.precision!r}")
-        if self.batch_size < 2:
-            raise InputError("--batch-size must be at least 2 (batch norm needs two crops)")
-        for name in ("lr", "disc_lr"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise InputError(f"--{name.replace('_', '-')} must be a positive number, "
-                                 f"got {value}")
 
 
 RESUME_MAY_CHANGE = ("steps", "lr", "disc_lr", "log_every", "val_every", "image_every",
@@ -188,7 +139,7 @@ def train(
                "cells_per_s", "elapsed_s", "lr", "disc_lr"], step if ckpt is not None else None,
               p.changes)
     model.train()
-    watch, status, val, rate = _Watch(config.explode_factor), "complete", {}, 0.0
+    watch, status, val, rate = _Watch(config.explode_factor, d.device), "complete", {}, 0.0
     shown: dict[str, Any] = {}  # the latest logged losses, shown beside the progress
     t0 = time.perf_counter()
     batches = Loader(data, config.batch_size, range(step, config.steps), d.device, disc=p.gan)
@@ -197,18 +148,20 @@ def train(
             with p.compute.autocast():
                 losses = compute_losses(p.net, p.compute.layout(x),
                                         p.compute.layout(x_real) if p.gan else None, step)
-            bad, exploded, stop_now = agree([*watch(losses["total"]), stop.requested], d)
-            if bad or exploded:
-                raise watch.diverged(bad, step, losses, run.last)
+            watch(losses["total"], step)  # on the device: nothing waits for it here
             p.update(losses["total"], config.weight_decay)
             step += 1
+            stop_now, due = any_rank(stop.requested, d), _due(step, config)
+            if due or stop_now:  # the one read of the loss (a GPU sync), before any write
+                saving = "checkpoint" in due or stop_now or step == config.steps
+                watch.check(d, step - 1, losses, run.last, model.state_dict() if saving else {})
             elapsed = time.perf_counter() - t0
             rate = (step - batches.steps.start) * len(x) * d.world / max(elapsed, 1e-9)
             row: dict[str, Any] = {}
-            if step % config.val_every == 0 or step == config.steps:
+            if "val" in due:
                 val = validate(model, data, d.device, config.batch_size)
                 row.update(val)
-            if step % config.log_every == 0 or row or step == config.steps:
+            if "log" in due or row:
                 row.update({k: float(losses[k].detach()) for k in terms if k in losses},
                            step=step, total=float(losses["total"].detach()), cells_per_s=rate,
                            lr=config.lr, disc_lr=config.disc_lr if p.gan else "",
@@ -219,9 +172,9 @@ def train(
                 shown = row
             if progress is not None and d.main:  # every step: batch logs print on a clock
                 progress(step, config.steps, {**shown, **val, "cells_per_s": rate})
-            if step % config.image_every == 0 or step == config.steps:
+            if "images" in due:
                 run.images(model, data, d.device, step, pictures)
-            if step % config.checkpoint_every == 0 and step < config.steps:
+            if "checkpoint" in due:
                 run.checkpoint(False, p.state("running", step))
             if stop_now:
                 status = "interrupted"
@@ -377,26 +330,71 @@ def _columns(config: ModelConfig, gan: bool) -> tuple[list[str], list[str]]:
             [f"w_{k}" for k in layers])
 
 
+def _due(step: int, config: TrainConfig) -> set[str]:
+    """What the loop does after ``step`` steps besides training: ``log``, ``val``,
+    ``images`` (each at its interval and at the last step), ``checkpoint`` (at its interval
+    before the last step, which writes the final one)."""
+    last = step == config.steps
+    due = {name for name, every in (("log", config.log_every), ("val", config.val_every),
+                                    ("images", config.image_every))
+           if step % every == 0 or last}
+    return due | ({"checkpoint"} if step % config.checkpoint_every == 0 and not last else set())
+
+
+NEVER = 2**62
+"""The step :class:`_Watch` records for a failure that has not happened."""
+
+
 class _Watch:
-    """Flags a loss that became non-finite or exceeds ``factor`` x its early median."""
+    """Watches the loss for becoming non-finite or exceeding ``factor`` x the median of its
+    first 20 values, without making the host wait for the device.
 
-    def __init__(self, factor: float) -> None:
-        self.factor, self.early = factor, []
+    Each step only adds device operations: the first step at which each failure happened is
+    kept in a tensor on the device. :meth:`check` reads it (a GPU sync; agreed across DDP
+    ranks), which the loop does only at steps that log, validate, draw or save. A failure is
+    sticky, so it is caught at the next such step, and always before a checkpoint is
+    written; the weights meant for a checkpoint are checked too.
+    """
 
-    def __call__(self, total: Tensor) -> tuple[bool, bool]:
-        value = float(total.detach())
-        bad = not math.isfinite(value)
-        if len(self.early) < 20 and not bad:
+    def __init__(self, factor: float, device: torch.device) -> None:
+        self.factor = factor
+        self.early: list[Tensor] = []
+        self.limit: Tensor | float = math.inf
+        self.first = torch.full((2,), NEVER, dtype=torch.int64, device=device)
+        """First step the loss was non-finite, and first step it exploded."""
+
+    def __call__(self, total: Tensor, step: int) -> None:
+        value = total.detach().double()
+        if len(self.early) < 20:
             self.early.append(value)
-        return bad, len(self.early) >= 20 and value > self.factor * float(np.median(self.early))
+            if len(self.early) == 20:  # numpy's median: the mean of the middle two
+                low, high = torch.stack(self.early).sort().values[9:11]
+                self.limit = self.factor * ((low + high) / 2)
+        now = torch.stack([~torch.isfinite(value), value > self.limit])
+        self.first = torch.where(now, self.first.clamp_max(step), self.first)
+
+    def check(self, d: Dist, step: int, losses: dict[str, Tensor], last: Path,
+              weights: Mapping[str, Tensor]) -> None:
+        """Raise :class:`TrainingDiverged` if, on any rank, the loss failed by ``step``, or
+        any of ``weights`` (a state dict about to be saved; may be empty) is non-finite."""
+        first = self.first
+        floats = [w.detach() for w in weights.values() if w.is_floating_point()]
+        if floats:
+            finite = torch.stack([torch.isfinite(w).all() for w in floats]).all()
+            first = torch.cat([first, torch.where(finite, NEVER, step).reshape(1)])
+        at = agree(first, d)
+        if min(at) < NEVER:
+            raise self.diverged(at, step, losses, last)
 
     @staticmethod
-    def diverged(bad: bool, step: int, losses: dict[str, Tensor], last: Path) -> TrainingDiverged:
-        what = "became non-finite" if bad else "exploded"
+    def diverged(at: list[int], step: int, losses: dict[str, Tensor],
+                 last: Path) -> TrainingDiverged:
+        what = ("loss became non-finite", "loss exploded", "weights became non-finite")
+        k = at.index(min(at))
         good = f"last good checkpoint: {last}" if last.exists() else \
             "no checkpoint was written yet"
         return TrainingDiverged(
-            f"loss {what} at step {step} ("
+            f"{what[k]} at step {at[k]} (losses at step {step}: "
             + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
             + f"); {good}. Try a lower --lr or --disc-lr.")
 
