@@ -188,3 +188,15 @@ def test_cli_reports_errors_in_one_line(tiny: TinyScreen, tmp_path: Path) -> Non
     assert "Traceback" not in res.output
     res = runner.invoke(app, ["crop", str(tiny.image_table), "--out", str(tmp_path / "c.h5")])
     assert res.exit_code == 1 and "--objects" in res.output
+
+
+def test_unknown_nucleus_channel_names_the_option_and_the_channels(tiny: TinyScreen,
+                                                                   tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["crop", str(tiny.image_table), "--segment", "--size", "16",
+                                   "--nucleus-channel", "Hoechst",
+                                   "--out", str(tmp_path / "c.h5")])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
+    assert "--nucleus-channel 'Hoechst'" in lines[0] and "DNA, Tubulin, Actin" in lines[0]
+    assert "--debug" not in lines[0]  # a user's error, not an unexpected one

@@ -141,8 +141,6 @@ def test_checkpoints_from_before_the_crop_scaling_rename_still_embed(trained,
     np.testing.assert_array_equal(read_profiles(was.out)[1], read_profiles(new.out)[1])
     assert profile_attrs(was.out)["crop_scaling"] == "max"
     assert DataConfig.from_dict({"normalization": "percentile"}).crop_scaling == "percentile"
-    with pytest.warns(DeprecationWarning, match="use crop_scaling"):
-        assert DataConfig(normalization="percentile").crop_scaling == "percentile"
     with pytest.raises(CheckpointError, match=r"unknown field\(s\) \['scaling'\]"):
         DataConfig.from_dict({"scaling": "max"})
 

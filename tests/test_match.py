@@ -451,34 +451,26 @@ def test_cell_level_takes_the_spread_between_control_cells() -> None:
     assert not np.allclose(well_level[feats].to_numpy(), treat[feats].to_numpy())
 
 
-def test_level_is_the_deprecated_name_of_normalize_at(tmp_path: Path) -> None:
-    """match --level (and MatchConfig(level=)) still work for one release, with a note;
-    --normalize-at is the name, apart from embed/export's output --level."""
+def test_match_normalize_at_cell_through_the_cli(tmp_path: Path) -> None:
+    """match --normalize-at cell normalises cells against control cells; --level, its name
+    before it was released, is no option of match (it is embed/export's output rows)."""
     from typer.testing import CliRunner
 
     from cellprof.cli import app
 
-    with pytest.warns(DeprecationWarning, match="use normalize_at"):
-        assert MatchConfig(level="cell").normalize_at == "cell"
     screen().to_csv(tmp_path / "cells.csv", index=False)
     runner = CliRunner()
-    metrics = {}
-    for name, extra in (("new", ["--normalize-at", "cell"]), ("old", ["--level", "cell"]),
-                        ("both", ["--level", "cell", "--normalize-at", "well"])):
-        res = runner.invoke(app, ["match", str(tmp_path / "cells.csv"), "--out",
-                                  str(tmp_path / name), "--permutations", "0", *extra])
-        said = " ".join(res.output.split())
-        if name == "both":
-            assert res.exit_code == 1 and "give only --normalize-at" in said
-            continue
-        assert res.exit_code == 0, res.output
-        assert ("match --level is deprecated" in said) == (name == "old")
-        metrics[name] = json.loads((tmp_path / name / "metrics.json").read_text())
-    assert metrics["old"]["config"]["normalize_at"] == "cell"
-    assert metrics["old"]["n_control_cells"] == metrics["new"]["n_control_cells"] == 60
-    assert metrics["old"]["map"] == metrics["new"]["map"]
-    res = runner.invoke(app, ["match", "--help"])
-    assert "--normalize-at" in res.output and "Deprecated name" not in res.output  # hidden
+    res = runner.invoke(app, ["match", str(tmp_path / "cells.csv"), "--out",
+                              str(tmp_path / "new"), "--permutations", "0",
+                              "--normalize-at", "cell"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "new" / "metrics.json").read_text())
+    assert metrics["config"]["normalize_at"] == "cell" and metrics["n_control_cells"] == 60
+    res = runner.invoke(app, ["match", str(tmp_path / "cells.csv"), "--out",
+                              str(tmp_path / "old"), "--level", "cell"])
+    assert res.exit_code == 2 and "No such option: --level" in res.output
+    with pytest.raises(TypeError):
+        MatchConfig(level="cell")
     with pytest.raises(InputError, match="--normalize-at must be one of well, site, cell"):
         MatchConfig(normalize_at="plate")
 

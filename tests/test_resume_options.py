@@ -69,26 +69,7 @@ def test_cli_resume_takes_only_the_options_typed(synthetic_store: Path, tmp_path
     assert pd.read_csv(run / "losses.csv")["lr"].tolist() == [5e-4] * 3 + [1e-4]
     for extra, named in ((["--seed", "3"], "--seed"), (["--latent-dim", "16"], "--latent-dim"),
                          (["--crop-scaling", "percentile"], "--crop-scaling"),
-                         (["--normalization", "percentile"], "--normalization"),
                          (["--fm-weight", "0.25"], "--fm-weight")):
         res = runner.invoke(app, ["train", str(synthetic_store), "--out", str(run), "--steps",
                                   "5", "--resume", *extra])
         assert res.exit_code == 1 and named in res.output and "Traceback" not in res.output
-
-
-def test_normalization_is_the_deprecated_name_of_crop_scaling(synthetic_store: Path,
-                                                              tmp_path: Path) -> None:
-    """train --normalization still sets the crop scaling for one release, with a note;
-    given beside --crop-scaling it is refused."""
-    res = runner.invoke(app, ["train", str(synthetic_store), "--out", str(tmp_path / "old"),
-                              "--steps", "1", "--normalization", "percentile", *CLI])
-    assert res.exit_code == 0, res.output
-    assert "train --normalization is deprecated" in " ".join(res.output.split())
-    config = json.loads((tmp_path / "old" / "config.json").read_text())
-    assert config["data_config"]["crop_scaling"] == "percentile"
-    res = runner.invoke(app, ["train", str(synthetic_store), "--out", str(tmp_path / "both"),
-                              "--steps", "1", "--normalization", "percentile",
-                              "--crop-scaling", "max", *CLI])
-    assert res.exit_code == 1 and "give only --crop-scaling" in res.output
-    res = runner.invoke(app, ["train", "--help"])
-    assert "--crop-scaling" in res.output and "Deprecated name" not in res.output

@@ -1,7 +1,9 @@
 """The ``cellprof`` command: a thin layer of options over the library.
 
-Every command maps its options onto a library call (``cellprof.prepare.crop.crop_screen`` …), so
-what the CLI does a notebook can do too. Errors a user can fix (:class:`CellprofError`)
+Every command maps its options onto a library call (``cellprof.prepare.crop.crop_screen`` …),
+and each option onto a field of that stage's config dataclass, whose default it shows, so
+what the CLI does a notebook can do too. ``--help`` keeps one line per option; the reasons
+and measurements are in docs/cli.md. Errors a user can fix (:class:`CellprofError`)
 print as one red line and exit with status 1, never a traceback. Commands live in
 :mod:`cellprof.cli.prepare` (synth, crop, merge), :mod:`cellprof.cli.learn` (train, embed,
 measure), :mod:`cellprof.cli.report` (match, show, demo) and :mod:`cellprof.cli.export`
@@ -13,9 +15,9 @@ from cellprof.cli import prepare  # noqa: F401, I001
 from cellprof.cli import learn  # noqa: F401
 from cellprof.cli import report  # noqa: F401
 from cellprof.cli import export  # noqa: F401
-from cellprof.cli._app import app, console, unwrap_help
+from cellprof.cli._app import app, console, finish_commands
 
-unwrap_help(app)  # after every command is registered
+finish_commands(app)  # after every command is registered
 
 
 def main() -> None:

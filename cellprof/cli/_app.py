@@ -13,9 +13,7 @@ from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
 from rich.console import Console
-from rich.table import Column
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,9 +22,12 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
+from typer.core import TyperCommand, TyperGroup
 
 from cellprof import __version__
 from cellprof.errors import CellprofError
+
 
 class _Settings:
     """Options of the ``cellprof`` command itself (before the subcommand)."""
@@ -40,6 +41,9 @@ class _Guarded(TyperGroup):
     traceback (``cellprof --debug CMD`` or ``CELLPROF_DEBUG=1`` shows it), and SIGTERM
     ends a command as Ctrl-C does, through its clean-up (partial files closed
     consistently), with exit status 143."""
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        return _valueless_flags(super().get_params(ctx))
 
     def invoke(self, ctx: Any) -> Any:
         old = None
@@ -218,11 +222,29 @@ def _unwrap(doc: str) -> str:
     return "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
 
 
-def unwrap_help(typer_app: typer.Typer) -> None:
-    """Apply :func:`_unwrap` to every command's docstring (called once, at import)."""
+def _valueless_flags(params: list[Any]) -> list[Any]:
+    """Flags take no value, so their help line shows no ``<bool>`` beside them."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    """Every command: as Typer's, with flags shown without a value type."""
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        return _valueless_flags(super().get_params(ctx))
+
+
+def finish_commands(typer_app: typer.Typer) -> None:
+    """Apply :func:`_unwrap` to every command's docstring, and make it a :class:`_Command`
+    (called once, at import, after every command is registered)."""
     for info in typer_app.registered_commands:
         if info.callback is not None and info.callback.__doc__:
             info.callback.__doc__ = _unwrap(info.callback.__doc__)
+        if info.cls in (None, TyperCommand):
+            info.cls = _Command
 
 
 def _split(value: str | None) -> tuple[str, ...] | None:
@@ -234,22 +256,6 @@ def _given(ctx: typer.Context) -> set[str]:
     return {name.rstrip("_") for name in ctx.params  # compile_ is the option --compile
             if getattr(ctx.get_parameter_source(name), "name", "") in
             ("COMMANDLINE", "ENVIRONMENT", "PROMPT")}
-
-
-def _renamed(ctx: typer.Context, old: str, new: str) -> Any:
-    """The value to use for option ``new`` when its deprecated name ``old`` (both parameter
-    names, e.g. "level" and "normalize_at") may have been given: the old name's value, with
-    a one-line note, for one release; both given is an error, since which wins is a guess."""
-    value = ctx.params[new]
-    if ctx.params[old] is None:
-        return value
-    flag_old, flag_new = (f"--{n.replace('_', '-')}" for n in (old, new))
-    if new in _given(ctx):
-        raise CellprofError(f"{flag_old} is the deprecated name of {flag_new}: give only "
-                            f"{flag_new}")
-    console.print(f"[yellow]note:[/] {ctx.info_name} {flag_old} is deprecated and will be "
-                  f"removed in the next release: use {flag_new}")
-    return ctx.params[old]
 
 
 def _fail(exc: CellprofError) -> None:

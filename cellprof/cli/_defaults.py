@@ -1,42 +1,29 @@
 """Defaults of the library's config dataclasses, for the CLI's options.
 
-The CLI takes every default from the dataclass that owns it, so ``--help`` cannot drift from
-the library. It reads them from the dataclasses' source with :mod:`ast` rather than
-importing their modules, because those import torch (seconds), and ``cellprof --help`` or
-``cellprof crop`` should not pay for it. Only literal defaults are read; a field whose default
-is a name or an expression is left out, so asking for it is a ``KeyError`` caught by
-``tests/test_cli.py`` (which also checks every value against the imported dataclass).
+Every option that sets a config field takes that field's default from here, so ``--help``
+cannot drift from the library (``tests/test_cli_help.py`` checks every option). The configs
+the CLI reads live in modules that import no torch (:mod:`cellprof.learn.config`,
+:mod:`cellprof.report.config`, :mod:`cellprof.example.config` …), so ``cellprof --help`` and
+``cellprof crop`` never pay for it.
 """
 
 from __future__ import annotations
 
-import ast
-import importlib.util
-from functools import cache
+import inspect
+from collections.abc import Callable
+from dataclasses import MISSING, fields
 from typing import Any
 
 
-_NOT_LITERAL = object()
+def defaults(cls: type) -> dict[str, Any]:
+    """``{field: default}`` of dataclass ``cls`` (a ``default_factory`` is called)."""
+    return {f.name: f.default if f.default is not MISSING else f.default_factory()
+            for f in fields(cls)
+            if f.default is not MISSING or f.default_factory is not MISSING}
 
 
-def _literal(node: ast.expr) -> Any:
-    try:
-        return ast.literal_eval(node)
-    except ValueError:
-        return _NOT_LITERAL
-
-
-@cache
-def defaults(module: str, cls: str) -> dict[str, Any]:
-    """``{field: default}`` of dataclass ``cls`` in ``module`` (e.g. "cellprof.learn.train")."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise ImportError(f"cannot find module {module}")
-    with open(spec.origin, encoding="utf-8") as fh:
-        tree = ast.parse(fh.read(), spec.origin)
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == cls:
-            return {st.target.id: _literal(st.value) for st in node.body
-                    if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name)
-                    and st.value is not None and _literal(st.value) is not _NOT_LITERAL}
-    raise LookupError(f"{module} defines no class {cls}")
+def keyword_defaults(func: Callable[..., Any]) -> dict[str, Any]:
+    """``{parameter: default}`` of a library function, for options that map onto its keywords
+    rather than onto a config field (``export``'s level and aggregation)."""
+    return {name: p.default for name, p in inspect.signature(func).parameters.items()
+            if p.default is not inspect.Parameter.empty}

@@ -4,51 +4,56 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from rich.table import Table
 
-from cellprof.cli._app import (
-    _fail,
-    _progress,
-    _split,
-    app,
-    console,
-)
+from cellprof.cli._app import _progress, _split, app, console
+from cellprof.cli._defaults import defaults
 from cellprof.errors import CellprofError
+from cellprof.example.synth import SynthConfig
 from cellprof.formats.safeio import refuse_inputs
+from cellprof.formats.store import COMPRESSIONS
+from cellprof.prepare.crop import EDGES, CropConfig
+from cellprof.prepare.segment import SegmentConfig
+
+_S = defaults(SynthConfig)
+_C = defaults(CropConfig)
+_SEG = defaults(SegmentConfig)
+_INPUTS, _CROPS, _SEGMENT = "Inputs", "Crops", "With --segment"
 
 
 @app.command()
 def synth(
     outdir: Annotated[Path, typer.Argument(help="Folder to write the screen into.")],
-    seed: Annotated[int, typer.Option(help="Random seed; same seed, same screen.")] = 0,
-    batches: Annotated[int, typer.Option(help="Batches (plate-name prefixes Week1, Week2 …).")] = 2,
-    plates_per_batch: Annotated[int, typer.Option(help="Plates in each batch.")] = 2,
-    sites: Annotated[int, typer.Option(help="Fields per well.")] = 2,
-    field_size: Annotated[int, typer.Option(help="Field side in pixels.")] = 384,
-    cells_per_field: Annotated[int, typer.Option(help="Mean cells per field.")] = 32,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same screen.")] = _S["seed"],
+    batches: Annotated[int, typer.Option(
+        help="Batches (plate-name prefixes Week1, Week2 …).")] = _S["batches"],
+    plates_per_batch: Annotated[int, typer.Option(
+        help="Plates in each batch.")] = _S["plates_per_batch"],
+    sites: Annotated[int, typer.Option(help="Fields per well.")] = _S["sites"],
+    field_size: Annotated[int, typer.Option(help="Field side in pixels.")] = _S["field_size"],
+    cells_per_field: Annotated[int, typer.Option(
+        help="Mean cells per field.")] = _S["cells_per_field"],
     multichannel: Annotated[bool, typer.Option(
-        help="One 3-plane TIFF per field instead of one file per channel.")] = False,
+        "--multichannel", help="One 3-plane TIFF per field, not one file per channel.")
+    ] = _S["multichannel"],
 ) -> None:
     """Write a small synthetic screen shaped like a real one.
 
     Writes OUTDIR/images/<plate>/*.tif (16-bit DNA, Tubulin, Actin), OUTDIR/Image.csv,
-    OUTDIR/Nuclei.csv (CellProfiler spreadsheet style) and OUTDIR/moa.csv
-    (compound, concentration, moa). Several MOAs, each with ≥2 compounds at ≥2
-    concentrations, differ by visible phenotypes; DMSO on every plate.
+    OUTDIR/Nuclei.csv (CellProfiler spreadsheet style) and OUTDIR/moa.csv. Several MOAs,
+    each with ≥2 compounds at ≥2 concentrations, differ by visible phenotypes; DMSO on
+    every plate. Details: docs/cli.md#synth.
     """
-    from cellprof.example.synth import SynthConfig, synthesize
+    from cellprof.example.synth import synthesize
 
-    try:
-        cfg = SynthConfig(seed=seed, batches=batches, plates_per_batch=plates_per_batch,
-                          sites=sites, field_size=field_size, cells_per_field=cells_per_field,
-                          multichannel=multichannel)
-        with _progress() as bar:
-            res = synthesize(outdir, cfg, progress=lambda d, t: bar("synth", d, t))
-    except CellprofError as exc:
-        _fail(exc)
+    cfg = SynthConfig(seed=seed, batches=batches, plates_per_batch=plates_per_batch,
+                      sites=sites, field_size=field_size, cells_per_field=cells_per_field,
+                      multichannel=multichannel)
+    with _progress() as bar:
+        res = synthesize(outdir, cfg, progress=lambda d, t: bar("synth", d, t))
     console.print(f"wrote {res.n_fields} fields, {res.n_cells} cells: {res.image_table}, "
                   f"{res.object_table}, {res.moa_table}")
 
@@ -56,125 +61,106 @@ def synth(
 @app.command()
 def crop(
     image_table: Annotated[Optional[Path], typer.Argument(
-        help="CellProfiler image table (Image.csv, JUMP load_data.csv, BBBC021_v1_image.csv "
-             "…; CSV, CSV.gz or Parquet; spreadsheet or database naming), an ExportToDatabase "
-             "SQLite file, or a CytoTable single-cell Parquet.", show_default=False)] = None,
+        help="Image table, SQLite or CytoTable file.", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Crop store to write (.h5).")] = ...,
-    objects: Annotated[Optional[Path], typer.Option(
-        help="Object table with Location_Center_X/Y and ImageNumber or Metadata_Plate/Well/"
-             "Site (e.g. Nuclei.csv); not needed for SQLite or single-cell tables.",
-        show_default=False)] = None,
-    tables: Annotated[Optional[str], typer.Option(
-        help="SQLite input: IMAGE,OBJECTS table names (default: found, e.g. Per_Image,"
-             "Per_Nuclei).", show_default=False)] = None,
-    segment: Annotated[bool, typer.Option(
-        "--segment", help="No object table: find nuclei with scikit-image "
-                          "(threshold + split touching nuclei).")] = False,
-    singlecell: Annotated[Optional[Path], typer.Option(
-        help="Folder of pre-cut single-cell crops (.npy, .tif, .png), listed by --metadata "
-             "or labelled by class sub-folders (apo/, meta/ …).",
-        show_default=False)] = None,
-    metadata: Annotated[Optional[Path], typer.Option(
-        help="With --singlecell: one row per crop (crop_path, plate, well, compound, any "
-             "label …); without it, every crop under DIR, its sub-folder its class.",
-        show_default=False)] = None,
-    channels: Annotated[Optional[str], typer.Option(
-        help="Channels to keep, in order, e.g. DAPI,Tubulin,Actin (default: all in table "
-             "order; with --singlecell: names for the arrays' channels).",
-        show_default=False)] = None,
-    root: Annotated[Optional[Path], typer.Option(
-        help="Folder to find images under when the table's PathName_ is not valid here.",
-        show_default=False)] = None,
-    size: Annotated[int, typer.Option(help="Crop side in pixels (the paper's 68).")] = 68,
-    moa: Annotated[Optional[Path], typer.Option(
-        help="Table of compound, concentration, moa to label treatments.",
-        show_default=False)] = None,
-    edge: Annotated[str, typer.Option(
-        help="Cells whose crop leaves the image: skip (counted) or pad (zeros).")] = "skip",
-    illumination: Annotated[bool, typer.Option(
-        "--illum/--no-illum", help="Divide fields by a per-plate, per-channel smooth "
-                                   "illumination function (crops stored as float32).")] = False,
-    offset: Annotated[str, typer.Option(
-        help="X,Y added to object centres (pipelines that cropped images before "
-             "measuring, e.g. 501,251 for ExampleFly).")] = "0,0",
-    object_name: Annotated[str, typer.Option(
-        help="Object prefix in database-style tables (Nuclei_Location_Center_X).")] = "Nuclei",
-    nucleus_channel: Annotated[Optional[str], typer.Option(
-        help="With --segment: channel holding nuclei (default: the first).",
-        show_default=False)] = None,
-    min_area: Annotated[int, typer.Option(help="With --segment: smallest nucleus, px.")] = 30,
-    plates: Annotated[Optional[str], typer.Option(
-        help="Only these plates, e.g. one cluster job per plate; join shards with "
-             "`cellprof merge`.", show_default=False)] = None,
-    compression: Annotated[str, typer.Option(
-        help="How OUT keeps its crops: gzip (level 1, ~0.6 of the size on real crops; any "
-             "HDF5 tool reads it) or none (~1.6x the space; crop takes about a fifth less "
-             "time, and training streams it without decompressing).")
-    ] = "gzip",
     workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
     strict: Annotated[bool, typer.Option(
-        help="Fail on the first bad image or row instead of reporting it and going on.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+        "--strict", help="Stop at the first bad image or row.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUT.")
+    ] = False,
+    objects: Annotated[Optional[Path], typer.Option(
+        help="Object table with centres (e.g. Nuclei.csv).", show_default=False,
+        rich_help_panel=_INPUTS)] = None,
+    tables: Annotated[Optional[str], typer.Option(
+        help="SQLite: IMAGE,OBJECTS table names.", show_default=False,
+        rich_help_panel=_INPUTS)] = _C["tables"],
+    segment: Annotated[bool, typer.Option(
+        "--segment", help="No object table: find nuclei.", rich_help_panel=_INPUTS)] = False,
+    singlecell: Annotated[Optional[Path], typer.Option(
+        help="Folder of pre-cut single-cell crops.", show_default=False,
+        rich_help_panel=_INPUTS)] = None,
+    metadata: Annotated[Optional[Path], typer.Option(
+        help="With --singlecell: one row per crop.", show_default=False,
+        rich_help_panel=_INPUTS)] = None,
+    root: Annotated[Optional[Path], typer.Option(
+        help="Folder to find moved images under.", show_default=False,
+        rich_help_panel=_INPUTS)] = None,
+    moa: Annotated[Optional[Path], typer.Option(
+        help="Table of compound, concentration, moa.", show_default=False,
+        rich_help_panel=_INPUTS)] = None,
+    plates: Annotated[Optional[str], typer.Option(
+        help="Only these plates (a shard; `cellprof merge`).", show_default=False,
+        rich_help_panel=_INPUTS)] = _C["plates"],
+    object_name: Annotated[str, typer.Option(
+        help="Object prefix in database-style tables.", rich_help_panel=_INPUTS)
+    ] = _C["object_name"],
+    offset: Annotated[str, typer.Option(
+        help="X,Y added to object centres.", rich_help_panel=_INPUTS)
+    ] = ",".join(f"{v:g}" for v in _C["offset"]),
+    channels: Annotated[Optional[str], typer.Option(
+        help="Channels to keep, in order, e.g. DNA,Tubulin,Actin.", show_default=False,
+        rich_help_panel=_CROPS)] = _C["channels"],
+    size: Annotated[int, typer.Option(
+        help="Crop side in pixels.", rich_help_panel=_CROPS)] = _C["size"],
+    edge: Annotated[Literal[EDGES], typer.Option(
+        help="Cells whose crop leaves the image.", rich_help_panel=_CROPS)] = _C["edge"],
+    illumination: Annotated[bool, typer.Option(
+        "--illum", help="Divide by a per-plate illumination function.",
+        rich_help_panel=_CROPS)] = _C["illumination"],
+    compression: Annotated[Literal[tuple(COMPRESSIONS)], typer.Option(
+        help="How OUT keeps its crops.", rich_help_panel=_CROPS)] = _C["compression"],
+    nucleus_channel: Annotated[Optional[str], typer.Option(
+        help="Channel holding nuclei \\[default: the first].", show_default=False,
+        rich_help_panel=_SEGMENT)] = _C["nucleus_channel"],
+    min_area: Annotated[int, typer.Option(
+        help="Smallest nucleus, px.", rich_help_panel=_SEGMENT)] = _SEG["min_area"],
 ) -> None:
     """Cut single-cell crops into one HDF5 crop store.
 
     \b
-    Inputs:
       cellprof crop Image.csv --objects Nuclei.csv --out crops.h5
       cellprof crop load_data.csv --objects Nuclei.csv --out crops.h5   (JUMP)
-      cellprof crop screen.sqlite [--tables Per_Image,Per_Nuclei] --out crops.h5
-      cellprof crop cytotable.parquet --out crops.h5   (single-cell table)
+      cellprof crop screen.sqlite --out crops.h5          (ExportToDatabase)
+      cellprof crop cytotable.parquet --out crops.h5      (single-cell table)
       cellprof crop Image.csv --segment --out crops.h5
-      cellprof crop --singlecell DIR --metadata meta.csv --out crops.h5
-      cellprof crop --singlecell DIR --out crops.h5   (crops in DIR/<class>/)
+      cellprof crop --singlecell DIR [--metadata meta.csv] --out crops.h5
 
-    A JUMP load_data.csv and its objects are joined on the Metadata_ keys both tables
-    share; a CytoTable single-cell table is both the image and the object table.
-    --channels A,B,C picks and orders channels (or names an image's planes), --root DIR
-    finds images moved since the tables were written, and --moa moa.csv labels
-    treatments with their MOA.
-
-    Writes OUT (crops (N, C, H, W), per-cell Metadata_* table, per-field statistics; see
-    docs/formats.md) and, when anything was reported, OUT.issues.csv (kind, file, row,
-    reason). An interrupted run leaves OUT.partial; rerun the same command to resume.
+    Writes OUT (crops (N, C, H, W), per-cell metadata, per-field statistics) and
+    OUT.issues.csv when anything was reported. Rerun to resume. Details: docs/cli.md#crop.
     """
-    from cellprof.prepare.crop import CropConfig, crop_screen
-    from cellprof.prepare.segment import SegmentConfig
+    from cellprof.prepare.crop import crop_screen
     from cellprof.prepare.singlecell import import_singlecell
 
     t0 = time.perf_counter()
-    try:
-        if singlecell is not None:
-            refuse_inputs(out, [metadata, moa])
-            with _progress() as bar:
-                summary = import_singlecell(singlecell, metadata, out, moa=moa,
-                                            channels=_split(channels), workers=workers,
-                                            strict=strict, overwrite=overwrite, progress=bar,
-                                            compression=compression)
-        else:
-            if image_table is None:
-                raise CellprofError("give an IMAGE_TABLE (or --singlecell DIR --metadata TABLE)")
-            for given in (image_table, objects, moa):
-                if given is not None and not given.is_file():
-                    raise CellprofError(f"{given}: no such file")
-            try:
-                ox, oy = (float(v) for v in offset.split(","))
-            except ValueError:
-                raise CellprofError(f"--offset must be X,Y numbers, got {offset!r}") from None
-            cfg = CropConfig(size=size, channels=_split(channels), edge=edge,
-                             illumination=illumination, offset=(ox, oy), object_name=object_name,
-                             segment=SegmentConfig(min_area=min_area) if segment else None,
-                             nucleus_channel=nucleus_channel, plates=_split(plates),
-                             tables=_split(tables), compression=compression)
-            with _progress() as bar:
-                summary = crop_screen(image_table, out, objects=None if segment else objects,
-                                      config=cfg, root=root, moa=moa, workers=workers,
-                                      strict=strict, overwrite=overwrite, progress=bar)
-    except CellprofError as exc:
-        _fail(exc)
+    if singlecell is not None:
+        refuse_inputs(out, [metadata, moa])
+        with _progress() as bar:
+            summary = import_singlecell(singlecell, metadata, out, moa=moa,
+                                        channels=_split(channels), workers=workers,
+                                        strict=strict, overwrite=overwrite, progress=bar,
+                                        compression=compression)
+    else:
+        if image_table is None:
+            raise CellprofError("give an IMAGE_TABLE (or --singlecell DIR --metadata TABLE)")
+        for given in (image_table, objects, moa):
+            if given is not None and not given.is_file():
+                raise CellprofError(f"{given}: no such file")
+        try:
+            ox, oy = (float(v) for v in offset.split(","))
+        except ValueError:
+            raise CellprofError(f"--offset must be X,Y numbers, got {offset!r}") from None
+        cfg = CropConfig(size=size, channels=_split(channels), edge=edge,
+                         illumination=illumination, offset=(ox, oy), object_name=object_name,
+                         segment=SegmentConfig(min_area=min_area) if segment else None,
+                         nucleus_channel=nucleus_channel, plates=_split(plates),
+                         tables=_split(tables), compression=compression)
+        with _progress() as bar:
+            summary = crop_screen(image_table, out, objects=None if segment else objects,
+                                  config=cfg, root=root, moa=moa, workers=workers,
+                                  strict=strict, overwrite=overwrite, progress=bar)
     _print_crop_summary(summary, time.perf_counter() - t0)
     if summary.n_cells == 0:
-        _fail(CellprofError(_why_no_cells(summary)))
+        raise CellprofError(_why_no_cells(summary))
 
 
 def _why_no_cells(s: object) -> str:
@@ -212,7 +198,8 @@ def _print_crop_summary(s: object, seconds: float) -> None:
 def merge(
     inputs: Annotated[list[Path], typer.Argument(help="Crop stores to join, in order.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Merged crop store (.h5).")] = ...,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUT.")
+    ] = False,
 ) -> None:
     """Join crop stores cut in shards (`cellprof crop --plates ...`) into one.
 
@@ -221,9 +208,6 @@ def merge(
     """
     from cellprof.prepare.merge import merge_stores
 
-    try:
-        with _progress() as bar:
-            path = merge_stores(inputs, out, overwrite=overwrite, progress=bar)
-    except CellprofError as exc:
-        _fail(exc)
+    with _progress() as bar:
+        path = merge_stores(inputs, out, overwrite=overwrite, progress=bar)
     console.print(f"merged {len(inputs)} stores -> {path}")

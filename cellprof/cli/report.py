@@ -4,108 +4,86 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from rich.table import Table
 
-from cellprof.cli._app import (
-    _fail,
-    _progress,
-    _renamed,
-    app,
-    console,
-)
+from cellprof.cli._app import _progress, app, console
 from cellprof.cli._defaults import defaults
-from cellprof.errors import CellprofError
+from cellprof.example.config import DemoConfig
+from cellprof.profile.match import AGGREGATES, METRICS, NONFINITE, NORMALIZE_AT, MatchConfig
+from cellprof.profile.normalize import ALIASES, METHODS, SCOPES
+from cellprof.report.config import ShowConfig
 
-_MC = defaults("cellprof.profile.match", "MatchConfig")  # --help shows the library's own defaults
+# --help shows the library's own defaults (cellprof.cli._defaults).
+_MC, _SC, _DC = defaults(MatchConfig), defaults(ShowConfig), defaults(DemoConfig)
+_NORMALISE, _TREATMENTS, _MATCHING = "Normalisation", "Treatments", "Matching"
 # How commands that compare treatments are told the compound and the controls (match, show).
-_Control = Annotated[Optional[str], typer.Option(
-    help="Compound name of the negative control [default: DMSO].", show_default=False)]
-_ControlQuery = Annotated[Optional[str], typer.Option(
-    help="The controls as a pandas query on the metadata, instead of --control, e.g. "
-         "\"Metadata_pert_type == 'negcon'\" (JUMP, LINCS).", show_default=False)]
-_CompoundColumn = Annotated[str, typer.Option(
-    help="Column naming the compound, e.g. Metadata_pert_iname (LINCS) or "
-         "Metadata_JCP2022 (JUMP).")]
+_CONTROL_HELP = "Negative control compound \\[default: DMSO]."
+_QUERY_HELP = "Controls as a pandas query instead."
+_COMPOUND_HELP = "Compound column."
 
 
 @app.command()
 def match(
-    ctx: typer.Context,
     profiles: Annotated[list[Path], typer.Argument(
-        help="Profiles from `cellprof embed` (.h5), or any cell/site/well feature table "
-             "(CSV, CSV.gz, Parquet) with Metadata_ columns or CellProfiler's "
-             "Image_Metadata_Plate/_Well keys; several files (shards) are joined.")],
+        help="Profiles (.h5) or feature tables (CSV, Parquet).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = ...,
     image_table: Annotated[Optional[Path], typer.Option(
-        help="Image table giving compound and concentration per plate+well.",
-        show_default=False)] = None,
+        help="Compound and concentration per well.", show_default=False)] = None,
     moa: Annotated[Optional[Path], typer.Option(
-        help="Table of compound, concentration, moa.", show_default=False)] = None,
-    normalize: Annotated[str, typer.Option(
-        help="none; zscore (mean, sd) or robust (median, 1.4826 MAD) against the control "
-             "wells; or sphere (typical-variation normalisation fitted on controls). "
-             "pycytominer's names work too: standardize = zscore, mad_robustize = robust "
-             "(not robustize, which uses the IQR), spherize = sphere.")] = _MC["normalize"],
-    scope: Annotated[str, typer.Option(
-        help="Where the control statistics come from: plate (each plate's controls), "
-             "batch (each batch's: plate-name prefix) or screen (all controls; for screens "
-             "with too few controls per plate).")] = _MC["scope"],
-    aggregate: Annotated[str, typer.Option(help="Cells -> wells -> treatments: mean or "
-                                                "median.")] = _MC["aggregate"],
-    metric: Annotated[str, typer.Option(help="cosine, correlation or euclidean.")] = _MC["metric"],
-    control: _Control = None,
-    control_query: _ControlQuery = None,
-    compound_column: _CompoundColumn = _MC["compound_column"],
-    concentration_column: Annotated[str, typer.Option(
-        help="Column giving the dose, e.g. Metadata_mmoles_per_liter (LINCS); a table "
-             "without one has one treatment per compound.")] = _MC["concentration_column"],
-    normalize_at: Annotated[str, typer.Option(
-        help="Rows normalised against the control rows of their kind: well, site, or cell "
-             "(each cell against the control cells, then averaged into wells). Not "
-             "--level, which in embed and export is what a table's rows are.")
-    ] = _MC["normalize_at"],
-    level: Annotated[Optional[str], typer.Option(
-        hidden=True, help="Deprecated name of --normalize-at.")] = None,
-    nonfinite: Annotated[str, typer.Option(
-        help="NaN/inf features: error, drop-features or drop-rows (reported).")
+        help="MOA of each compound and dose.", show_default=False)] = None,
+    nonfinite: Annotated[Literal[NONFINITE], typer.Option(help="NaN/inf features.")
     ] = _MC["nonfinite"],
+    normalize: Annotated[Literal[(*METHODS, *ALIASES)], typer.Option(
+        metavar=f"<{'|'.join(METHODS)}>", help="Against the controls.",
+        rich_help_panel=_NORMALISE)] = _MC["normalize"],
+    scope: Annotated[Literal[SCOPES], typer.Option(
+        help="Whose controls count.", rich_help_panel=_NORMALISE)] = _MC["scope"],
+    normalize_at: Annotated[Literal[NORMALIZE_AT], typer.Option(
+        help="Rows normalised.", rich_help_panel=_NORMALISE)] = _MC["normalize_at"],
+    control: Annotated[Optional[str], typer.Option(
+        help=_CONTROL_HELP, show_default=False, rich_help_panel=_NORMALISE)] = _MC["control"],
+    control_query: Annotated[Optional[str], typer.Option(
+        help=_QUERY_HELP, show_default=False, rich_help_panel=_NORMALISE)
+    ] = _MC["control_query"],
+    aggregate: Annotated[Literal[AGGREGATES], typer.Option(
+        help="Cells -> wells -> treatments.", rich_help_panel=_TREATMENTS)] = _MC["aggregate"],
+    compound_column: Annotated[str, typer.Option(
+        help=_COMPOUND_HELP, rich_help_panel=_TREATMENTS)] = _MC["compound_column"],
+    concentration_column: Annotated[str, typer.Option(
+        help="Dose column.", rich_help_panel=_TREATMENTS)] = _MC["concentration_column"],
     allow_single_compound_moa: Annotated[bool, typer.Option(
-        help="Keep MOAs with one compound as candidates, never as queries.")
-    ] = _MC["allow_single_compound_moa"],
+        "--allow-single-compound-moa", help="Keep one-compound MOAs as candidates.",
+        rich_help_panel=_TREATMENTS)] = _MC["allow_single_compound_moa"],
+    metric: Annotated[Literal[METRICS], typer.Option(
+        help="Similarity of profiles.", rich_help_panel=_MATCHING)] = _MC["metric"],
     permutations: Annotated[int, typer.Option(
-        help="MOA-label shuffles behind each MOA's mAP p-value (0: none).")
-    ] = _MC["permutations"],
-    seed: Annotated[int, typer.Option(help="Seed of the shuffles.")] = _MC["seed"],
+        help="Shuffles per mAP p-value.", rich_help_panel=_MATCHING)] = _MC["permutations"],
+    seed: Annotated[int, typer.Option(
+        help="Seed of the shuffles.", rich_help_panel=_MATCHING)] = _MC["seed"],
 ) -> None:
     """Match treatments by mechanism of action: NSC, NSCB and mAP.
 
-    Aggregates cells -> wells (or sites) -> treatments, normalises against the control
-    wells of each plate (or batch, or the screen: --scope), and for every treatment
-    finds its nearest neighbour among treatments of other compounds (NSC) and also of
-    other batches (NSCB; batch = plate-name prefix). Writes
-    OUT/metrics.json, OUT/treatments.csv, OUT/map_per_moa.csv (each MOA's mAP with a
-    permutation p-value), OUT/treatment_profiles.parquet and OUT/confusion_nsc.png.
+    Aggregates cells -> wells -> treatments, normalises against the control wells of each
+    plate (--scope), and finds each treatment's nearest neighbour among other compounds
+    (NSC) and other batches too (NSCB). Writes OUT/metrics.json, treatments.csv,
+    map_per_moa.csv, treatment_profiles.parquet and confusion_nsc.png.
+    Details: docs/cli.md#match.
     """
-    from cellprof.profile.match import MatchConfig, moa_rows, run_match, summary_rows
+    from cellprof.profile.match import moa_rows, run_match, summary_rows
     from cellprof.report.plots import save_match_figures
 
-    try:
-        normalize_at = _renamed(ctx, "level", "normalize_at")  # --level: one more release
-        cfg = MatchConfig(normalize=normalize, scope=scope, aggregate=aggregate, metric=metric,
-                          control=control, control_query=control_query,
-                          compound_column=compound_column,
-                          concentration_column=concentration_column, normalize_at=normalize_at,
-                          nonfinite=nonfinite,
-                          allow_single_compound_moa=allow_single_compound_moa,
-                          permutations=permutations, seed=seed)
-        res = run_match(profiles[0] if len(profiles) == 1 else profiles, out, cfg,
-                        image_table=image_table, moa=moa)
-        save_match_figures(res)
-    except CellprofError as exc:
-        _fail(exc)
+    cfg = MatchConfig(normalize=normalize, scope=scope, aggregate=aggregate, metric=metric,
+                      control=control, control_query=control_query,
+                      compound_column=compound_column,
+                      concentration_column=concentration_column, normalize_at=normalize_at,
+                      nonfinite=nonfinite, allow_single_compound_moa=allow_single_compound_moa,
+                      permutations=permutations, seed=seed)
+    res = run_match(profiles[0] if len(profiles) == 1 else profiles, out, cfg,
+                    image_table=image_table, moa=moa)
+    save_match_figures(res)
     table = Table(title=f"cellprof match ({cfg.normalize}, {scope}, {metric})",
                   show_header=False)
     for label, value in summary_rows(res):
@@ -120,41 +98,40 @@ def match(
 
 @app.command()
 def show(
-    checkpoint: Annotated[Path, typer.Argument(help="model.pt, checkpoints/last.pt or a run folder.")],
-    crops: Annotated[Path, typer.Argument(help="Crop store with Metadata_Compound/Concentration.")],
+    checkpoint: Annotated[Path, typer.Argument(
+        help="model.pt, checkpoints/last.pt or a run folder.")],
+    crops: Annotated[Path, typer.Argument(help="Crop store with compounds and concentrations.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs.")] = ...,
     profiles: Annotated[Optional[Path], typer.Option(
-        help="Profiles of CROPS from `cellprof embed` (else the cells needed are encoded).",
+        help="Profiles of CROPS from `cellprof embed` (else encoded).",
         show_default=False)] = None,
     treatment: Annotated[Optional[str], typer.Option(
-        help="Interpolation target: compound@concentration or a compound (its highest "
-             "concentration); default: the treatment farthest from the control.",
-        show_default=False)] = None,
-    cells: Annotated[int, typer.Option(help="Sample cells per treatment.")] = 8,
-    control: _Control = None,
-    control_query: _ControlQuery = None,
-    compound_column: _CompoundColumn = _MC["compound_column"],
-    steps: Annotated[int, typer.Option(help="Frames of the interpolation strip.")] = 8,
-    seed: Annotated[int, typer.Option(help="Seed of the sample cells.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+        help="Interpolate to compound\\[@conc] \\[default: the farthest].",
+        show_default=False)] = _SC["treatment"],
+    cells: Annotated[int, typer.Option(
+        help="Sample cells per treatment.")] = _SC["cells_per_treatment"],
+    control: Annotated[Optional[str], typer.Option(
+        help=_CONTROL_HELP, show_default=False)] = _SC["control"],
+    control_query: Annotated[Optional[str], typer.Option(
+        help=_QUERY_HELP, show_default=False)] = _SC["control_query"],
+    compound_column: Annotated[str, typer.Option(help=_COMPOUND_HELP)] = _SC["compound_column"],
+    steps: Annotated[int, typer.Option(help="Frames of the interpolation.")] = _SC["steps"],
+    seed: Annotated[int, typer.Option(help="Seed of the sample cells.")] = _SC["seed"],
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = _SC["device"],
 ) -> None:
     """See what differs: reconstructions, a typical cell per treatment, an interpolation.
 
-    Writes OUT/reconstructions*.png (sample cells per treatment over their
-    reconstructions), OUT/typical_cells.png (each treatment's decoded mean latent beside
-    the control's) and OUT/interpolation.png (decoded latents from the control's mean to
-    a treatment's). Channels are shown as a labelled colour composite.
+    Writes OUT/reconstructions*.png (sample cells over their reconstructions),
+    OUT/typical_cells.png (each treatment's decoded mean latent beside the control's) and
+    OUT/interpolation.png (from the control's mean to a treatment's). Details:
+    docs/cli.md#show.
     """
-    from cellprof.report.show import ShowConfig
     from cellprof.report.show import show as run_show
 
-    try:
-        res = run_show(checkpoint, crops, out, profiles=profiles, config=ShowConfig(
-            cells_per_treatment=cells, control=control, control_query=control_query,
-            compound_column=compound_column, treatment=treatment, steps=steps,
-            seed=seed, device=device))
-    except CellprofError as exc:
-        _fail(exc)
+    res = run_show(checkpoint, crops, out, profiles=profiles, config=ShowConfig(
+        cells_per_treatment=cells, control=control, control_query=control_query,
+        compound_column=compound_column, treatment=treatment, steps=steps,
+        seed=seed, device=device))
     table = Table(title=f"cellprof show -> {res.out_dir}", show_header=False)
     table.add_row("reconstructions", ", ".join(p.name for p in res.reconstruction_pages))
     table.add_row("typical cells", res.typical_cells.name)
@@ -165,31 +142,33 @@ def show(
 
 @app.command()
 def demo(
-    outdir: Annotated[Path, typer.Argument(help="Folder for every output.")] = Path("cellprof-demo"),
-    force: Annotated[bool, typer.Option(help="Replace OUTDIR if it holds earlier results.")] = False,
-    steps: Annotated[int, typer.Option(help="Training steps (a few minutes on a CPU).")] = 400,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    workers: Annotated[int, typer.Option(help="Parallel worker processes for cropping.")] = 1,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic screen.")] = 0,
+    outdir: Annotated[Path, typer.Argument(help="Folder for every output.")
+    ] = Path("cellprof-demo"),
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace OUTDIR if it holds earlier results.")] = False,
+    steps: Annotated[int, typer.Option(
+        help="Training steps (a few minutes on a CPU).")] = _DC["steps"],
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = _DC["device"],
+    workers: Annotated[int, typer.Option(
+        help="Parallel worker processes for cropping.")] = _DC["workers"],
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic screen.")
+    ] = _DC["synth"].seed,
 ) -> None:
     """Run the whole pipeline on a small built-in synthetic screen.
 
-    synth -> crop -> train -> embed -> match -> show, into OUTDIR (default
-    ./cellprof-demo): screen/, crops.h5, run/, profiles.h5, report/, figures/. Never
-    writes over earlier results without --force.
+    synth -> crop -> train -> embed -> match -> show, into OUTDIR: screen/, crops.h5, run/,
+    profiles.h5, report/, figures/. Never writes over earlier results without --force.
+    Details: docs/cli.md#demo.
     """
-    from cellprof.example.demo import DemoConfig, run_demo
-    from cellprof.example.synth import SynthConfig
+    from dataclasses import replace
 
+    from cellprof.example.demo import run_demo
+
+    cfg = DemoConfig(synth=replace(_DC["synth"], seed=seed), steps=steps, device=device,
+                     workers=workers)
     t0 = time.perf_counter()
-    try:
-        cfg = DemoConfig(synth=SynthConfig(seed=seed), steps=steps, device=device,
-                         workers=workers)
-        with _progress() as bar:
-            res = run_demo(outdir, force=force, config=cfg, progress=bar,
-                           train_progress=bar.train)
-    except CellprofError as exc:
-        _fail(exc)
+    with _progress() as bar:
+        res = run_demo(outdir, force=force, config=cfg, progress=bar, train_progress=bar.train)
     r = res.report
     table = Table(title=f"cellprof demo: done in {(time.perf_counter() - t0) / 60:.1f} min",
                   show_header=False)

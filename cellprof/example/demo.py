@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from cellprof.prepare.crop import CropConfig, CropSummary, crop_screen
@@ -18,26 +18,12 @@ from cellprof.learn.data import DataConfig
 from cellprof.learn.embed import EmbedConfig, EmbedResult, embed
 from cellprof.errors import InputError
 from cellprof.profile.match import MatchConfig, MatchResult, run_match
-from cellprof.learn.model import ModelConfig
 from cellprof.prepare.runner import Progress
 from cellprof.report.plots import save_match_figures, save_training_images
 from cellprof.report.show import ShowConfig, ShowResult, show
-from cellprof.example.synth import SynthConfig, SynthResult, synthesize
+from cellprof.example.config import DemoConfig
+from cellprof.example.synth import SynthResult, synthesize
 from cellprof.learn.train import TrainConfig, TrainResult, scaled_schedule, train
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """What the demo runs; the defaults take a few minutes on a 2-core CPU."""
-
-    synth: SynthConfig = field(default_factory=SynthConfig)
-    crop_size: int = 68
-    steps: int = 400
-    batch_size: int = 32
-    model: ModelConfig = field(default_factory=ModelConfig)
-    normalize: str = "zscore"
-    device: str = "auto"
-    workers: int = 1
 
 
 @dataclass(frozen=True)

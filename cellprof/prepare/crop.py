@@ -21,7 +21,7 @@ import pandas as pd
 
 from cellprof.errors import InputError
 from cellprof.prepare.fieldwork import (
-    WORKER_BUFFER, CropsTransfer, FieldTask, field_mean, issue, process_field,
+    WORKER_BUFFER, FieldTask, field_mean, issue, process_field,
 )
 from cellprof.prepare.illumination import IlluminationAccumulator
 from cellprof.formats.images import read_planes, resolve_image
@@ -35,6 +35,10 @@ from cellprof.prepare.tables import (
     PLATE, canonical_columns, channels_of, complete_metadata, join_moa, object_centres,
     read_moa_table, whole_numbers,
 )
+
+
+EDGES = ("skip", "pad")
+"""What happens to a cell whose crop leaves the image: skipped (counted), or padded with zeros."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,8 @@ class CropConfig:
     def __post_init__(self) -> None:
         if not 8 <= self.size <= 1024:
             raise InputError(f"--size must be between 8 and 1024 pixels, got {self.size}")
-        if self.edge not in ("skip", "pad"):
-            raise InputError(f"--edge must be 'skip' or 'pad', got {self.edge!r}")
+        if self.edge not in EDGES:
+            raise InputError(f"--edge must be one of {', '.join(EDGES)}, got {self.edge!r}")
         check_compression(self.compression)
 
 
@@ -316,10 +320,10 @@ def crop_screen(
     workers = worker_count(workers, len(tasks))
     if strict and plan_issues:
         raise InputError(_describe(plan_issues[0]))
-    nucleus = channels.index(config.nucleus_channel) if config.nucleus_channel else 0
     if config.nucleus_channel and config.nucleus_channel not in channels:
-        raise InputError(f"--nucleus-channel {config.nucleus_channel} is not one of "
-                         f"{', '.join(channels)}")
+        raise InputError(f"--nucleus-channel {config.nucleus_channel!r} is not a channel of "
+                         f"the image table (channels: {', '.join(channels)})")
+    nucleus = channels.index(config.nucleus_channel) if config.nucleus_channel else 0
     settings = {"mode": "table", "image_table": str(Path(image_table).resolve()),
                 "objects": str(Path(objects).resolve()) if objects else None,
                 "moa": str(Path(moa).resolve()) if moa else None,
@@ -344,7 +348,7 @@ def crop_screen(
         todo = [t for t in tasks if t.key not in done]
         work = _FieldJob(config.size, config.edge == "pad", dtype, channels, config.segment,
                          nucleus, source)
-        commit_results(ordered_map(work, todo, workers, CropsTransfer()), writer,
+        commit_results(ordered_map(work, todo, workers), writer,
                        strict=strict, total=len(tasks), done=len(done), progress=progress)
         return finish_store(writer, out, notes)
     finally:

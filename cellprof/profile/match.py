@@ -13,9 +13,8 @@ same-mechanism treatments first (mAP)? Conventions are those of BBBC021 (Ljosa e
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Sequence
-from dataclasses import InitVar, asdict, dataclass, field
+from dataclasses import asdict, dataclass, field
 from math import nan
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ __all__ = ["MatchConfig", "MatchResult", "load_profiles", "prepare", "nsc", "nsc
            "run_match", "summary_rows", "moa_rows"]
 
 METRICS = ("cosine", "correlation", "euclidean")
+AGGREGATES = ("mean", "median")
 # CellProfiler identifiers are numeric but not measurements (per-well means of them, as in
 # BBBC021's per-well table, only echo how objects were numbered).
 _ID_COLUMN = re.compile(r"(^|_)(ImageNumber|TableNumber)$|ObjectNumber(_\d+)?$"
@@ -87,8 +87,6 @@ class MatchConfig:
     "cell" (each cell against the control cells, then cells -> wells; the spread is then
     between cells, not wells). Named apart from the output ``--level`` of embed/export,
     which says what a table's rows are; this says where the control statistics come from."""
-    level: InitVar[str | None] = None
-    """Deprecated name of ``normalize_at`` (one release): accepted with a warning."""
     nonfinite: str = "error"
     """NaN/inf in features: error | drop-features | drop-rows (what is dropped is reported)."""
     allow_single_compound_moa: bool = False
@@ -100,15 +98,11 @@ class MatchConfig:
     seed: int = 0
     """Seed of those shuffles: the same seed gives the same p-values."""
 
-    def __post_init__(self, level: str | None) -> None:
-        if level is not None:
-            warnings.warn("MatchConfig(level=...) is deprecated: use normalize_at",
-                          DeprecationWarning, stacklevel=3)
-            object.__setattr__(self, "normalize_at", level)
+    def __post_init__(self) -> None:
         object.__setattr__(self, "normalize", method_name(self.normalize))
         object.__setattr__(self, "control",
                            check_control_options(self.control, self.control_query))
-        for name, allowed in (("scope", SCOPES), ("aggregate", ("mean", "median")),
+        for name, allowed in (("scope", SCOPES), ("aggregate", AGGREGATES),
                               ("metric", METRICS),
                               ("normalize_at", NORMALIZE_AT),
                               ("nonfinite", NONFINITE)):

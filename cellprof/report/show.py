@@ -38,11 +38,12 @@ import torch
 
 from cellprof.formats import store
 from cellprof.formats.checkpoint import check_fits
-from cellprof.profile.controls import check_control_options, control_rows, use_compound_column
+from cellprof.profile.controls import control_rows, use_compound_column
 from cellprof.learn.data import DataConfig, plate_percentiles, scale_crops
 from cellprof.learn.embed import load_encoder
 from cellprof.errors import InputError, StoreError
 from cellprof.learn.model import VAEPlus
+from cellprof.report.config import ShowConfig
 from cellprof.report.plots import save_grid, save_strip
 from cellprof.formats.profiles import profile_attrs, read_profiles
 from cellprof.learn.device import setup
@@ -51,41 +52,6 @@ from cellprof.formats.schema import COMPOUND, CONCENTRATION, IMAGE_NUMBER, MOA, 
 PAGE_TREATMENTS = 8  # treatments per reconstructions page: 16 rows of crops stay legible
 BATCH_CHUNKS = 8  # store chunks (of 64 cells) read and encoded together
 CELL_KEYS = (PLATE, WELL, IMAGE_NUMBER, OBJECT_NUMBER)
-
-
-@dataclass(frozen=True)
-class ShowConfig:
-    """Settings of ``cellprof show``."""
-
-    cells_per_treatment: int = 8
-    """Cells drawn at random per treatment for the reconstructions."""
-    control: str | None = None
-    """Compound name of the negative control (its concentrations are pooled); None means
-    DMSO, unless ``control_query`` chooses the controls (give one, not both)."""
-    control_query: str | None = None
-    """The controls as a pandas query on the cells' metadata, e.g.
-    ``"Metadata_pert_type == 'negcon'"`` (JUMP, LINCS); see :mod:`cellprof.profile.controls`."""
-    compound_column: str = "Metadata_Compound"
-    """The column naming each cell's compound (``Metadata_pert_iname`` …)."""
-    treatment: str | None = None
-    """Interpolation target: "compound@conc", or a compound (its highest concentration);
-    None picks the treatment whose mean latent is farthest from the control's."""
-    steps: int = 8
-    """Interpolation frames, t = 0 (control) ... 1 (treatment)."""
-    seed: int = 0
-    """Seeds which cells are shown, and which are encoded for the means."""
-    mean_cells: int = 2000
-    """Without profiles: at most this many random cells per treatment are encoded for its mean."""
-    device: str = "auto"
-    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; always float32."""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "control",
-                           check_control_options(self.control, self.control_query))
-        for name, option, least in (("cells_per_treatment", "--cells", 1), ("steps", "--steps", 2),
-                                    ("mean_cells", "mean_cells", 1)):
-            if getattr(self, name) < least:
-                raise InputError(f"{option} must be at least {least}, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
