@@ -25,8 +25,8 @@ import torch
 
 from cellprof.learn.data import DataConfig
 from cellprof.learn.model import ModelConfig
-from cellprof.prepare.singlecell import import_singlecell
 from cellprof.learn.train import TrainConfig, scaled_schedule, train
+from cellprof.prepare.singlecell import import_singlecell
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "bbbc021"

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cellprof.example.synth import SynthConfig, synthesize
 from cellprof.prepare.crop import CropConfig, crop_screen, plan
 from cellprof.prepare.fieldwork import WORKER_BUFFER, FieldTask, load_field
 from cellprof.prepare.runner import ordered_map
-from cellprof.example.synth import SynthConfig, synthesize
 
 
 def _read_field(task: FieldTask) -> int:

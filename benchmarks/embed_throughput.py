@@ -25,14 +25,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellprof.learn.train import initial_checkpoint
-from cellprof.prepare.crop import CropConfig, crop_screen
+from cellprof.example.synth import SynthConfig, synthesize
+from cellprof.formats.store import read_crops, read_info
 from cellprof.learn.data import scale_crops
 from cellprof.learn.embed import EmbedConfig, embed
-from cellprof.profile.match import MatchConfig, run_match
 from cellprof.learn.model import ModelConfig, VAEPlus
-from cellprof.formats.store import read_crops, read_info
-from cellprof.example.synth import SynthConfig, synthesize
+from cellprof.learn.train import initial_checkpoint
+from cellprof.prepare.crop import CropConfig, crop_screen
+from cellprof.profile.match import MatchConfig, run_match
 
 
 def main() -> None:

@@ -29,15 +29,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from cellprof.learn.train import initial_checkpoint
-from cellprof.prepare.crop import CropConfig, crop_screen
+from cellprof.example.synth import SynthConfig, synthesize
+from cellprof.formats.store import read_info
 from cellprof.learn.data import DataConfig
 from cellprof.learn.device import Compute, setup
 from cellprof.learn.embed import EmbedConfig, embed
 from cellprof.learn.model import ModelConfig
-from cellprof.formats.store import read_info
-from cellprof.example.synth import SynthConfig, synthesize
-from cellprof.learn.train import TrainConfig, train
+from cellprof.learn.train import TrainConfig, initial_checkpoint, train
+from cellprof.prepare.crop import CropConfig, crop_screen
 
 
 def peak_memory(device: torch.device) -> str:

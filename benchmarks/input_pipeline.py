@@ -74,13 +74,12 @@ def main() -> None:
     start = 0
     for _ in range(args.rounds):
         for name, data in stores.items():
-            for what, fn in (("loader crops/s", lambda: loader_rate(data, args.batch,
-                                                                     args.steps, start)),
-                             ("numpy main-thread crops/s", lambda: numpy_rate(
-                                 data, args.batch, args.steps, start)),
-                             (f"data wait, {args.step_ms:g} ms step", lambda: fast_model_wait(
-                                 data, args.batch, args.steps, start, args.step_ms / 1000))):
-                figures.setdefault((name, what), []).append(fn())
+            for what, rate in (
+                    ("loader crops/s", loader_rate(data, args.batch, args.steps, start)),
+                    ("numpy main-thread crops/s", numpy_rate(data, args.batch, args.steps, start)),
+                    (f"data wait, {args.step_ms:g} ms step", fast_model_wait(
+                        data, args.batch, args.steps, start, args.step_ms / 1000))):
+                figures.setdefault((name, what), []).append(rate)
             start += args.steps  # fresh cells each round (a streamed store rereads)
     print("| store | loader crops/s | numpy on the main thread, crops/s | ratio | "
           f"data wait share, {args.step_ms:g} ms model step |")

@@ -99,8 +99,8 @@ def shared_or_skip(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny synthetic screen (DMSO + 16 treatments, 2 plates) cropped at 36 px."""
-    from cellprof.prepare.crop import CropConfig, crop_screen
     from cellprof.example.synth import SynthConfig, synthesize
+    from cellprof.prepare.crop import CropConfig, crop_screen
 
     root = tmp_path_factory.mktemp("synthetic")
     res = synthesize(root / "screen", SynthConfig(field_size=128, cells_per_field=10, sites=1,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from conftest import TinyScreen
 from typer.testing import CliRunner
 
 from cellprof.cli import app
-from conftest import TinyScreen
 
 runner = CliRunner()
 

@@ -9,15 +9,15 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TinyScreen
 from typer.testing import CliRunner
 
-from cellprof.formats import store
 from cellprof.cli import app
-from cellprof.prepare.crop import CropConfig, crop_screen
-from cellprof.learn.data import CropData, DataConfig
 from cellprof.errors import InputError
+from cellprof.formats import store
+from cellprof.learn.data import CropData, DataConfig
+from cellprof.prepare.crop import CropConfig, crop_screen
 from cellprof.prepare.merge import merge_stores
-from conftest import TinyScreen
 
 
 def crop(tiny: TinyScreen, out: Path, compression: str, **kw) -> Path:

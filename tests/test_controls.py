@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_match import screen
 from typer.testing import CliRunner
 
 from cellprof.cli import app
-from cellprof.profile.controls import control_rows, use_compound_column
 from cellprof.errors import InputError
+from cellprof.profile.controls import control_rows, use_compound_column
 from cellprof.profile.match import MatchConfig, prepare
-from test_match import screen
 
 runner = CliRunner()
 NEGCON = "Metadata_pert_type == 'negcon'"

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from conftest import TinyScreen
 from typer.testing import CliRunner
 
-from cellprof.formats import store
 from cellprof.cli import app
-from cellprof.prepare.crop import CropConfig, crop_screen
 from cellprof.errors import InputError, StoreError
-from conftest import TinyScreen
+from cellprof.formats import store
+from cellprof.prepare.crop import CropConfig, crop_screen
 
 CFG = CropConfig(size=16)
 

@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellprof.formats import store
 from cellprof.example.synth import SynthConfig, synthesize
+from cellprof.formats import store
 
 
 @dataclass

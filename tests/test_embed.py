@@ -8,17 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import Stop, stop_after
 from typer.testing import CliRunner
 
-from cellprof.formats import store
 from cellprof.cli import app
-from cellprof.prepare.crop import CropConfig, crop_screen
+from cellprof.errors import CheckpointError, InputError, StoreError
+from cellprof.formats import store
+from cellprof.formats.profiles import profile_table, read_profiles
 from cellprof.learn.data import scale_crops
 from cellprof.learn.embed import EmbedConfig, embed, load_encoder
+from cellprof.prepare.crop import CropConfig, crop_screen
 from cellprof.profile.aggregate import export
-from cellprof.errors import CheckpointError, InputError, StoreError
-from cellprof.formats.profiles import profile_table, read_profiles
-from conftest import Stop, stop_after
 
 
 @pytest.fixture
@@ -124,10 +124,10 @@ def test_checkpoints_from_before_the_crop_scaling_rename_still_embed(trained,
                                                                       tmp_path: Path) -> None:
     """A checkpoint whose data config says "normalization" (the old name of crop_scaling)
     embeds as it did; new profiles record the scaling as crop_scaling."""
-    from cellprof.formats.checkpoint import load_checkpoint, save_checkpoint
-    from cellprof.learn.data import DataConfig
     from cellprof.errors import CheckpointError
+    from cellprof.formats.checkpoint import load_checkpoint, save_checkpoint
     from cellprof.formats.profiles import profile_attrs
+    from cellprof.learn.data import DataConfig
 
     ckpt, crops = trained
     old = load_checkpoint(ckpt)

@@ -20,15 +20,15 @@ import pandas as pd
 import pytest
 import tifffile
 import torch
+from conftest import TinyScreen, disc_field
 from typer.testing import CliRunner
 
+from cellprof.cli import app
+from cellprof.errors import CheckpointError, InputError, StoreError
 from cellprof.formats import store
 from cellprof.formats.checkpoint import load_checkpoint
-from cellprof.cli import app
-from cellprof.prepare.crop import CropConfig, crop_screen
-from cellprof.errors import CheckpointError, InputError, StoreError
 from cellprof.learn.train import TrainConfig
-from conftest import TinyScreen, disc_field
+from cellprof.prepare.crop import CropConfig, crop_screen
 
 runner = CliRunner()
 CFG = CropConfig(size=16)

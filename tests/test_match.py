@@ -9,17 +9,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import shared_or_skip
 
 from cellprof.errors import InputError
-from cellprof.profile.match import (
-    MatchConfig, accuracy, feature_names, load_profiles, mean_average_precision, nsc, nscb,
-    moa_rows, prepare, run_match, single_batch_moas, summary_rows,
-)
-from cellprof.profile.normalize import normalize, whitening_matrix
 from cellprof.formats.profiles import ProfileWriter
 from cellprof.profile import retrieval
+from cellprof.profile.match import (
+    MatchConfig,
+    accuracy,
+    feature_names,
+    load_profiles,
+    mean_average_precision,
+    moa_rows,
+    nsc,
+    nscb,
+    prepare,
+    run_match,
+    single_batch_moas,
+    summary_rows,
+)
+from cellprof.profile.normalize import normalize, whitening_matrix
 from cellprof.profile.retrieval import average_precision, map_per_moa, retrieve
-from conftest import shared_or_skip
 
 COLS = ["Metadata_Treatment", "Metadata_Compound", "Metadata_Concentration",
         "Metadata_MOA", "Metadata_Batches"]
@@ -380,7 +390,7 @@ def screen(rng_seed: int = 0, sites: int = 1) -> pd.DataFrame:
     Week1, 2 µM on Week2), 5 cells per well/site; each MOA shifts its own feature."""
     rng = np.random.default_rng(rng_seed)
     rows = []
-    for p, plate in enumerate(["Week1_1", "Week1_2", "Week2_1", "Week2_2"]):
+    for plate in ["Week1_1", "Week1_2", "Week2_1", "Week2_2"]:
         offset = rng.normal(0, 5, 3)  # plate effect
         conc = 1.0 if plate.startswith("Week1") else 2.0
         layout = [("DMSO", 0.0)] * 3 + [(c, conc) for c in MOAS]

@@ -9,17 +9,17 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CHANNELS, Stop, stop_after
 from typer.testing import CliRunner
 
-from cellprof.formats import store
-from cellprof.profile.classic import classical_features
 from cellprof.cli import app
-from cellprof.profile.aggregate import export
 from cellprof.errors import InputError, StoreError
+from cellprof.formats import store
+from cellprof.formats.profiles import profile_attrs, read_profiles
+from cellprof.profile.aggregate import export
+from cellprof.profile.classic import classical_features
 from cellprof.profile.match import MatchConfig, run_match
 from cellprof.profile.measure import MeasureConfig, measure
-from cellprof.formats.profiles import profile_attrs, read_profiles
-from conftest import CHANNELS, Stop, stop_after
 
 
 def chance_nsc(treatments_csv: Path) -> float:

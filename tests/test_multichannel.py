@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from conftest import CHANNELS, disc_value, write_tiny_screen
 from typer.testing import CliRunner
 
-from cellprof.formats import store
 from cellprof.cli import app
-from cellprof.prepare.crop import CropConfig, crop_screen
 from cellprof.errors import InputError
-from conftest import CHANNELS, disc_value, write_tiny_screen
+from cellprof.formats import store
+from cellprof.prepare.crop import CropConfig, crop_screen
 
 runner = CliRunner()
 

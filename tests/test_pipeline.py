@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cellprof.example.demo import DemoConfig, run_demo
 from cellprof.errors import InputError
-from cellprof.learn.model import ModelConfig
+from cellprof.example.demo import DemoConfig, run_demo
 from cellprof.example.synth import SynthConfig
+from cellprof.learn.model import ModelConfig
 
 SMALL = DemoConfig(synth=SynthConfig(field_size=224, cells_per_field=20, sites=1),
                    crop_size=48, steps=120, batch_size=16,

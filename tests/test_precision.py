@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from cellprof.errors import InputError
 from cellprof.formats.checkpoint import load_checkpoint
 from cellprof.learn.data import CropData, DataConfig
 from cellprof.learn.device import Compute, cpu_has_bf16, resolve_precision
-from cellprof.errors import InputError
 from cellprof.learn.losses import compute_losses
 from cellprof.learn.model import ModelConfig, VAEPlus
 from cellprof.learn.train import TrainConfig, saved_train_config, train

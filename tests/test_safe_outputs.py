@@ -14,18 +14,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TinyScreen
 from typer.testing import CliRunner
 
-from cellprof.formats import store
 from cellprof.cli import app
-from cellprof.prepare.crop import CropConfig, crop_screen
-from cellprof.learn.embed import EmbedConfig, embed
 from cellprof.errors import InputError
-from cellprof.prepare.merge import merge_stores
+from cellprof.formats import store
 from cellprof.formats.profiles import read_profiles
 from cellprof.formats.safeio import OutputLock, atomic_path, fingerprint, fingerprint_change
+from cellprof.learn.embed import EmbedConfig, embed
 from cellprof.learn.train import TrainConfig, train
-from conftest import TinyScreen
+from cellprof.prepare.crop import CropConfig, crop_screen
+from cellprof.prepare.merge import merge_stores
 
 runner = CliRunner()
 CFG = CropConfig(size=16)

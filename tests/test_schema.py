@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from conftest import TinyScreen
 
 from cellprof.formats import schema, store
 from cellprof.prepare.crop import CropConfig, crop_screen
 from cellprof.prepare.merge import merge_stores
 from cellprof.prepare.singlecell import import_singlecell
-from conftest import TinyScreen
 
 
 def _layout_ok(path: Path) -> None:

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TinyScreen
 
+from cellprof.errors import InputError
 from cellprof.formats import store
 from cellprof.prepare.crop import CropConfig, crop_screen
-from cellprof.errors import InputError
 from cellprof.prepare.merge import merge_stores
-from conftest import TinyScreen
 
 
 def test_plate_shards_merge_into_the_whole(tiny: TinyScreen, tmp_path: Path) -> None:

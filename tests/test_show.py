@@ -12,13 +12,18 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from cellprof.formats import store
-from cellprof.prepare.crop import CropConfig, crop_screen
-from cellprof.learn.embed import EmbedConfig, embed, load_encoder
 from cellprof.errors import CheckpointError, InputError, StoreError
+from cellprof.formats import store
 from cellprof.formats.profiles import read_profiles
-from cellprof.report.show import (ShowConfig, choose_treatment, interpolate_latents, show,
-                           treatment_means)
+from cellprof.learn.embed import EmbedConfig, embed, load_encoder
+from cellprof.prepare.crop import CropConfig, crop_screen
+from cellprof.report.show import (
+    ShowConfig,
+    choose_treatment,
+    interpolate_latents,
+    show,
+    treatment_means,
+)
 
 
 @pytest.fixture(scope="module")

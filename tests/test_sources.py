@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TinyScreen, disc_value
 from typer.testing import CliRunner
 
-from cellprof.formats import store
 from cellprof.cli import app
-from cellprof.prepare.crop import CropConfig, crop_screen
 from cellprof.errors import InputError
-from conftest import TinyScreen, disc_value
+from cellprof.formats import store
+from cellprof.prepare.crop import CropConfig, crop_screen
 
 CFG = CropConfig(size=16)
 KEYS = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]

@@ -15,17 +15,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cellprof.formats.checkpoint import load_checkpoint
-from cellprof.report.plots import save_training_images
 from cellprof.cli import app
-from cellprof.prepare.crop import CropConfig, crop_screen
-from cellprof.learn.data import (CropData, DataConfig, draw_orientations, model_input,
-                                 split_by_field)
 from cellprof.errors import CheckpointError, InputError, StoreError
-from cellprof.learn.model import ModelConfig
+from cellprof.formats.checkpoint import load_checkpoint
 from cellprof.formats.store import read_cells
+from cellprof.learn.data import CropData, DataConfig, draw_orientations, model_input, split_by_field
 from cellprof.learn.device import Dist
+from cellprof.learn.model import ModelConfig
 from cellprof.learn.train import TrainConfig, TrainingDiverged, train
+from cellprof.prepare.crop import CropConfig, crop_screen
+from cellprof.report.plots import save_training_images
 
 TINY = dict(latent_dim=8, enc_filters=8, dec_filters=8, disc_channels=(8, 8, 8, 8, 1),
             ramp_start=2, ramp_length=2)

@@ -13,17 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cellprof.prepare.crop import CropConfig, CropSummary, crop_screen
-from cellprof.learn.data import DataConfig
-from cellprof.learn.embed import EmbedConfig, EmbedResult, embed
 from cellprof.errors import InputError
-from cellprof.profile.match import MatchConfig, MatchResult, run_match
-from cellprof.prepare.runner import Progress
-from cellprof.report.plots import save_match_figures, save_training_images
-from cellprof.report.show import ShowConfig, ShowResult, show
 from cellprof.example.config import DemoConfig
 from cellprof.example.synth import SynthResult, synthesize
+from cellprof.learn.data import DataConfig
+from cellprof.learn.embed import EmbedConfig, EmbedResult, embed
 from cellprof.learn.train import TrainConfig, TrainResult, scaled_schedule, train
+from cellprof.prepare.crop import CropConfig, CropSummary, crop_screen
+from cellprof.prepare.runner import Progress
+from cellprof.profile.match import MatchConfig, MatchResult, run_match
+from cellprof.report.plots import save_match_figures, save_training_images
+from cellprof.report.show import ShowConfig, ShowResult, show
 
 
 @dataclass(frozen=True)

@@ -28,17 +28,22 @@ import torch
 from torch import nn
 from torch.nn.utils import fuse_conv_bn_eval
 
+from cellprof.errors import InputError
 from cellprof.formats import chunks, store
 from cellprof.formats.checkpoint import check_fits, load_checkpoint
-from cellprof.learn.data import (DataConfig, as_tensor, model_input, percentile_scale,
-                                 plate_percentiles)
-from cellprof.learn.config import EmbedConfig
-from cellprof.learn.device import PRECISIONS, Compute, setup, to_device
-from cellprof.errors import InputError
-from cellprof.learn.model import VAEPlus, model_config_of
 from cellprof.formats.profiles import ProfileWriter
 from cellprof.formats.safeio import fingerprint, refuse_inputs
 from cellprof.formats.schema import PLATE
+from cellprof.learn.config import EmbedConfig
+from cellprof.learn.data import (
+    DataConfig,
+    as_tensor,
+    model_input,
+    percentile_scale,
+    plate_percentiles,
+)
+from cellprof.learn.device import PRECISIONS, Compute, setup, to_device
+from cellprof.learn.model import VAEPlus, model_config_of
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,6 @@ from torch import Tensor, nn
 
 from cellprof.learn.model import ModelConfig, VAEPlus
 
-
 MIN_SIGMA2 = 1e-4
 """Floor of the calibrated variance (a 1% error per pixel), so a batch reconstructed
 almost perfectly does not make the likelihood's scale explode."""

@@ -27,13 +27,13 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from cellprof.errors import CheckpointError, InputError
 from cellprof.formats.checkpoint import RESUME, load_checkpoint, save_checkpoint, versions
+from cellprof.formats.safeio import OutputLock, atomic_path, write_json
 from cellprof.learn.data import CropData
 from cellprof.learn.device import to_device
-from cellprof.errors import CheckpointError, InputError
 from cellprof.learn.losses import pixel_loss
 from cellprof.learn.model import VAEPlus
-from cellprof.formats.safeio import OutputLock, atomic_path, write_json
 
 R = TypeVar("R")
 

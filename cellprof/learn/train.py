@@ -24,18 +24,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cellprof.errors import CellprofError, CheckpointError, InputError
 from cellprof.formats.checkpoint import check_fits, load_checkpoint, save_checkpoint
 from cellprof.learn.config import TrainConfig
 from cellprof.learn.data import CropData, DataConfig
 from cellprof.learn.device import (
-    Compute, Dist, agree, any_rank, check_replicas, setup, try_compile,
+    Compute,
+    Dist,
+    agree,
+    any_rank,
+    check_replicas,
+    setup,
+    try_compile,
 )
-from cellprof.errors import CellprofError, CheckpointError, InputError
 from cellprof.learn.loader import Loader
 from cellprof.learn.losses import compute_losses, layer_weights
 from cellprof.learn.model import ModelConfig, VAEPlus, model_config_of
-from cellprof.learn.runfolder import (Pictures, RunFolder, StopRequest, holding_run_lock,
-                                      validate)
+from cellprof.learn.runfolder import Pictures, RunFolder, StopRequest, holding_run_lock, validate
 
 
 class TrainingDiverged(CellprofError):

@@ -19,10 +19,18 @@ import numpy as np
 import pandas as pd
 
 from cellprof.errors import InputError
-
 from cellprof.formats.schema import (  # noqa: F401 - the canonical names, re-exported for users
-    CENTER_X, CENTER_Y, COMPOUND, CONCENTRATION, IMAGE_NUMBER, MOA, OBJECT_NUMBER, PLATE, SITE,
-    TABLE_NUMBER, WELL,
+    CENTER_X,
+    CENTER_Y,
+    COMPOUND,
+    CONCENTRATION,
+    IMAGE_NUMBER,
+    MOA,
+    OBJECT_NUMBER,
+    PLATE,
+    SITE,
+    TABLE_NUMBER,
+    WELL,
 )
 
 # Bare or oddly cased names users' tables carry for the canonical metadata columns.

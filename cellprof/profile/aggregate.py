@@ -13,8 +13,13 @@ from pathlib import Path
 import pandas as pd
 
 from cellprof.errors import InputError
-from cellprof.formats.profiles import (META_KEYS, feature_columns, metadata_columns,
-                                       profile_table, write_table)
+from cellprof.formats.profiles import (
+    META_KEYS,
+    feature_columns,
+    metadata_columns,
+    profile_table,
+    write_table,
+)
 from cellprof.formats.schema import COMPOUND, CONCENTRATION, PLATE, WELL
 from cellprof.profile.controls import use_compound_column
 

@@ -22,22 +22,44 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellprof.profile.controls import (
-    check_control_options, control_rows, describe_control, missing_compound_message,
-    use_compound_column, use_concentration_column,
-)
 from cellprof.errors import InputError
-from cellprof.profile.normalize import SCOPES, SPHERE_EPS, method_name, normalize
-from cellprof.formats.safeio import OutputLock, refuse_repeats, write_json
 from cellprof.formats.profiles import feature_columns, profile_table, write_table
-from cellprof.profile.aggregate import aggregate
-from cellprof.profile.retrieval import (
-    BATCHES, TREATMENT, accuracy, map_per_moa, mean_average_precision, nsc, nscb, retrieve,
-    single_batch_moas,
-)
+from cellprof.formats.safeio import OutputLock, refuse_repeats, write_json
 from cellprof.prepare.tables import (
-    COMPOUND, CONCENTRATION, MOA, PLATE, SITE, WELL, concentration_key, batch_of,
-    canonical_columns, join_moa, read_moa_table, read_table, require_columns,
+    COMPOUND,
+    CONCENTRATION,
+    MOA,
+    PLATE,
+    SITE,
+    WELL,
+    batch_of,
+    canonical_columns,
+    concentration_key,
+    join_moa,
+    read_moa_table,
+    read_table,
+    require_columns,
+)
+from cellprof.profile.aggregate import aggregate
+from cellprof.profile.controls import (
+    check_control_options,
+    control_rows,
+    describe_control,
+    missing_compound_message,
+    use_compound_column,
+    use_concentration_column,
+)
+from cellprof.profile.normalize import SCOPES, SPHERE_EPS, method_name, normalize
+from cellprof.profile.retrieval import (
+    BATCHES,
+    TREATMENT,
+    accuracy,
+    map_per_moa,
+    mean_average_precision,
+    nsc,
+    nscb,
+    retrieve,
+    single_batch_moas,
 )
 
 __all__ = ["MatchConfig", "MatchResult", "load_profiles", "prepare", "nsc", "nscb",

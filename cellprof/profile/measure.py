@@ -27,11 +27,11 @@ from typing import Optional
 
 import numpy as np
 
-from cellprof.formats import chunks, store
-from cellprof.profile.classic import TEXTURE_LEVELS, TEXTURE_SCALE, classical_features
 from cellprof.errors import InputError
+from cellprof.formats import chunks, store
 from cellprof.formats.profiles import ProfileWriter
 from cellprof.formats.safeio import fingerprint, refuse_inputs
+from cellprof.profile.classic import TEXTURE_LEVELS, TEXTURE_SCALE, classical_features
 
 PROFILE_KIND = "hand-crafted"
 

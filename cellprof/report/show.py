@@ -36,18 +36,26 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cellprof.errors import InputError, StoreError
 from cellprof.formats import store
 from cellprof.formats.checkpoint import check_fits
-from cellprof.profile.controls import control_rows, use_compound_column
+from cellprof.formats.profiles import profile_attrs, read_profiles
+from cellprof.formats.schema import (
+    COMPOUND,
+    CONCENTRATION,
+    IMAGE_NUMBER,
+    MOA,
+    OBJECT_NUMBER,
+    PLATE,
+    WELL,
+)
 from cellprof.learn.data import DataConfig, plate_percentiles, scale_crops
+from cellprof.learn.device import setup
 from cellprof.learn.embed import load_encoder
-from cellprof.errors import InputError, StoreError
 from cellprof.learn.model import VAEPlus
+from cellprof.profile.controls import control_rows, use_compound_column
 from cellprof.report.config import ShowConfig
 from cellprof.report.plots import save_grid, save_strip
-from cellprof.formats.profiles import profile_attrs, read_profiles
-from cellprof.learn.device import setup
-from cellprof.formats.schema import COMPOUND, CONCENTRATION, IMAGE_NUMBER, MOA, OBJECT_NUMBER, PLATE, WELL
 
 PAGE_TREATMENTS = 8  # treatments per reconstructions page: 16 rows of crops stay legible
 BATCH_CHUNKS = 8  # store chunks (of 64 cells) read and encoded together
