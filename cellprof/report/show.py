@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 
 from cellprof.errors import InputError, StoreError
-from cellprof.formats import store
+from cellprof.formats import chunks, store
 from cellprof.formats.checkpoint import check_fits
 from cellprof.formats.profiles import profile_attrs, read_profiles
 from cellprof.formats.schema import (
@@ -210,8 +210,7 @@ def _scaled(s: _Screen, idx: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarra
         for g in range(0, len(unique), BATCH_CHUNKS):
             group = unique[g:g + BATCH_CHUNKS]
             pos = np.flatnonzero(np.isin(blocks, group))
-            raw = np.concatenate([ds[b * size:(b + 1) * size][idx[blocks == b] - b * size]
-                                  for b in group])
+            raw = chunks.read_rows(ds, idx[pos])
             yield pos, scale_crops(raw, s.method, plates[idx[pos]], s.pct)
 
 
