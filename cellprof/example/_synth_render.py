@@ -31,7 +31,8 @@ PARAMS = (
 )
 PARAM_INDEX = {name: i for i, name in enumerate(PARAMS)}
 
-DMSO_VALUE = np.array([380.0, 0.25, 7000.0, 0.15, 1500.0, 0.10, 2600.0, 0.35, 2000.0, 0.60, 0.04])
+DMSO_VALUE = np.array([380.0, 0.25, 7000.0, 0.15, 1500.0, 0.10,
+                       2600.0, 0.35, 2000.0, 0.60, 0.04])
 # Cell-to-cell spread (SD of log value): large enough that single cells of different
 # treatments overlap, so a pipeline must aggregate to separate them.
 CELL_SD = np.array([0.22, 0.35, 0.14, 0.30, 0.25, 0.30, 0.18, 0.30, 0.18, 0.35, 0.40])
@@ -76,9 +77,8 @@ def plate_effects(rng: np.random.Generator) -> PlateEffects:
     )
 
 
-def sample_cells(
-    rng: np.random.Generator, log_shift: np.ndarray, mitotic: float, n: int, shape: tuple[int, int]
-) -> np.ndarray:
+def sample_cells(rng: np.random.Generator, log_shift: np.ndarray, mitotic: float,
+                 n: int, shape: tuple[int, int]) -> np.ndarray:
     """Draw up to ``n`` cells with non-overlapping nuclei placed anywhere in the field.
 
     Parameters
@@ -108,10 +108,8 @@ def sample_cells(
     for i in range(n):
         for y, x in zip(ys[i], xs[i]):
             # nuclei keep >= 2 px apart (their outlines wobble by up to ~10 %); cells may touch
-            if all(
-                (y - cy) ** 2 + (x - cx) ** 2 >= (1.1 * (radius[i] + radius[j]) + 2.0) ** 2
-                for j, (cy, cx) in zip(kept, centres)
-            ):
+            if all((y - cy) ** 2 + (x - cx) ** 2 >= (1.1 * (radius[i] + radius[j]) + 2.0) ** 2
+                   for j, (cy, cx) in zip(kept, centres)):
                 kept.append(i)
                 centres.append((float(y), float(x)))
                 break
@@ -126,9 +124,8 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float
     ``shape`` is (n, h, w); planes are filtered independently. Filtering unit white noise
     with a 2-D Gaussian of SD ``sigma`` leaves variance 1 / (4 pi sigma^2), undone here.
     """
-    noise = gaussian_filter(
-        rng.standard_normal(shape, dtype=np.float32), (0, sigma, sigma), mode="wrap", truncate=3.0
-    )
+    noise = gaussian_filter(rng.standard_normal(shape, dtype=np.float32), (0, sigma, sigma),
+                            mode="wrap", truncate=3.0)
     noise *= np.float32(2 * sigma * math.sqrt(math.pi))
     return noise
 
@@ -141,13 +138,8 @@ def _f32(values: np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
-def _nucleus(
-    yy: np.ndarray,
-    xx: np.ndarray,
-    c: dict[str, float],
-    chromatin: np.ndarray,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
+def _nucleus(yy: np.ndarray, xx: np.ndarray, c: dict[str, float], chromatin: np.ndarray,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(soft nucleus mask, DNA signal): a rotated ellipse, lumpy outline, dome profile, texture."""
     a = math.sqrt(c["nuc_area"] / math.pi * (1 + c["nuc_elong"]))  # semi-axes: pi*a*b = area
     b = c["nuc_area"] / (math.pi * a)
@@ -162,15 +154,8 @@ def _nucleus(
     return mask, c["dna_int"] * mask * (0.8 + 0.2 * np.clip(1 - rn**2, 0, 1)) * texture
 
 
-def _body(
-    yc: np.ndarray,
-    xc: np.ndarray,
-    radius: float,
-    irreg: float,
-    inner: float,
-    outer: float,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, ...]:
+def _body(yc: np.ndarray, xc: np.ndarray, radius: float, irreg: float, inner: float,
+          outer: float, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     """(r, phi, boundary radius, soft mask) of a circle deformed by boundary harmonics 2-5.
 
     The boundary stays between ``inner`` (keeps the nucleus inside) and ``outer`` (keeps
@@ -184,55 +169,29 @@ def _body(
     return r, phi, boundary, _sigmoid(boundary - r)
 
 
-def _tubulin(
-    r: np.ndarray,
-    phi: np.ndarray,
-    body: np.ndarray,
-    nucleus: np.ndarray,
-    radius: float,
-    c: dict[str, float],
-    mesh: np.ndarray,
-    wave: np.ndarray,
-    rng: np.random.Generator,
-) -> np.ndarray:
+def _tubulin(r: np.ndarray, phi: np.ndarray, body: np.ndarray, nucleus: np.ndarray, radius: float,
+             c: dict[str, float], mesh: np.ndarray, wave: np.ndarray,
+             rng: np.random.Generator) -> np.ndarray:
     """Wavy radial filaments from the centre on an irregular mesh, brightest around the
     nucleus and dimmer over it (microtubules radiate from the centrosome)."""
     n_streak = _f32(rng.integers(8, 30, size=(6, 1, 1)))
     phase, bend = _f32(rng.uniform(0, 2 * math.pi, (6, 1, 1))), _f32(rng.normal(0, 0.06, (6, 1, 1)))
     streaks = np.cos(n_streak * phi + phase + bend * r + 0.7 * wave).sum(0) / math.sqrt(3.0)
-    return (
-        c["tub_int"]
-        * body
-        * (0.55 + 0.45 * np.exp(-r / (0.6 * radius)))
-        * np.clip(1 + c["tub_fibre"] * streaks, 0.05, None)
-        * np.clip(1 + 0.25 * mesh, 0.2, None)
-        * (1 - 0.5 * nucleus)
-    )
+    return (c["tub_int"] * body * (0.55 + 0.45 * np.exp(-r / (0.6 * radius)))
+            * np.clip(1 + c["tub_fibre"] * streaks, 0.05, None)
+            * np.clip(1 + 0.25 * mesh, 0.2, None) * (1 - 0.5 * nucleus))
 
 
-def _actin(
-    yc: np.ndarray,
-    xc: np.ndarray,
-    r: np.ndarray,
-    boundary: np.ndarray,
-    body: np.ndarray,
-    radius: float,
-    c: dict[str, float],
-    wave: np.ndarray,
-    segments: np.ndarray,
-    rng: np.random.Generator,
-) -> np.ndarray:
+def _actin(yc: np.ndarray, xc: np.ndarray, r: np.ndarray, boundary: np.ndarray, body: np.ndarray,
+           radius: float, c: dict[str, float], wave: np.ndarray, segments: np.ndarray,
+           rng: np.random.Generator) -> np.ndarray:
     """Cortical rim + wavy, broken parallel stress fibres + bright aggregates (puncta)."""
     rim = np.exp(-(((boundary - r) / 2.0) ** 2))
-    angle, period, phase = (
-        rng.uniform(0, math.pi),
-        rng.uniform(4.5, 7.0),
-        rng.uniform(0, 2 * math.pi),
-    )
+    angle, period = rng.uniform(0, math.pi), rng.uniform(4.5, 7.0)
+    phase = rng.uniform(0, 2 * math.pi)
     along = xc * math.cos(angle) + yc * math.sin(angle)
-    fibres = (
-        0.5 + 0.5 * np.cos(along * (2 * math.pi / period) + phase + 1.2 * wave)
-    ) ** 3 * np.clip(0.6 + 0.6 * segments, 0, 1.5)
+    fibres = ((0.5 + 0.5 * np.cos(along * (2 * math.pi / period) + phase + 1.2 * wave)) ** 3
+              * np.clip(0.6 + 0.6 * segments, 0, 1.5))
     act = c["act_int"] * body * (0.35 + 1.2 * rim + c["act_fibre"] * fibres)
     pr = _f32(radius * np.sqrt(rng.uniform(0.1, 0.8, (6, 1, 1))))
     pa = _f32(rng.uniform(0, 2 * math.pi, (6, 1, 1)))
@@ -240,9 +199,8 @@ def _actin(
     return act + (5.0 * c["act_int"] * c["act_puncta"]) * np.exp(-d2 / 4.0).sum(0)
 
 
-def render_cell(
-    out: np.ndarray, cell: np.ndarray, textures: np.ndarray, rng: np.random.Generator
-) -> int:
+def render_cell(out: np.ndarray, cell: np.ndarray, textures: np.ndarray,
+                rng: np.random.Generator) -> int:
     """Draw one cell into ``out`` (3, H, W) float32 in place, only inside a local window.
 
     ``textures`` is (4, H, W) unit-SD smooth noise (chromatin, tubulin mesh, fibre waviness,
@@ -259,21 +217,16 @@ def render_cell(
     half = math.ceil(radius * (1 + 2 * c["cell_irreg"]) + shift + 4)
     h, w = out.shape[1:]
     iy, ix = round(c["y"]), round(c["x"])
-    y0, y1, x0, x1 = (
-        max(iy - half, 0),
-        min(iy + half + 1, h),
-        max(ix - half, 0),
-        min(ix + half + 1, w),
-    )
+    y0, y1 = max(iy - half, 0), min(iy + half + 1, h)
+    x0, x1 = max(ix - half, 0), min(ix + half + 1, w)
     yy = _f32(np.arange(y0, y1) - c["y"])[:, None]
     xx = _f32(np.arange(x0, x1) - c["x"])[None, :]
     chromatin, mesh, wave, segments = textures[:, y0:y1, x0:x1]
 
     nucleus, dna = _nucleus(yy, xx, c, chromatin, rng)
     yc, xc = yy - dy, xx - dx
-    r, phi, boundary, body = _body(
-        yc, xc, radius, c["cell_irreg"], 1.15 * a_n + shift, half - shift - 3, rng
-    )
+    r, phi, boundary, body = _body(yc, xc, radius, c["cell_irreg"], 1.15 * a_n + shift,
+                                   half - shift - 3, rng)
     tub = _tubulin(r, phi, body, nucleus, radius, c, mesh, wave, rng)
     act = _actin(yc, xc, r, boundary, body, radius, c, wave, segments, rng)
 
@@ -302,13 +255,11 @@ def acquire(signal: np.ndarray, effects: PlateEffects, rng: np.random.Generator)
     return np.clip(np.rint(counts), 0, 65535).astype(np.uint16)
 
 
-def render_field(
-    rng: np.random.Generator, cells: np.ndarray, shape: tuple[int, int], effects: PlateEffects
-) -> tuple[np.ndarray, np.ndarray]:
+def render_field(rng: np.random.Generator, cells: np.ndarray, shape: tuple[int, int],
+                 effects: PlateEffects) -> tuple[np.ndarray, np.ndarray]:
     """Render a whole field: returns ((3, H, W) uint16 image, (m,) nucleus areas in px)."""
     signal = np.zeros((3, *shape), dtype=np.float32)
-    textures = np.concatenate(
-        [_smooth_noise(rng, (1, *shape), 1.0), _smooth_noise(rng, (3, *shape), 2.0)]
-    )
+    textures = np.concatenate([_smooth_noise(rng, (1, *shape), 1.0),
+                               _smooth_noise(rng, (3, *shape), 2.0)])
     areas = np.array([render_cell(signal, cell, textures, rng) for cell in cells], dtype=np.int64)
     return acquire(signal, effects, rng), areas

@@ -67,43 +67,13 @@ CHANNELS = ("DNA", "Tubulin", "Actin")
 # MOA -> (log-scale shift of each cell parameter at full strength, mitotic fraction added,
 # log-scale shift of the cell count). Parameters are defined in cellprof.example._synth_render.
 MOAS: dict[str, tuple[dict[str, float], float, float]] = {
-    "DNA damage": (
-        {
-            "nuc_area": 0.45,
-            "nuc_elong": 0.4,
-            "dna_int": -0.05,
-            "nuc_texture": 0.9,
-            "cell_area": 0.45,
-            "act_fibre": 0.3,
-        },
-        0.0,
-        -0.35,
-    ),
+    "DNA damage": ({"nuc_area": 0.45, "nuc_elong": 0.4, "dna_int": -0.05, "nuc_texture": 0.9,
+                    "cell_area": 0.45, "act_fibre": 0.3}, 0.0, -0.35),
     "Microtubule stabilizers": ({"tub_int": 0.3, "tub_fibre": 0.9, "act_fibre": -0.2}, 0.45, -0.15),
-    "Actin disruptors": (
-        {
-            "act_fibre": -1.6,
-            "act_puncta": 2.7,
-            "act_int": -0.15,
-            "cell_area": -0.35,
-            "cell_irreg": 0.9,
-            "nuc_area": -0.05,
-        },
-        0.0,
-        0.0,
-    ),
-    "Protein synthesis": (
-        {
-            "cell_area": -0.35,
-            "tub_int": -0.5,
-            "act_int": -0.45,
-            "nuc_area": -0.15,
-            "dna_int": -0.1,
-            "nuc_texture": -0.3,
-        },
-        0.0,
-        -0.3,
-    ),
+    "Actin disruptors": ({"act_fibre": -1.6, "act_puncta": 2.7, "act_int": -0.15,
+                          "cell_area": -0.35, "cell_irreg": 0.9, "nuc_area": -0.05}, 0.0, 0.0),
+    "Protein synthesis": ({"cell_area": -0.35, "tub_int": -0.5, "act_int": -0.45, "nuc_area": -0.15,
+                           "dna_int": -0.1, "nuc_texture": -0.3}, 0.0, -0.3),
 }
 COMPOUNDS_PER_MOA = 2
 CONCENTRATIONS = ((0.3, 1.0), (1.0, 3.0))  # µM, low and high, for a MOA's 1st and 2nd compound
@@ -192,11 +162,8 @@ def _rng(*keys: int | str) -> np.random.Generator:
 
 def plate_names(config: SynthConfig) -> list[str]:
     """Plate names, batch by batch: ``Week1_P01``, ``Week1_P02``, ``Week2_P01``, ..."""
-    return [
-        f"Week{b + 1}_P{p + 1:02d}"
-        for b in range(config.batches)
-        for p in range(config.plates_per_batch)
-    ]
+    return [f"Week{b + 1}_P{p + 1:02d}" for b in range(config.batches)
+            for p in range(config.plates_per_batch)]
 
 
 def treatments(config: SynthConfig) -> list[Treatment]:
@@ -219,23 +186,13 @@ def treatments(config: SynthConfig) -> list[Treatment]:
             own_mitotic = mitotic * (1 + 0.15 * rng.standard_normal())
             for level, conc in enumerate(CONCENTRATIONS[k]):
                 s = STRENGTHS[level] * potency
-                out.append(
-                    Treatment(
-                        compound,
-                        conc,
-                        moa,
-                        (m + k) % config.batches,
-                        s * own,
-                        BASE_MITOTIC + s * own_mitotic,
-                        s * density,
-                    )
-                )
+                out.append(Treatment(compound, conc, moa, (m + k) % config.batches, s * own,
+                                     BASE_MITOTIC + s * own_mitotic, s * density))
     return out
 
 
-def _plate_layout(
-    config: SynthConfig, batch: int, plate: str, design: list[Treatment]
-) -> list[tuple[str, Treatment]]:
+def _plate_layout(config: SynthConfig, batch: int, plate: str,
+                  design: list[Treatment]) -> list[tuple[str, Treatment]]:
     """(well, treatment) pairs of one plate, sorted by well, at random inner-60 positions."""
     contents = [design[0]] * config.dmso_wells + [t for t in design if t.batch == batch]
     wells = _rng(_TAG_LAYOUT, config.seed, plate).permutation(len(WELLS))[: len(contents)]
@@ -255,12 +212,10 @@ def _field_shape(config: SynthConfig) -> tuple[int, int]:
     """The field's (height, width), or InputError if field_size is not 1 or 2 integers."""
     size = config.field_size
     sides = [size] if not isinstance(size, (tuple, list)) else list(size)
-    if len(sides) not in (1, 2) or not all(
-        isinstance(s, int) and not isinstance(s, bool) for s in sides
-    ):
-        raise InputError(
-            f"synth option field_size must be an integer or (height, width), got {size!r}"
-        )
+    if len(sides) not in (1, 2) or not all(isinstance(s, int) and not isinstance(s, bool)
+                                           for s in sides):
+        raise InputError("synth option field_size must be an integer or (height, width), "
+                         f"got {size!r}")
     return (sides[0], sides[-1])
 
 
@@ -275,31 +230,18 @@ def _validate(config: SynthConfig) -> None:
         ("sites", config.sites, 1, 99, ""),
         ("field_size", min(h, w), 64, 8192, " pixels per side"),
         ("field_size", max(h, w), 64, 8192, " pixels per side"),
-        (
-            "cells_per_field",
-            config.cells_per_field,
-            1,
-            max(1, h * w // 600),
-            f" for a {h}x{w} field (at most one cell per 600 px^2)",
-        ),
-        (
-            "dmso_wells",
-            config.dmso_wells,
-            1,
-            len(WELLS) - per_batch,
-            f" (the inner {len(WELLS)} wells also hold up to {per_batch} treatments)",
-        ),
+        ("cells_per_field", config.cells_per_field, 1, max(1, h * w // 600),
+         f" for a {h}x{w} field (at most one cell per 600 px^2)"),
+        ("dmso_wells", config.dmso_wells, 1, len(WELLS) - per_batch,
+         f" (the inner {len(WELLS)} wells also hold up to {per_batch} treatments)"),
     ]
     for name, value, lo, hi, why in checks:
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise InputError(
-                f"synth option {name} must be an integer in [{lo}, {hi}]{why}, "
-                f"got {getattr(config, name)!r}"
-            )
+            raise InputError(f"synth option {name} must be an integer in [{lo}, {hi}]{why}, "
+                             f"got {getattr(config, name)!r}")
     if config.compression not in (None, "zlib", "lzw"):
-        raise InputError(
-            f"synth option compression must be None, 'zlib' or 'lzw', got {config.compression!r}"
-        )
+        raise InputError(f"synth option compression must be None, 'zlib' or 'lzw', "
+                         f"got {config.compression!r}")
 
 
 def _write_tiff(path: Path, data: np.ndarray, compression: str | None) -> None:
@@ -324,17 +266,8 @@ def _write_field(image: np.ndarray, folder: Path, stem: str, config: SynthConfig
     return names
 
 
-def _image_row(
-    number: int,
-    names: list[str],
-    folder: Path,
-    plate: str,
-    well: str,
-    site: int,
-    treatment: Treatment,
-    n_cells: int,
-    config: SynthConfig,
-) -> dict[str, object]:
+def _image_row(number: int, names: list[str], folder: Path, plate: str, well: str, site: int,
+               treatment: Treatment, n_cells: int, config: SynthConfig) -> dict[str, object]:
     """One Image.csv row with CellProfiler's column names."""
     row: dict[str, object] = {"ImageNumber": number}
     for channel, name in zip(CHANNELS, names):
@@ -342,26 +275,15 @@ def _image_row(
         row[f"PathName_{channel}"] = str(folder)
     if config.multichannel:
         row.update({f"Frame_{channel}": k for k, channel in enumerate(CHANNELS)})
-    row.update(
-        {
-            PLATE: plate,
-            WELL: well,
-            SITE: site,
-            COMPOUND: treatment.compound,
-            CONCENTRATION: float(treatment.concentration),
-            "Count_Nuclei": n_cells,
-        }
-    )
+    row.update({PLATE: plate, WELL: well, SITE: site, COMPOUND: treatment.compound,
+                CONCENTRATION: float(treatment.concentration), "Count_Nuclei": n_cells})
     for channel in CHANNELS:
         row[f"Height_{channel}"], row[f"Width_{channel}"] = config.shape
     return row
 
 
-def synthesize(
-    outdir: str | Path,
-    config: SynthConfig = SynthConfig(),
-    progress: Callable[[int, int], None] | None = None,
-) -> SynthResult:
+def synthesize(outdir: str | Path, config: SynthConfig = SynthConfig(),
+               progress: Callable[[int, int], None] | None = None) -> SynthResult:
     """Write a synthetic screen into ``outdir`` (created if needed).
 
     Files of the same name are overwritten; images of an earlier, larger screen in the same
@@ -401,54 +323,33 @@ def synthesize(
         well_shift = 0.03 * _rng(_TAG_WELL, config.seed, plate, well).standard_normal(len(PARAMS))
         rng = _rng(_TAG_FIELD, config.seed, plate, well, site)
         n = max(1, int(rng.poisson(config.cells_per_field * np.exp(treatment.density))))
-        cells = sample_cells(
-            rng, treatment.log_shift + well_shift, treatment.mitotic, n, config.shape
-        )
+        cells = sample_cells(rng, treatment.log_shift + well_shift, treatment.mitotic, n,
+                             config.shape)
         image, areas = render_field(rng, cells, config.shape, effects[plate])
         names = _write_field(image, folder, f"{plate}_{well}_s{site}", config)
-        images.append(
-            _image_row(number, names, folder, plate, well, site, treatment, len(cells), config)
-        )
-        objects.append(
-            pd.DataFrame(
-                {
-                    "ImageNumber": number,
-                    "ObjectNumber": np.arange(1, len(cells) + 1),
-                    "Location_Center_X": cells[:, 1].round(3),
-                    "Location_Center_Y": cells[:, 0].round(3),
-                    "AreaShape_Area": areas,
-                }
-            )
-        )
+        images.append(_image_row(number, names, folder, plate, well, site, treatment,
+                                 len(cells), config))
+        objects.append(pd.DataFrame({
+            "ImageNumber": number, "ObjectNumber": np.arange(1, len(cells) + 1),
+            "Location_Center_X": cells[:, 1].round(3), "Location_Center_Y": cells[:, 0].round(3),
+            "AreaShape_Area": areas}))
         if progress is not None:
             progress(number, len(fields))
-    return _write_tables(
-        outdir, config, pd.DataFrame(images), pd.concat(objects, ignore_index=True)
-    )
+    return _write_tables(outdir, config, pd.DataFrame(images),
+                         pd.concat(objects, ignore_index=True))
 
 
-def _write_tables(
-    outdir: Path, config: SynthConfig, images: pd.DataFrame, objects: pd.DataFrame
-) -> SynthResult:
+def _write_tables(outdir: Path, config: SynthConfig, images: pd.DataFrame,
+                  objects: pd.DataFrame) -> SynthResult:
     """Write Image.csv, Nuclei.csv, moa.csv and README.txt; return the result record."""
-    moa = pd.DataFrame(
-        [
-            {"compound": t.compound, "concentration": t.concentration, "moa": t.moa}
-            for t in treatments(config)
-        ]
-    )
+    moa = pd.DataFrame([{"compound": t.compound, "concentration": t.concentration, "moa": t.moa}
+                        for t in treatments(config)])
     paths = {name: outdir / name for name in ("Image.csv", "Nuclei.csv", "moa.csv")}
     for name, table in zip(paths, (images, objects, moa)):
         _write_text(table.to_csv(index=False), paths[name])
     _write_text(_readme(config, len(images), len(objects)), outdir / "README.txt")
-    return SynthResult(
-        paths["Image.csv"],
-        paths["Nuclei.csv"],
-        paths["moa.csv"],
-        n_fields=len(images),
-        n_cells=len(objects),
-        channels=CHANNELS,
-    )
+    return SynthResult(paths["Image.csv"], paths["Nuclei.csv"], paths["moa.csv"],
+                       n_fields=len(images), n_cells=len(objects), channels=CHANNELS)
 
 
 def _readme(config: SynthConfig, n_fields: int, n_cells: int) -> str:

@@ -44,26 +44,23 @@ from cellprof.learn.device import to_device
 
 def field_ids(cells: pd.DataFrame) -> np.ndarray:
     """One id per field: plate, table and image number (the CellProfiler keys)."""
-    parts = [
-        cells[c].astype(str) for c in (PLATE, TABLE_NUMBER, IMAGE_NUMBER) if c in cells.columns
-    ]
+    parts = [cells[c].astype(str) for c in (PLATE, TABLE_NUMBER, IMAGE_NUMBER)
+             if c in cells.columns]
     key = parts[0]
     for p in parts[1:]:
         key = key + "|" + p
     return key.to_numpy()
 
 
-def split_by_field(
-    cells: pd.DataFrame, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def split_by_field(cells: pd.DataFrame, val_fraction: float, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Sorted train and validation cell indices, whole fields on each side."""
     ids = field_ids(cells)
     fields = np.unique(ids)
     n_val = int(np.ceil(val_fraction * len(fields))) if val_fraction > 0 else 0
     if n_val and len(fields) - n_val < 1:
-        raise InputError(
-            f"only {len(fields)} field(s): too few to hold some out; use --val-fraction 0"
-        )
+        raise InputError(f"only {len(fields)} field(s): too few to hold some out; "
+                         "use --val-fraction 0")
     order = np.random.default_rng([seed, 7919]).permutation(len(fields))
     val_fields = set(fields[order[:n_val]])
     is_val = np.fromiter((i in val_fields for i in ids), dtype=bool, count=len(ids))
@@ -102,12 +99,8 @@ def _dihedral(size: int, device: torch.device) -> Tensor:
     return torch.stack([torch.stack([t, t.flip(-1)]) for t in turned]).flatten(2).to(device)
 
 
-def model_input(
-    raw: Tensor,
-    scale: Tensor | None = None,
-    turns: Tensor | None = None,
-    flips: Tensor | None = None,
-) -> Tensor:
+def model_input(raw: Tensor, scale: Tensor | None = None, turns: Tensor | None = None,
+                flips: Tensor | None = None) -> Tensor:
     """``(N, C, H, W)`` raw crops (:func:`as_tensor`) -> float32 model input on their device:
     the one crop transform of training, validation, ``embed`` and ``show``.
 
@@ -143,12 +136,8 @@ def model_input(
     return x.clamp_min_(0.0)
 
 
-def scale_crops(
-    crops: np.ndarray,
-    method: str,
-    plates: np.ndarray | None = None,
-    percentiles: dict[str, np.ndarray] | None = None,
-) -> np.ndarray:
+def scale_crops(crops: np.ndarray, method: str, plates: np.ndarray | None = None,
+                percentiles: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """``(N, C, H, W)`` raw crops -> float32 model input on the CPU, by ``method``
     (:attr:`DataConfig.crop_scaling`: ``max``, or ``percentile`` with each crop's plate and
     :func:`plate_percentiles`): :func:`model_input` for numpy callers, not augmented."""
@@ -194,7 +183,8 @@ class RawBatch:
     flips: np.ndarray | None
     """(N,) mirror flags, None without augmentation."""
 
-    def model_input(self, device: torch.device = CPU, source: Tensor | None = None) -> Tensor:
+    def model_input(self, device: torch.device = CPU,
+                    source: Tensor | None = None) -> Tensor:
         """The batch as float32 model input on ``device`` (:func:`model_input`): its parts
         copied there (through pinned memory, without blocking, on CUDA), then scaled and
         turned there. A batch drawn without its crops gathers them from ``source``, the
@@ -204,13 +194,10 @@ class RawBatch:
         elif source is not None:
             raw = source[to_device(self.cells, device)]
         else:
-            raise ValueError(
-                "this batch was drawn without its crops (gather=False): give the store as source"
-            )
-        rest = [
-            None if a is None else to_device(a, device)
-            for a in (self.scale, self.turns, self.flips)
-        ]
+            raise ValueError("this batch was drawn without its crops (gather=False): "
+                             "give the store as source")
+        rest = [None if a is None else to_device(a, device)
+                for a in (self.scale, self.turns, self.flips)]
         return model_input(raw, *rest)
 
 
@@ -229,44 +216,23 @@ class CropData:
         This process's rank and the number of processes (DDP); 0 and 1 otherwise.
     """
 
-    def __init__(
-        self,
-        path: str | Path,
-        config: DataConfig = DataConfig(),
-        *,
-        seed: int = 0,
-        rank: int = 0,
-        world: int = 1,
-    ) -> None:
-        self.path, self.config, self.seed, self.rank, self.world = (
-            Path(path),
-            config,
-            seed,
-            rank,
-            world,
-        )
+    def __init__(self, path: str | Path, config: DataConfig = DataConfig(), *, seed: int = 0,
+                 rank: int = 0, world: int = 1) -> None:
+        self.path, self.config, self.seed = Path(path), config, seed
+        self.rank, self.world = rank, world
         self.info = store.read_info(path)
         self.cells = store.read_cells(path)
         if self.info.n_cells < 2:
             raise StoreError(f"{path}: holds {self.info.n_cells} cell(s); training needs more")
         self.train_idx, self.val_idx = split_by_field(self.cells, config.val_fraction, seed)
         if len(self.train_idx) < 2:
-            raise StoreError(
-                f"{path}: only {len(self.train_idx)} training cell(s) after "
-                "holding out validation fields"
-            )
+            raise StoreError(f"{path}: only {len(self.train_idx)} training cell(s) after "
+                             "holding out validation fields")
         self.plates = self.cells[PLATE].astype(str).to_numpy()
-        self.percentiles = (
-            plate_percentiles(path, self.info.channels)
-            if config.crop_scaling == "percentile"
-            else None
-        )
-        shape = (
-            self.info.n_cells,
-            len(self.info.channels),
-            self.info.crop_size,
-            self.info.crop_size,
-        )
+        self.percentiles = plate_percentiles(path, self.info.channels) \
+            if config.crop_scaling == "percentile" else None
+        shape = (self.info.n_cells, len(self.info.channels), self.info.crop_size,
+                 self.info.crop_size)
         nbytes = int(np.prod(shape)) * self.info.dtype.itemsize
         self.in_memory = nbytes <= config.memory_limit_gb * 2**30
         self._all = store.read_crops(path) if self.in_memory else None
@@ -284,30 +250,20 @@ class CropData:
 
     def describe(self) -> dict[str, object]:
         """Plain-JSON description for the run's config (what the model was trained on)."""
-        return {
-            "store": str(self.path.resolve()),
-            "channels": list(self.channels),
-            "crop_size": self.info.crop_size,
-            "n_cells": self.info.n_cells,
-            "n_train": len(self.train_idx),
-            "n_val": len(self.val_idx),
-            "in_memory": self.in_memory,
-            "plate_percentiles": {k: v.tolist() for k, v in (self.percentiles or {}).items()},
-        }
+        return {"store": str(self.path.resolve()), "channels": list(self.channels),
+                "crop_size": self.info.crop_size, "n_cells": self.info.n_cells,
+                "n_train": len(self.train_idx), "n_val": len(self.val_idx),
+                "in_memory": self.in_memory,
+                "plate_percentiles": {k: v.tolist() for k, v in (self.percentiles or {}).items()}}
 
     # --- the deterministic stream -------------------------------------------------------
     def _epoch_groups(self, epoch: int) -> list[np.ndarray]:
         if epoch not in self._epoch_cache:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self._blocks))
             per = len(order) if self.in_memory else max(1, self.config.group_blocks)
-            _remember(
-                self._epoch_cache,
-                epoch,
-                [
-                    np.concatenate([self._blocks[b] for b in order[i : i + per]])
-                    for i in range(0, len(order), per)
-                ],
-            )
+            _remember(self._epoch_cache, epoch, [
+                np.concatenate([self._blocks[b] for b in order[i:i + per]])
+                for i in range(0, len(order), per)])
         return self._epoch_cache[epoch]
 
     def _group(self, epoch: int, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -336,9 +292,8 @@ class CropData:
         """Shape of ``n`` crops of this store."""
         return n, len(self.channels), self.info.crop_size, self.info.crop_size
 
-    def _stream(
-        self, start: int, count: int, gather: bool = True
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+    def _stream(self, start: int, count: int, gather: bool = True
+                ) -> tuple[np.ndarray, np.ndarray | None]:
         """Cells at stream positions [start, start + count): indices and raw crops (None
         when ``gather`` is off and the store is in memory: the caller indexes it)."""
         n = len(self.train_idx)
@@ -354,9 +309,9 @@ class CropData:
             cells, source, where = self._group(epoch, g)
             lo = int(offset - sizes[g])
             take = min(count - done, len(cells) - lo)
-            idx_parts.append(cells[lo : lo + take])
+            idx_parts.append(cells[lo:lo + take])
             if raw is not None:  # gathered straight into the batch: one copy, not two
-                np.take(source, where[lo : lo + take], axis=0, out=raw[done : done + take])
+                np.take(source, where[lo:lo + take], axis=0, out=raw[done:done + take])
             pos += take
             done += take
         return np.concatenate(idx_parts), raw
@@ -370,8 +325,7 @@ class CropData:
         turns = flips = None
         if self.config.augment:
             turns, flips = draw_orientations(
-                np.random.default_rng([self.seed, step, self.rank, 1]), len(idx)
-            )
+                np.random.default_rng([self.seed, step, self.rank, 1]), len(idx))
         return RawBatch(idx, raw, self.scale(idx), turns, flips)
 
     def scale(self, idx: np.ndarray) -> np.ndarray | None:
@@ -409,7 +363,7 @@ class CropData:
         """Validation crops, scaled, not augmented, in store order."""
         idx = self.val_indices()
         for i in range(0, len(idx), batch_size):
-            yield self.scaled(idx[i : i + batch_size])
+            yield self.scaled(idx[i:i + batch_size])
 
 
 def _remember(cache: dict, key: object, value: object, size: int = 2) -> None:

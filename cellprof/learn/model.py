@@ -61,17 +61,11 @@ class Encoder(nn.Module):
         _, remaining = spatial_plan(config.image_size, k)
         layers: list[nn.Module] = []
         for c_in in (config.in_channels, f, f):
-            layers += [
-                nn.Conv2d(c_in, f, k, bias=False),
-                nn.BatchNorm2d(f),
-                nn.MaxPool2d(2),
-                nn.LeakyReLU(LEAK),
-            ]
+            layers += [nn.Conv2d(c_in, f, k, bias=False), nn.BatchNorm2d(f),
+                       nn.MaxPool2d(2), nn.LeakyReLU(LEAK)]
         self.trunk = nn.Sequential(*layers)
-        self.head = nn.Sequential(
-            nn.Conv2d(f, 2 * config.latent_dim, remaining, bias=False),
-            nn.BatchNorm2d(2 * config.latent_dim),
-        )
+        self.head = nn.Sequential(nn.Conv2d(f, 2 * config.latent_dim, remaining, bias=False),
+                                  nn.BatchNorm2d(2 * config.latent_dim))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, logvar = self.head(self.trunk(x)).flatten(1).float().chunk(2, dim=1)
@@ -104,19 +98,14 @@ class Decoder(nn.Module):
             # The first layer maps 1x1 to remaining x remaining: a dense layer, zero padding
             # is its definition. The others may replicate their border instead.
             mode = "zeros" if i == 0 else config.decoder_padding
-            layers += [
-                nn.Conv2d(c_in, f, kernel, padding=kernel - 1, padding_mode=mode, bias=False),
-                nn.BatchNorm2d(f),
-                nn.LeakyReLU(LEAK),
-            ]
+            layers += [nn.Conv2d(c_in, f, kernel, padding=kernel - 1, padding_mode=mode,
+                                 bias=False),
+                       nn.BatchNorm2d(f), nn.LeakyReLU(LEAK)]
             if i < 3:
                 layers.append(nn.Upsample(size=pre_pool[2 - i], mode=config.decoder_upsample))
         self.body = nn.Sequential(*layers)
-        self.to_image = nn.Sequential(
-            nn.Conv2d(f, config.in_channels, 1, bias=False),
-            nn.BatchNorm2d(config.in_channels),
-            nn.LeakyReLU(LEAK),
-        )
+        self.to_image = nn.Sequential(nn.Conv2d(f, config.in_channels, 1, bias=False),
+                                      nn.BatchNorm2d(config.in_channels), nn.LeakyReLU(LEAK))
 
     @property
     def output_weight(self) -> nn.Parameter:
@@ -142,13 +131,13 @@ class Discriminator(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         # It judges crops reflect-padded by disc_padding px on every side (see ModelConfig).
-        _, remaining = spatial_plan(config.image_size + 2 * config.disc_padding, config.kernel_size)
+        _, remaining = spatial_plan(config.image_size + 2 * config.disc_padding,
+                                    config.kernel_size)
         k, ch = config.kernel_size, config.disc_channels
         c_in = (config.in_channels,) + ch[:-1]
         kernels = (k, k, k, remaining, 1)
-        self.convs = nn.ModuleList(
-            nn.Conv2d(i, o, s, bias=False) for i, o, s in zip(c_in, ch, kernels)
-        )
+        self.convs = nn.ModuleList(nn.Conv2d(i, o, s, bias=False)
+                                   for i, o, s in zip(c_in, ch, kernels))
         self.norms = nn.ModuleList(nn.BatchNorm2d(o) for o in ch)
         self.matched_layers = config.matched_layers
 
@@ -180,16 +169,8 @@ class Discriminator(nn.Module):
                     mean, var = stats.mean((0, 2, 3)), stats.var((0, 2, 3), unbiased=False)
                 else:
                     mean, var = norm.running_mean, norm.running_var
-                g = F.batch_norm(
-                    F.conv2d(g, conv.weight.detach()),
-                    mean,
-                    var,
-                    norm.weight.detach(),
-                    norm.bias.detach(),
-                    False,
-                    0.0,
-                    norm.eps,
-                )
+                g = F.batch_norm(F.conv2d(g, conv.weight.detach()), mean, var,
+                                 norm.weight.detach(), norm.bias.detach(), False, 0.0, norm.eps)
                 g = self._after_norm(layer, g)
             h = self._after_norm(layer, norm(y))
             if layer < self.matched_layers:
@@ -226,9 +207,8 @@ class VAEPlus(nn.Module):
         """Posterior (mu, logvar), each (N, latent_dim); ``mu`` is the cell's profile."""
         return self.encoder(x)
 
-    def reparameterize(
-        self, mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def reparameterize(self, mu: Tensor, logvar: Tensor,
+                       generator: torch.Generator | None = None) -> Tensor:
         """z = mu + sigma * eps, eps ~ N(0, I): a posterior sample differentiable in mu, logvar."""
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + eps * torch.exp(0.5 * logvar)
@@ -270,7 +250,5 @@ def model_config_of(ckpt: Mapping[str, Any]) -> ModelConfig:
     try:
         return ModelConfig.from_dict(ckpt["model_config"])
     except (TypeError, ValueError, KeyError, CheckpointError) as exc:
-        raise CheckpointError(
-            f"{ckpt.get('path', 'checkpoint')}: damaged checkpoint, its "
-            f"model_config is invalid ({exc})"
-        ) from None
+        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: damaged checkpoint, its "
+                              f"model_config is invalid ({exc})") from None

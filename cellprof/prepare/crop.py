@@ -106,14 +106,10 @@ class CropSummary:
     """What cellprof decided for the user and says once (e.g. the keys objects joined on)."""
 
 
-def plan(
-    image_table: str | Path,
-    objects: str | Path | None,
-    config: CropConfig,
-    root: str | Path | None = None,
-    moa: str | Path | None = None,
-    notes: list[str] | None = None,
-) -> tuple[list[FieldTask], list[str], list[dict[str, Any]]]:
+def plan(image_table: str | Path, objects: str | Path | None, config: CropConfig,
+         root: str | Path | None = None, moa: str | Path | None = None,
+         notes: list[str] | None = None,
+         ) -> tuple[list[FieldTask], list[str], list[dict[str, Any]]]:
     """Read the tables into one task per field; return tasks, channels and table issues.
 
     ``objects`` may be None for a SQLite file or a single-cell table that holds both
@@ -122,35 +118,25 @@ def plan(
     """
     image_table = Path(image_table)
     notes = [] if notes is None else notes
-    src = read_sources(
-        image_table,
-        objects,
-        object_name=config.object_name,
-        tables=config.tables,
-        need_objects=config.segment is None,
-    )
+    src = read_sources(image_table, objects, object_name=config.object_name,
+                       tables=config.tables, need_objects=config.segment is None)
     notes.extend(src.notes)
     table = canonical_columns(src.images)
     keep = ("FileName_", "PathName_", "Frame_", "Channel_", "Height_", "Width_", "Metadata_")
-    table = table[
-        [c for c in table.columns if c.startswith(keep) or c in ("ImageNumber", "TableNumber")]
-    ].copy()
+    table = table[[c for c in table.columns
+                   if c.startswith(keep) or c in ("ImageNumber", "TableNumber")]].copy()
     if not channels_of(table):
-        raise InputError(
-            f"{image_table}: no FileName_<channel> (or Image_FileName_<channel>) "
-            "columns: is this a CellProfiler image table?"
-        )
+        raise InputError(f"{image_table}: no FileName_<channel> (or Image_FileName_<channel>) "
+                         "columns: is this a CellProfiler image table?")
     root_dir = Path(root) if root is not None else None
-    table = planes_as_channels(
-        table, config.channels, _first_files(table, root_dir, image_table), notes
-    )
+    table = planes_as_channels(table, config.channels, _first_files(table, root_dir, image_table),
+                               notes)
     available = channels_of(table)
     channels = list(config.channels) if config.channels else available
     unknown = [c for c in channels if c not in available]
     if unknown:
-        raise InputError(
-            f"{image_table}: no channel {', '.join(unknown)} (channels: {', '.join(available)})"
-        )
+        raise InputError(f"{image_table}: no channel {', '.join(unknown)} "
+                         f"(channels: {', '.join(available)})")
     had_numbers = "ImageNumber" in table.columns
     if not had_numbers:  # a field's id in the store; never used to pair objects
         table["ImageNumber"] = np.arange(1, len(table) + 1)
@@ -159,10 +145,8 @@ def plan(
     table["_key"] = _field_keys(table)
     if table["_key"].duplicated().any():
         dup = table["_key"][table["_key"].duplicated()].iloc[0]
-        raise InputError(
-            f"{src.image_name}: image {dup} appears twice (ImageNumber, with "
-            "TableNumber when present, must identify one row)"
-        )
+        raise InputError(f"{src.image_name}: image {dup} appears twice (ImageNumber, with "
+                         "TableNumber when present, must identify one row)")
     issues: list[dict[str, Any]] = []
     centres: dict[str, _Objects] = {}
     if src.objects is not None:
@@ -173,10 +157,8 @@ def plan(
     if config.plates:
         missing = sorted(set(config.plates) - set(table[PLATE]))
         if missing:
-            raise InputError(
-                f"{image_table}: no plate {', '.join(missing)} (plates: "
-                f"{', '.join(sorted(set(table[PLATE]))[:8])} …)"
-            )
+            raise InputError(f"{image_table}: no plate {', '.join(missing)} (plates: "
+                             f"{', '.join(sorted(set(table[PLATE]))[:8])} …)")
         table = table[table[PLATE].isin(config.plates)]
     if moa is not None:
         table = join_moa(table, read_moa_table(moa), moa)
@@ -191,33 +173,24 @@ def plan(
         for ch in channels:
             fname = rec.get(f"FileName_{ch}")
             if fname is None or (isinstance(fname, float) and np.isnan(fname)) or fname == "":
-                issues.append(
-                    issue("missing_filename", image_table, i + 2, f"FileName_{ch} is empty")
-                )
+                issues.append(issue("missing_filename", image_table, i + 2,
+                                    f"FileName_{ch} is empty"))
                 bad = True
                 continue
-            path, _ = resolve_image(
-                rec.get(f"PathName_{ch}"), fname, root=root_dir, table_dir=image_table.parent
-            )
+            path, _ = resolve_image(rec.get(f"PathName_{ch}"), fname, root=root_dir,
+                                    table_dir=image_table.parent)
             files.append((ch, path, _plane(rec, ch)))
         if bad:
             continue
         obj = centres.get(rec["_key"], _NO_OBJECTS)  # CellProfiler writes no rows for
-        tasks.append(
-            FieldTask(  # a field without objects
-                key=rec["_key"],
-                image_number=int(rec["ImageNumber"]),
-                row=i + 2,
-                meta={c: _plain(rec[c]) for c in meta_cols},
-                files=files,
-                table_file=str(image_table),
-                object_file=object_file,
-                centres=None if config.segment is not None else obj.xy,
-                object_numbers=obj.numbers,
-                object_rows=obj.rows,
-                expected_shape=_expected_shape(rec, channels[0]),
-            )
-        )
+        tasks.append(FieldTask(                         # a field without objects
+            key=rec["_key"], image_number=int(rec["ImageNumber"]), row=i + 2,
+            meta={c: _plain(rec[c]) for c in meta_cols}, files=files,
+            table_file=str(image_table), object_file=object_file,
+            centres=None if config.segment is not None else obj.xy,
+            object_numbers=obj.numbers, object_rows=obj.rows,
+            expected_shape=_expected_shape(rec, channels[0]),
+        ))
     if not tasks:
         raise InputError(f"{image_table}: no usable image rows")
     return tasks, channels, issues
@@ -235,14 +208,8 @@ class _Objects:
 _NO_OBJECTS = _Objects(np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
-def _object_centres(
-    src: Sources,
-    table: pd.DataFrame,
-    had_numbers: bool,
-    config: CropConfig,
-    issues: list[dict[str, Any]],
-    notes: list[str],
-) -> dict[str, _Objects]:
+def _object_centres(src: Sources, table: pd.DataFrame, had_numbers: bool, config: CropConfig,
+                    issues: list[dict[str, Any]], notes: list[str]) -> dict[str, _Objects]:
     """Each field's objects (centres, numbers, rows), paired with the image table's rows
     by :func:`cellprof.prepare.sources.pair_objects`; objects of no listed image are reported."""
     obj = object_centres(canonical_columns(src.objects), src.object_name, config.object_name)
@@ -252,49 +219,32 @@ def _object_centres(
     stray = obj[obj["_key"].isna()]
     for row, number in zip(stray["_row"], stray.get("ImageNumber", stray["_row"]), strict=True):
         where = f"image {number}" if "ImageNumber" in obj.columns else "its image"
-        issues.append(
-            issue("unknown_image", src.object_name, row, f"{where} is not in {src.image_name}")
-        )
+        issues.append(issue("unknown_image", src.object_name, row,
+                            f"{where} is not in {src.image_name}"))
     obj = obj[obj["_key"].notna()].copy()
     if obj[OBJECT_NUMBER].isna().any():  # numbered per image, in table order
         obj[OBJECT_NUMBER] = obj.groupby("_key").cumcount() + 1
     # A repeated object row would become a duplicate cell: reported, the first row kept.
     dup = obj.duplicated(["_key", OBJECT_NUMBER])
-    for row, key, number in zip(
-        obj["_row"][dup], obj["_key"][dup], obj[OBJECT_NUMBER][dup], strict=True
-    ):
-        issues.append(
-            issue(
-                "duplicate_object",
-                src.object_name,
-                row,
-                f"object {number} of image {key} appears again; the first row is kept",
-            )
-        )
+    for row, key, number in zip(obj["_row"][dup], obj["_key"][dup], obj[OBJECT_NUMBER][dup],
+                                strict=True):
+        issues.append(issue("duplicate_object", src.object_name, row,
+                            f"object {number} of image {key} appears again; the first row "
+                            "is kept"))
     obj = obj[~dup]
     xy = obj[[CENTER_X, CENTER_Y]].to_numpy(np.float64)
     numbers, rows = obj[OBJECT_NUMBER].to_numpy(np.int64), obj["_row"].to_numpy(np.int64)
-    return {
-        key: _Objects(xy[i], numbers[i], rows[i])  # arrays, not a frame per field:
-        for key, i in obj.groupby("_key").indices.items()
-    }  # 1 ms a field otherwise
+    return {key: _Objects(xy[i], numbers[i], rows[i])  # arrays, not a frame per field:
+            for key, i in obj.groupby("_key").indices.items()}  # 1 ms a field otherwise
 
 
-def _first_files(
-    table: pd.DataFrame, root: Path | None, image_table: Path, n: int = 8
-) -> list[Path]:
+def _first_files(table: pd.DataFrame, root: Path | None, image_table: Path, n: int = 8
+                 ) -> list[Path]:
     """The first rows' files of the first channel, resolved as the crop will resolve them."""
     ch = channels_of(table)[0]
-    return [
-        resolve_image(
-            rec.get(f"PathName_{ch}"),
-            rec[f"FileName_{ch}"],
-            root=root,
-            table_dir=image_table.parent,
-        )[0]
-        for _, rec in table.head(n).iterrows()
-        if isinstance(rec[f"FileName_{ch}"], str)
-    ]
+    return [resolve_image(rec.get(f"PathName_{ch}"), rec[f"FileName_{ch}"], root=root,
+                          table_dir=image_table.parent)[0]
+            for _, rec in table.head(n).iterrows() if isinstance(rec[f"FileName_{ch}"], str)]
 
 
 def _field_keys(table: pd.DataFrame) -> pd.Series:
@@ -348,17 +298,10 @@ def _store_dtype(source: str | None, illumination: bool) -> str:
 
 
 def crop_screen(
-    image_table: str | Path,
-    out: str | Path,
-    *,
-    objects: str | Path | None = None,
-    config: CropConfig = CropConfig(),
-    root: str | Path | None = None,
-    moa: str | Path | None = None,
-    workers: int = 1,
-    strict: bool = False,
-    overwrite: bool = False,
-    progress: Progress | None = None,
+    image_table: str | Path, out: str | Path, *, objects: str | Path | None = None,
+    config: CropConfig = CropConfig(), root: str | Path | None = None,
+    moa: str | Path | None = None, workers: int = 1, strict: bool = False,
+    overwrite: bool = False, progress: Progress | None = None,
 ) -> CropSummary:
     """Cut every cell of a screen into one crop store (see module docstring).
 
@@ -387,38 +330,24 @@ def crop_screen(
     if strict and plan_issues:
         raise InputError(_describe(plan_issues[0]))
     if config.nucleus_channel and config.nucleus_channel not in channels:
-        raise InputError(
-            f"--nucleus-channel {config.nucleus_channel!r} is not a channel of "
-            f"the image table (channels: {', '.join(channels)})"
-        )
+        raise InputError(f"--nucleus-channel {config.nucleus_channel!r} is not a channel of "
+                         f"the image table (channels: {', '.join(channels)})")
     nucleus = channels.index(config.nucleus_channel) if config.nucleus_channel else 0
-    settings = {
-        "mode": "table",
-        "image_table": str(Path(image_table).resolve()),
-        "objects": str(Path(objects).resolve()) if objects else None,
-        "moa": str(Path(moa).resolve()) if moa else None,
-        "root": str(root) if root else None,
-        "channels": channels,
-        **_jsonable(config),
-    }
-    refuse_inputs(
-        out, [image_table, objects, moa, *(path for t in tasks for _, path, _ in t.files)]
-    )
+    settings = {"mode": "table", "image_table": str(Path(image_table).resolve()),
+                "objects": str(Path(objects).resolve()) if objects else None,
+                "moa": str(Path(moa).resolve()) if moa else None,
+                "root": str(root) if root else None, "channels": channels, **_jsonable(config)}
+    refuse_inputs(out, [image_table, objects, moa,
+                        *(path for t in tasks for _, path, _ in t.files)])
     source = _source_dtype(tasks)
     dtype = _store_dtype(source, config.illumination)
     cell_cols, field_cols = store_columns(pd.DataFrame([t.meta for t in tasks]), channels)
-    writer = CropStoreWriter(
-        out,
-        channels=channels,
-        crop_size=config.size,
-        dtype=dtype,
-        cell_columns=cell_cols,
-        field_columns=field_cols,
-        config=settings,
-        resume=not overwrite,
-        compression=config.compression,
-        inputs=fingerprint({"image table": image_table, "object table": objects, "moa table": moa}),
-    )
+    writer = CropStoreWriter(out, channels=channels, crop_size=config.size, dtype=dtype,
+                             cell_columns=cell_cols, field_columns=field_cols,
+                             config=settings, resume=not overwrite,
+                             compression=config.compression,
+                             inputs=fingerprint({"image table": image_table,
+                                                 "object table": objects, "moa table": moa}))
     try:
         if writer.resumed_fields == 0 and plan_issues:
             writer.add_issues(pd.DataFrame(plan_issues))
@@ -426,17 +355,10 @@ def crop_screen(
         if config.illumination:
             _attach_illumination(tasks, writer, workers, progress)
         todo = [t for t in tasks if t.key not in done]
-        work = _FieldJob(
-            config.size, config.edge == "pad", dtype, channels, config.segment, nucleus, source
-        )
-        commit_results(
-            ordered_map(work, todo, workers),
-            writer,
-            strict=strict,
-            total=len(tasks),
-            done=len(done),
-            progress=progress,
-        )
+        work = _FieldJob(config.size, config.edge == "pad", dtype, channels, config.segment,
+                         nucleus, source)
+        commit_results(ordered_map(work, todo, workers), writer,
+                       strict=strict, total=len(tasks), done=len(done), progress=progress)
         return finish_store(writer, out, notes)
     finally:
         WORKER_BUFFER.release()  # the fields read in this process (--workers 1)
@@ -456,22 +378,12 @@ class _FieldJob:
     source: str | None = None
 
     def __call__(self, task: FieldTask):  # noqa: ANN204 - FieldResult
-        return process_field(
-            task,
-            self.size,
-            self.pad,
-            self.dtype,
-            self.channels,
-            self.segment,
-            self.nucleus,
-            self.source,
-            WORKER_BUFFER,
-        )
+        return process_field(task, self.size, self.pad, self.dtype, self.channels,
+                             self.segment, self.nucleus, self.source, WORKER_BUFFER)
 
 
-def _attach_illumination(
-    tasks: list[FieldTask], writer: CropStoreWriter, workers: int, progress: Progress | None
-) -> None:
+def _attach_illumination(tasks: list[FieldTask], writer: CropStoreWriter, workers: int,
+                         progress: Progress | None) -> None:
     """Estimate each plate's illumination function (once; kept in the partial file)."""
     have = writer.illumination()
     plates = sorted({str(t.meta.get(PLATE, "")) for t in tasks})
@@ -494,13 +406,13 @@ def _attach_illumination(
         t.illum = have.get(str(t.meta.get(PLATE, "")))
 
 
-def finish_store(writer: CropStoreWriter, out: Path, notes: list[str] | None = None) -> CropSummary:
+def finish_store(writer: CropStoreWriter, out: Path, notes: list[str] | None = None
+                 ) -> CropSummary:
     """Write the issue log beside the store, then complete and rename the store (every
     way of making a crop store ends here, pre-cut imports included)."""
     issues = writer.issues()
-    counts = (
-        {str(k): int(v) for k, v in issues["kind"].value_counts().items()} if len(issues) else {}
-    )
+    counts = ({str(k): int(v) for k, v in issues["kind"].value_counts().items()}
+              if len(issues) else {})
     issues_file = None
     if len(issues):
         issues_file = out.with_name(out.name + ".issues.csv")
@@ -508,15 +420,11 @@ def finish_store(writer: CropStoreWriter, out: Path, notes: list[str] | None = N
             issues.to_csv(tmp, index=False)
     fields = writer.done_fields(FIELD_KEY)
     summary = CropSummary(
-        out=out,
-        n_fields=len(fields),
-        n_fields_failed=int((fields["Status"] != "ok").sum()),
+        out=out, n_fields=len(fields), n_fields_failed=int((fields["Status"] != "ok").sum()),
         n_cells=int(fields["Count_Cropped"].sum()),
         n_edge_skipped=int(fields["Count_EdgeSkipped"].sum()),
-        n_rejected=int(fields["Count_Rejected"].sum()),
-        issues=counts,
-        issues_file=issues_file,
-        resumed_fields=writer.resumed_fields,
+        n_rejected=int(fields["Count_Rejected"].sum()), issues=counts,
+        issues_file=issues_file, resumed_fields=writer.resumed_fields,
         notes=tuple(notes or ()),
     )
     writer.finish({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(summary).items()})

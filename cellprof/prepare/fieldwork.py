@@ -26,16 +26,16 @@ class FieldTask:
 
     key: str
     image_number: int
-    row: int  # 1-based line of the image table
-    meta: dict[str, Any]  # Metadata_* values of this field
+    row: int                                   # 1-based line of the image table
+    meta: dict[str, Any]                       # Metadata_* values of this field
     files: list[tuple[str, Path, int | None]]  # (channel, resolved path, plane or None)
-    table_file: str  # image table path, for issue reports
+    table_file: str                            # image table path, for issue reports
     object_file: str = ""
-    centres: np.ndarray | None = None  # (n, 2) x, y; None = segment the nuclei
+    centres: np.ndarray | None = None          # (n, 2) x, y; None = segment the nuclei
     object_numbers: np.ndarray | None = None
-    object_rows: np.ndarray | None = None  # 1-based lines of the object table
+    object_rows: np.ndarray | None = None      # 1-based lines of the object table
     expected_shape: tuple[int, int] | None = None
-    illum: np.ndarray | None = None  # (C, H, W) illumination function, or None
+    illum: np.ndarray | None = None            # (C, H, W) illumination function, or None
 
 
 @dataclass
@@ -136,35 +136,27 @@ def load_field(task: FieldTask, buffer: FieldBuffer | None = None) -> np.ndarray
         stack = cache[path]
         if plane is None:
             if stack.shape[0] != 1:
-                raise ImageError(
-                    f"{path}: holds {stack.shape[0]} planes but the image table "
-                    f"gives no Frame_{channel}/Channel_{channel} to pick one"
-                )
+                raise ImageError(f"{path}: holds {stack.shape[0]} planes but the image table "
+                                 f"gives no Frame_{channel}/Channel_{channel} to pick one")
             plane = 0
         if not 0 <= plane < stack.shape[0]:
-            raise ImageError(
-                f"{path}: channel {channel} wants plane {plane}, the file has {stack.shape[0]}"
-            )
+            raise ImageError(f"{path}: channel {channel} wants plane {plane}, the file "
+                             f"has {stack.shape[0]}")
         planes.append(stack[plane])
     shapes = {p.shape for p in planes}
     if len(shapes) > 1:
-        sizes = ", ".join(
-            f"{c} {p.shape[1]}x{p.shape[0]}"
-            for (c, _, _), p in zip(task.files, planes, strict=True)
-        )
+        sizes = ", ".join(f"{c} {p.shape[1]}x{p.shape[0]}" for (c, _, _), p in
+                          zip(task.files, planes, strict=True))
         raise WrongSize(f"{task.files[0][1]}: channels differ in size ({sizes})")
     if task.expected_shape and planes[0].shape != task.expected_shape:
         h, w = task.expected_shape
-        raise WrongSize(
-            f"{task.files[0][1]}: image is {planes[0].shape[1]}x"
-            f"{planes[0].shape[0]} px, the image table says {w}x{h}"
-        )
+        raise WrongSize(f"{task.files[0][1]}: image is {planes[0].shape[1]}x"
+                         f"{planes[0].shape[0]} px, the image table says {w}x{h}")
     return np.stack(planes)
 
 
-def cut(
-    stack: np.ndarray, x: float, y: float, size: int, pad: bool
-) -> tuple[np.ndarray | None, bool]:
+def cut(stack: np.ndarray, x: float, y: float, size: int, pad: bool
+        ) -> tuple[np.ndarray | None, bool]:
     """A ``(C, size, size)`` crop centred on ``(x, y)`` and whether it was padded.
 
     The centre pixel is ``(round(y), round(x))`` and lands at index ``size // 2`` of the
@@ -175,27 +167,20 @@ def cut(
     x0 = int(np.floor(x + 0.5)) - size // 2
     y0 = int(np.floor(y + 0.5)) - size // 2
     if x0 >= 0 and y0 >= 0 and x0 + size <= w and y0 + size <= h:
-        return stack[:, y0 : y0 + size, x0 : x0 + size], False
+        return stack[:, y0:y0 + size, x0:x0 + size], False
     if not pad:
         return None, False
     out = np.zeros((stack.shape[0], size, size), dtype=stack.dtype)
     sx0, sy0 = max(x0, 0), max(y0, 0)
     sx1, sy1 = min(x0 + size, w), min(y0 + size, h)
-    out[:, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = stack[:, sy0:sy1, sx0:sx1]
+    out[:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = stack[:, sy0:sy1, sx0:sx1]
     return out, True
 
 
-def process_field(
-    task: FieldTask,
-    size: int,
-    pad: bool,
-    dtype: str,
-    channels: list[str],
-    segment: SegmentConfig | None,
-    nucleus_channel: int,
-    source_dtype: str | None = None,
-    buffer: FieldBuffer | None = None,
-) -> FieldResult:
+def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
+                  channels: list[str], segment: SegmentConfig | None,
+                  nucleus_channel: int, source_dtype: str | None = None,
+                  buffer: FieldBuffer | None = None) -> FieldResult:
     """Read one field, correct it, find its nuclei if asked, and cut every crop.
 
     ``source_dtype`` is the screen's pixel type (its first field's): a field of another
@@ -206,12 +191,8 @@ def process_field(
     """
     out_dtype = np.dtype(dtype)
     empty = np.zeros((0, len(channels), size, size), dtype=out_dtype)
-    record = field_row(
-        task.key,
-        task.image_number,
-        task.meta,
-        n_objects=0 if task.centres is None else len(task.centres),
-    )
+    record = field_row(task.key, task.image_number, task.meta,
+                       n_objects=0 if task.centres is None else len(task.centres))
     for ch, path, _ in task.files:
         record[f"PathName_{ch}"] = str(path.parent)
         record[f"FileName_{ch}"] = path.name
@@ -219,36 +200,22 @@ def process_field(
         stack = load_field(task, buffer)
     except ImageError as exc:
         record["Status"] = exc.kind
-        return FieldResult(
-            task.key, record, empty, {}, [issue(exc.kind, task.table_file, task.row, str(exc))]
-        )
+        return FieldResult(task.key, record, empty, {},
+                           [issue(exc.kind, task.table_file, task.row, str(exc))])
     issues: list[dict[str, Any]] = []
     if source_dtype is not None and stack.dtype.str != source_dtype:
-        reason = (
-            f"{task.files[0][1]}: pixel type {stack.dtype}, but the screen's first "
-            f"image is {np.dtype(source_dtype)}; their cells would be on different "
-            "scales"
-        )
+        reason = (f"{task.files[0][1]}: pixel type {stack.dtype}, but the screen's first "
+                  f"image is {np.dtype(source_dtype)}; their cells would be on different "
+                  "scales")
         record["Status"] = "mixed_bit_depth"
-        return FieldResult(
-            task.key,
-            record,
-            empty,
-            {},
-            [issue("mixed_bit_depth", task.table_file, task.row, reason)],
-        )
+        return FieldResult(task.key, record, empty, {},
+                           [issue("mixed_bit_depth", task.table_file, task.row, reason)])
     if not np.can_cast(stack.dtype, out_dtype, "safe"):
-        reason = (
-            f"{task.files[0][1]}: pixel type {stack.dtype} does not fit the store's {out_dtype}"
-        )
+        reason = (f"{task.files[0][1]}: pixel type {stack.dtype} does not fit the store's "
+                  f"{out_dtype}")
         record["Status"] = "unexpected_dtype"
-        return FieldResult(
-            task.key,
-            record,
-            empty,
-            {},
-            [issue("unreadable_image", task.table_file, task.row, reason)],
-        )
+        return FieldResult(task.key, record, empty, {},
+                           [issue("unreadable_image", task.table_file, task.row, reason)])
     if task.illum is not None:
         stack = correct(stack, task.illum)
     _, h, w = stack.shape
@@ -267,15 +234,9 @@ def process_field(
     else:
         centres, numbers, rows = task.centres, task.object_numbers, task.object_rows
     if finite is not None and not finite.all():
-        issues.append(
-            issue(
-                "nonfinite_pixels",
-                task.table_file,
-                task.row,
-                f"{task.files[0][1]}: {int((~finite).sum())} NaN or infinite "
-                "pixels; cells whose crop holds one are rejected",
-            )
-        )
+        issues.append(issue("nonfinite_pixels", task.table_file, task.row,
+                            f"{task.files[0][1]}: {int((~finite).sum())} NaN or infinite "
+                            "pixels; cells whose crop holds one are rejected"))
     # Crops are cut straight into the field's output array (no list of views to stack).
     array = np.empty((len(centres), len(channels), size, size), dtype=out_dtype)
     kept, padded = [], []
@@ -283,26 +244,14 @@ def process_field(
     for i, (x, y) in enumerate(centres):
         if not (np.isfinite(x) and np.isfinite(y)):
             n_bad += 1
-            issues.append(
-                issue(
-                    "missing_centre",
-                    task.object_file,
-                    rows[i],
-                    f"object {numbers[i]} of image {task.image_number} has no centre",
-                )
-            )
+            issues.append(issue("missing_centre", task.object_file, rows[i],
+                                f"object {numbers[i]} of image {task.image_number} has no centre"))
             continue
         if not (-0.5 <= x < w - 0.5 and -0.5 <= y < h - 0.5):
             n_bad += 1
-            issues.append(
-                issue(
-                    "centre_outside",
-                    task.object_file,
-                    rows[i],
-                    f"object {numbers[i]}: centre ({x:.1f}, {y:.1f}) lies outside "
-                    f"image {task.image_number} ({w}x{h} px)",
-                )
-            )
+            issues.append(issue("centre_outside", task.object_file, rows[i],
+                                f"object {numbers[i]}: centre ({x:.1f}, {y:.1f}) lies outside "
+                                f"image {task.image_number} ({w}x{h} px)"))
             continue
         crop, was_padded = cut(stack, x, y, size, pad)
         if crop is None:
@@ -314,21 +263,12 @@ def process_field(
         array[len(kept)] = crop
         kept.append(i)
         padded.append(was_padded)
-    record.update(
-        Count_Objects=len(centres),
-        Count_Cropped=len(kept),
-        Count_EdgeSkipped=n_edge,
-        Count_Rejected=n_bad,
-    )
+    record.update(Count_Objects=len(centres), Count_Cropped=len(kept),
+                  Count_EdgeSkipped=n_edge, Count_Rejected=n_bad)
     kept_idx = np.asarray(kept, dtype=np.int64)
-    cells = cell_rows(
-        task.meta,
-        task.image_number,
-        np.asarray(numbers)[kept_idx],
-        centres[kept_idx],
-        np.asarray(padded, dtype=bool),
-    )
-    return FieldResult(task.key, record, array[: len(kept)], cells, issues)
+    cells = cell_rows(task.meta, task.image_number, np.asarray(numbers)[kept_idx],
+                      centres[kept_idx], np.asarray(padded, dtype=bool))
+    return FieldResult(task.key, record, array[:len(kept)], cells, issues)
 
 
 def field_mean(task: FieldTask) -> tuple[str, np.ndarray | None]:

@@ -71,8 +71,8 @@ class CellFieldTask:
 
     key: str
     image_number: int
-    meta: dict[str, Any]  # metadata every cell of the field shares
-    cell_meta: pd.DataFrame  # one row per file: each cell's own Metadata_* values
+    meta: dict[str, Any]          # metadata every cell of the field shares
+    cell_meta: pd.DataFrame       # one row per file: each cell's own Metadata_* values
     paths: list[Path]
     rows: list[int]
     object_numbers: list[int]
@@ -81,15 +81,14 @@ class CellFieldTask:
 
 @dataclass(frozen=True)
 class _LoadJob:
-    shape: tuple[int, int, int]  # (H, W, C) every array must have
+    shape: tuple[int, int, int]     # (H, W, C) every array must have
     dtype: str
     channels: list[str]
 
     def __call__(self, task: CellFieldTask) -> FieldResult:
         crops, kept, issues = [], [], []
-        for i, (path, row, _obj) in enumerate(
-            zip(task.paths, task.rows, task.object_numbers, strict=True)
-        ):
+        for i, (path, row, _obj) in enumerate(zip(task.paths, task.rows, task.object_numbers,
+                                                 strict=True)):
             try:
                 arr = read_crop(path)
             except ImageError as exc:
@@ -97,61 +96,32 @@ class _LoadJob:
                 issues.append(issue(kind, task.table_file, row, str(exc)))
                 continue
             if arr.shape != self.shape:
-                issues.append(
-                    issue(
-                        "wrong_size",
-                        task.table_file,
-                        row,
-                        f"{path}: shape {arr.shape}, expected {self.shape} (H, W, C)",
-                    )
-                )
+                issues.append(issue("wrong_size", task.table_file, row,
+                                    f"{path}: shape {arr.shape}, expected {self.shape} (H, W, C)"))
                 continue
             crops.append(np.moveaxis(arr, -1, 0))
             kept.append(i)
         h, w, c = self.shape
-        array = (
-            np.stack(crops).astype(self.dtype, copy=False)
-            if crops
-            else np.zeros((0, c, h, w), dtype=self.dtype)
-        )
-        record = field_row(
-            task.key,
-            task.image_number,
-            task.meta,
-            status="ok" if crops else "no_cells",
-            n_objects=len(task.paths),
-        )
-        record.update(
-            Height=h, Width=w, Count_Cropped=len(crops), Count_Rejected=len(task.paths) - len(crops)
-        )
+        array = np.stack(crops).astype(self.dtype, copy=False) if crops else \
+            np.zeros((0, c, h, w), dtype=self.dtype)
+        record = field_row(task.key, task.image_number, task.meta,
+                           status="ok" if crops else "no_cells", n_objects=len(task.paths))
+        record.update(Height=h, Width=w, Count_Cropped=len(crops),
+                      Count_Rejected=len(task.paths) - len(crops))
         for ch, plane in zip(self.channels, np.moveaxis(array, 1, 0), strict=True):
             if plane.size:  # statistics over the field's crops: the whole field is not here
-                record.update(
-                    {
-                        f"Intensity_{k}_{ch}": v
-                        for k, v in intensity_stats(plane.reshape(-1, w)).items()
-                    }
-                )
-        cells = cell_rows(
-            task.cell_meta.iloc[kept],
-            task.image_number,
-            np.asarray(task.object_numbers, dtype=np.int64)[kept],
-        )
+                record.update({f"Intensity_{k}_{ch}": v for k, v in intensity_stats(
+                    plane.reshape(-1, w)).items()})
+        cells = cell_rows(task.cell_meta.iloc[kept], task.image_number,
+                          np.asarray(task.object_numbers, dtype=np.int64)[kept])
         return FieldResult(task.key, record, array, cells, issues)
 
 
 def import_singlecell(
-    folder: str | Path,
-    metadata: str | Path | None,
-    out: str | Path,
-    *,
-    moa: str | Path | None = None,
-    channels: tuple[str, ...] | None = None,
-    workers: int = 1,
-    strict: bool = False,
-    overwrite: bool = False,
-    progress: Progress | None = None,
-    compression: str = "gzip",
+    folder: str | Path, metadata: str | Path | None, out: str | Path, *,
+    moa: str | Path | None = None, channels: tuple[str, ...] | None = None,
+    workers: int = 1, strict: bool = False, overwrite: bool = False,
+    progress: Progress | None = None, compression: str = "gzip",
 ) -> CropSummary:
     """Import pre-cut single-cell crops and their labels into a crop store.
 
@@ -186,9 +156,8 @@ def import_singlecell(
         table = canonical_columns(read_table(metadata))
         path_col = next((c for c in _PATH_COLUMNS if c in table.columns), None)
         if path_col is None:
-            raise InputError(
-                f"{metadata}: missing column crop_path (the crop file, relative to {folder})"
-            )
+            raise InputError(f"{metadata}: missing column crop_path (the crop file, relative "
+                             f"to {folder})")
     if not len(table):
         raise InputError(f"{source}: lists no crops")
     table, names = _cell_metadata(table, path_col)
@@ -201,52 +170,29 @@ def import_singlecell(
         raise InputError(f"cannot read the first crop: {exc}") from None
     shape = sample.shape
     if shape[0] != shape[1]:
-        raise InputError(
-            f"{first}: crops must be square, got {shape[0]}x{shape[1]} px "
-            f"(read as (H, W, C) = {shape})"
-        )
+        raise InputError(f"{first}: crops must be square, got {shape[0]}x{shape[1]} px "
+                         f"(read as (H, W, C) = {shape})")
     n_ch = shape[2]
-    chans = (
-        list(channels)
-        if channels
-        else (names if len(names) == n_ch else [f"ch{i}" for i in range(n_ch)])
-    )
+    chans = list(channels) if channels else (names if len(names) == n_ch
+                                              else [f"ch{i}" for i in range(n_ch)])
     if len(chans) != n_ch:
         raise InputError(f"--channels names {len(chans)} channels, the crops have {n_ch}")
     meta_cols = [c for c in table.columns if c.startswith("Metadata_")]
     tasks = _tasks(table, folder, path_col, meta_cols, source)
     dtype = str(sample.dtype) if sample.dtype.kind in "uif" else "float32"
     cell_cols, field_cols = store_columns(table[meta_cols], chans)
-    settings = {
-        "mode": "singlecell",
-        "folder": str(folder.resolve()),
-        "metadata": str(metadata.resolve()) if metadata else None,
-        "moa": str(moa) if moa else None,
-        "channels": chans,
-        "compression": compression,
-    }
-    writer = CropStoreWriter(
-        out,
-        channels=chans,
-        crop_size=shape[0],
-        dtype=dtype,
-        cell_columns=cell_cols,
-        field_columns=field_cols,
-        config=settings,
-        resume=not overwrite,
-        compression=compression,
-    )
+    settings = {"mode": "singlecell", "folder": str(folder.resolve()),
+                "metadata": str(metadata.resolve()) if metadata else None,
+                "moa": str(moa) if moa else None,
+                "channels": chans, "compression": compression}
+    writer = CropStoreWriter(out, channels=chans, crop_size=shape[0], dtype=dtype,
+                             cell_columns=cell_cols, field_columns=field_cols,
+                             config=settings, resume=not overwrite, compression=compression)
     try:
         done = set(writer.done_fields(FIELD_KEY)[FIELD_KEY])
         todo = [t for t in tasks if t.key not in done]
-        commit_results(
-            ordered_map(_LoadJob(shape, dtype, chans), todo, workers),
-            writer,
-            strict=strict,
-            total=len(tasks),
-            done=len(done),
-            progress=progress,
-        )
+        commit_results(ordered_map(_LoadJob(shape, dtype, chans), todo, workers), writer,
+                       strict=strict, total=len(tasks), done=len(done), progress=progress)
         return finish_store(writer, out)
     finally:
         writer.close()
@@ -254,18 +200,14 @@ def import_singlecell(
 
 def _folder_table(folder: Path) -> pd.DataFrame:
     """Every crop file under ``folder`` (sorted) and the sub-folder it sits in as its class."""
-    files = sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in CROP_SUFFIXES and p.is_file()
-    )
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in CROP_SUFFIXES
+                   and p.is_file())
     if not files:
-        raise InputError(
-            f"{folder}: no crops ({', '.join(CROP_SUFFIXES)}) in it or its "
-            "sub-folders; give --metadata TABLE to list them"
-        )
+        raise InputError(f"{folder}: no crops ({', '.join(CROP_SUFFIXES)}) in it or its "
+                         "sub-folders; give --metadata TABLE to list them")
     rel = [p.relative_to(folder) for p in files]
-    return pd.DataFrame(
-        {"crop_path": [r.as_posix() for r in rel], CLASS: [r.parent.name for r in rel]}
-    )
+    return pd.DataFrame({"crop_path": [r.as_posix() for r in rel],
+                         CLASS: [r.parent.name for r in rel]})
 
 
 def _cell_metadata(table: pd.DataFrame, path_col: str) -> tuple[pd.DataFrame, list[str]]:
@@ -280,14 +222,10 @@ def _cell_metadata(table: pd.DataFrame, path_col: str) -> tuple[pd.DataFrame, li
     table["_dir"] = table[path_col].map(lambda p: str(Path(str(p)).parent))
     table["_has_well"] = WELL in table.columns
     keys = {path_col, "cell_index", "ImageNumber", "ObjectNumber", "TableNumber"}
-    table = table.rename(
-        columns={
-            c: f"Metadata_{c}"
-            for c in table.columns
-            if c not in keys
-            and not str(c).startswith(("Metadata_", "FileName_", "PathName_", "_", "Unnamed:"))
-        }
-    )
+    table = table.rename(columns={
+        c: f"Metadata_{c}" for c in table.columns
+        if c not in keys and not str(c).startswith(("Metadata_", "FileName_", "PathName_", "_",
+                                                     "Unnamed:"))})
     names = channels_of(table)
     if PLATE not in table.columns:
         table[PLATE] = ""
@@ -300,21 +238,15 @@ def _cell_metadata(table: pd.DataFrame, path_col: str) -> tuple[pd.DataFrame, li
     return complete_metadata(table, names[0] if names else ""), names
 
 
-def _tasks(
-    table: pd.DataFrame, folder: Path, path_col: str, meta_cols: list[str], source: Path
-) -> list[CellFieldTask]:
+def _tasks(table: pd.DataFrame, folder: Path, path_col: str, meta_cols: list[str],
+           source: Path) -> list[CellFieldTask]:
     """One task per field. A field is the table's plate, well and site when it has them
     (a flat folder of crops from many wells is many fields); otherwise the crop's folder
     within its plate (BBBC021's one folder per field)."""
     table = table.assign(_row=np.arange(len(table)) + 2)
     has_well, site_known = bool(table["_has_well"].all()), bool(table["_site_known"].all())
-    by = (
-        [PLATE, WELL, SITE]
-        if has_well and site_known
-        else [PLATE, WELL, "_dir"]
-        if has_well
-        else [PLATE, "_dir"]
-    )
+    by = [PLATE, WELL, SITE] if has_well and site_known else \
+        [PLATE, WELL, "_dir"] if has_well else [PLATE, "_dir"]
     numbered = table.groupby(by, sort=False).cumcount() + 1
     if "cell_index" in table.columns:
         index = pd.to_numeric(table["cell_index"], errors="coerce")
@@ -327,18 +259,12 @@ def _tasks(
     tasks = []
     for i, (values, g) in enumerate(table.groupby(by, sort=False)):
         shared = {c: _plain(g[c].iloc[0]) for c in meta_cols if g[c].nunique(dropna=False) <= 1}
-        tasks.append(
-            CellFieldTask(
-                key="/".join(map(str, values)),
-                image_number=i + 1,
-                meta=shared,
-                cell_meta=g[meta_cols].reset_index(drop=True),
-                paths=[folder / str(p) for p in g[path_col]],
-                rows=g["_row"].tolist(),
-                object_numbers=g["_obj"].tolist(),
-                table_file=str(source),
-            )
-        )
+        tasks.append(CellFieldTask(
+            key="/".join(map(str, values)), image_number=i + 1, meta=shared,
+            cell_meta=g[meta_cols].reset_index(drop=True),
+            paths=[folder / str(p) for p in g[path_col]], rows=g["_row"].tolist(),
+            object_numbers=g["_obj"].tolist(), table_file=str(source),
+        ))
     return tasks
 
 
