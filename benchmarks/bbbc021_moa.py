@@ -86,20 +86,14 @@ def stores(work: Path, train_cells: int | None = None) -> tuple[Path, Path, Path
     for name in ("singlecell_moa", "singlecell"):
         out = work / f"{name}.h5"
         if not out.exists():
-            import_singlecell(
-                DATA / name,
-                DATA / name / "metadata.csv",
-                out,
-                moa=DATA / "BBBC021_v1_moa.csv",
-                channels=CHANNELS,
-            )
+            import_singlecell(DATA / name, DATA / name / "metadata.csv", out,
+                              moa=DATA / "BBBC021_v1_moa.csv", channels=CHANNELS)
         paths[name] = out
     if train_cells is None:
         sources, merged = [paths["singlecell"], paths["singlecell_moa"]], work / "train_all.h5"
     else:
-        tables = {
-            n: pd.read_csv(DATA / n / "metadata.csv") for n in ("singlecell", "singlecell_moa")
-        }
+        tables = {n: pd.read_csv(DATA / n / "metadata.csv")
+                  for n in ("singlecell", "singlecell_moa")}
         total = sum(len(t) for t in tables.values())
         if not 2 <= train_cells <= total:
             raise SystemExit(f"--train-cells must be in 2..{total}, got {train_cells}")
@@ -108,17 +102,11 @@ def stores(work: Path, train_cells: int | None = None) -> tuple[Path, Path, Path
         for name, t in tables.items():
             sub_store = work / f"{name}_{train_cells}.h5"
             if not sub_store.exists():
-                take = t.iloc[
-                    np.sort(rng.choice(len(t), round(train_cells * len(t) / total), replace=False))
-                ]
+                take = t.iloc[np.sort(rng.choice(len(t), round(train_cells * len(t) / total),
+                                                 replace=False))]
                 take.to_csv(work / f"{name}_{train_cells}.csv", index=False)
-                import_singlecell(
-                    DATA / name,
-                    work / f"{name}_{train_cells}.csv",
-                    sub_store,
-                    moa=DATA / "BBBC021_v1_moa.csv",
-                    channels=CHANNELS,
-                )
+                import_singlecell(DATA / name, work / f"{name}_{train_cells}.csv", sub_store,
+                                  moa=DATA / "BBBC021_v1_moa.csv", channels=CHANNELS)
             sources.append(sub_store)
     if not merged.exists():
         merge_stores(sources, merged)
@@ -155,19 +143,14 @@ def zscore_on_all(cells: pd.DataFrame, feats: np.ndarray) -> np.ndarray:
     return (feats - feats.mean(axis=0)) / np.where(sd > 1e-12, sd, 1.0)
 
 
-PROTOCOLS = {
-    "dmso-mean": (zscore_on_dmso, "mean"),
-    "dmso-median": (zscore_on_dmso, "median"),
-    "all-mean": (zscore_on_all, "mean"),
-    "all-median": (zscore_on_all, "median"),
-}
+PROTOCOLS = {"dmso-mean": (zscore_on_dmso, "mean"), "dmso-median": (zscore_on_dmso, "median"),
+             "all-mean": (zscore_on_all, "mean"), "all-median": (zscore_on_all, "median")}
 """Ways to turn cell features into treatment profiles; the benchmark's is ``dmso-mean``
 (pycytominer's DMSO z-score, then means), the others are compared with ``--protocols``."""
 
 
-def moa_metrics(
-    cells: pd.DataFrame, feats: np.ndarray, protocol: str = "dmso-mean"
-) -> dict[str, float]:
+def moa_metrics(cells: pd.DataFrame, feats: np.ndarray,
+                protocol: str = "dmso-mean") -> dict[str, float]:
     """NSC, NSCB (per treatment and per compound) and mAP of cell features (see module),
     and NSC over the queries of each compound half (:func:`compound_halves`)."""
     scale, aggregate = PROTOCOLS[protocol]
@@ -180,31 +163,23 @@ def moa_metrics(
     nsc, nsc_c = accuracy(res, "nsc_correct")
     nscb, nscb_c = accuracy(res, "nscb_correct")
     half = res["Metadata_Compound"].map(compound_halves(cells))
-    return {
-        "nsc": nsc,
-        "nsc_per_compound": nsc_c,
-        "nscb": nscb,
-        "nscb_per_compound": nscb_c,
-        "map": float(res.loc[res["query"], "ap"].mean()),
-        "n_treatments": len(treat),
-        "nsc_a": accuracy(res[half == "a"], "nsc_correct")[0],
-        "nsc_b": accuracy(res[half == "b"], "nsc_correct")[0],
-    }
+    return {"nsc": nsc, "nsc_per_compound": nsc_c, "nscb": nscb, "nscb_per_compound": nscb_c,
+            "map": float(res.loc[res["query"], "ap"].mean()), "n_treatments": len(treat),
+            "nsc_a": accuracy(res[half == "a"], "nsc_correct")[0],
+            "nsc_b": accuracy(res[half == "b"], "nsc_correct")[0]}
 
 
 def chance(cells: pd.DataFrame) -> float:
     """Expected NSC of a neighbour drawn at random among other compounds' treatments."""
     t = cells[cells["Metadata_Compound"] != "DMSO"].drop_duplicates(
-        ["Metadata_Compound", "Metadata_Concentration"]
-    )
+        ["Metadata_Compound", "Metadata_Concentration"])
     comp, moa = t["Metadata_Compound"].to_numpy(), t["Metadata_MOA"].to_numpy()
     shares = [np.mean(moa[comp != c] == m) for c, m in zip(comp, moa)]
     return float(np.mean(shares))
 
 
-def _logistic(
-    x: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1e-2
-) -> tuple[np.ndarray, np.ndarray]:
+def _logistic(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1e-2
+              ) -> tuple[np.ndarray, np.ndarray]:
     """Multinomial logistic regression (L2 on weights, full-batch L-BFGS) on standardised x."""
     xt, yt = torch.from_numpy(x).double(), torch.from_numpy(y).long()
     w = torch.zeros(x.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
@@ -216,7 +191,6 @@ def _logistic(
         loss = torch.nn.functional.cross_entropy(xt @ w + b, yt) + l2 * w.pow(2).sum()
         loss.backward()
         return loss
-
     opt.step(closure)
     return w.detach().numpy(), b.detach().numpy()
 
@@ -224,15 +198,13 @@ def _logistic(
 def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney, ties counted half)."""
     from scipy.stats import rankdata
-
     r = rankdata(scores)
     n1, n0 = positive.sum(), (~positive).sum()
     return float((r[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def cell_level(
-    cells: pd.DataFrame, feats: np.ndarray, plates: tuple[str, str] = ("Week4_27801", "Week4_27821")
-) -> dict[str, float]:
+def cell_level(cells: pd.DataFrame, feats: np.ndarray,
+               plates: tuple[str, str] = ("Week4_27801", "Week4_27821")) -> dict[str, float]:
     """Cell-level transfer between the two plates holding DMSO and cycloheximide: fit on one
     plate's cells, test on the other's, both ways. AUC of cycloheximide (any dose) against
     DMSO, and macro-F1 of the dose (DMSO, 5, 15, 50 uM; over the doses the test plate has)."""
@@ -266,27 +238,21 @@ def load_model(checkpoint: Path) -> tuple[VAEPlus, dict]:
 
 @torch.no_grad()
 def encode(model: VAEPlus, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    return np.concatenate(
-        [
-            model.encode(torch.from_numpy(x[i : i + batch]))[0].numpy()
-            for i in range(0, len(x), batch)
-        ]
-    )
+    return np.concatenate([model.encode(torch.from_numpy(x[i:i + batch]))[0].numpy()
+                           for i in range(0, len(x), batch)])
 
 
 @torch.no_grad()
 def reconstruct(model: VAEPlus, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    return np.concatenate(
-        [model(torch.from_numpy(x[i : i + batch]))[0].numpy() for i in range(0, len(x), batch)]
-    )
+    return np.concatenate([model(torch.from_numpy(x[i:i + batch]))[0].numpy()
+                           for i in range(0, len(x), batch)])
 
 
 class Evaluator:
     """Everything a checkpoint is judged on, with the data loaded once."""
 
-    def __init__(
-        self, moa_store: Path, train_store: Path, seed: int, week4_store: Path | None = None
-    ) -> None:
+    def __init__(self, moa_store: Path, train_store: Path, seed: int,
+                 week4_store: Path | None = None) -> None:
         self.cells = read_cells(moa_store)
         raw = read_crops(moa_store)
         self.x_moa = scale_crops(raw, "max")
@@ -294,10 +260,8 @@ class Evaluator:
         if week4_store is not None:
             w4 = read_cells(week4_store)
             keep = w4["Metadata_Plate"].isin(["Week4_27801", "Week4_27821"]).to_numpy()
-            self.week4 = (
-                w4[keep].reset_index(drop=True),
-                scale_crops(read_crops(week4_store)[keep], "max"),
-            )
+            self.week4 = (w4[keep].reset_index(drop=True),
+                          scale_crops(read_crops(week4_store)[keep], "max"))
         data = CropData(train_store, DataConfig(), seed=seed)
         idx = data.val_indices()
         self.x_val = data.scaled(idx)
@@ -309,14 +273,9 @@ class Evaluator:
             out.update(cell_level(self.week4[0], encode(model, self.week4[1])))
         recon = reconstruct(model, self.x_val)
         frame = frame_report(recon, self.x_val)
-        out.update(
-            step=int(ckpt["step"]),
-            val_mse=float(((recon - self.x_val) ** 2).mean()),
-            frame=frame.recon,
-            frame_original=frame.original,
-            frame_ratio=frame.ratio,
-            frame_worst_ring=frame.worst_ring,
-        )
+        out.update(step=int(ckpt["step"]), val_mse=float(((recon - self.x_val) ** 2).mean()),
+                   frame=frame.recon, frame_original=frame.original, frame_ratio=frame.ratio,
+                   frame_worst_ring=frame.worst_ring)
         return out
 
 
@@ -334,66 +293,35 @@ def parse_sets(items: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
         elif key in train_fields:
             t[key] = parsed
         else:
-            raise SystemExit(
-                f"--set {item}: {key} is neither a ModelConfig nor a TrainConfig field"
-            )
+            raise SystemExit(f"--set {item}: {key} is neither a ModelConfig nor a TrainConfig "
+                             "field")
     return m, t
 
 
-def run(
-    model: str,
-    seed: int,
-    steps: int,
-    batch: int,
-    curve_every: int,
-    train_store: Path,
-    out: Path,
-    evaluate: Evaluator,
-    model_set: dict,
-    train_set: dict,
-) -> list[dict]:
+def run(model: str, seed: int, steps: int, batch: int, curve_every: int, train_store: Path,
+        out: Path, evaluate: Evaluator, model_set: dict, train_set: dict) -> list[dict]:
     """Train one model segment by segment, evaluating at each curve point."""
     config = ModelConfig(variant=model, **model_set)
     if model == "vae-gan-progressive":
         # the budget's schedule, unless --set fixes it explicitly
-        config = replace(
-            scaled_schedule(steps, config),
-            **{k: v for k, v in model_set.items() if k in ("warmup", "ramp_start", "ramp_length")},
-        )
+        config = replace(scaled_schedule(steps, config),
+                         **{k: v for k, v in model_set.items()
+                            if k in ("warmup", "ramp_start", "ramp_length")})
     points = list(range(curve_every, steps, curve_every)) + [steps] if curve_every else [steps]
-    tc = TrainConfig(
-        steps=steps,
-        batch_size=batch,
-        seed=seed,
-        log_every=25,
-        val_every=max(points[0], 100),
-        image_every=points[-1],
-        checkpoint_every=10**9,
-        device="cpu",
-        **{"precision": "auto", **train_set},
-    )  # bf16 where the CPU has it
+    tc = TrainConfig(steps=steps, batch_size=batch, seed=seed, log_every=25,
+                     val_every=max(points[0], 100), image_every=points[-1],
+                     checkpoint_every=10**9, device="cpu",
+                     **{"precision": "auto", **train_set})  # bf16 where the CPU has it
     rows, t0 = [], time.perf_counter()
     for i, point in enumerate(points):
-        train(
-            train_store,
-            out,
-            model_config=None if i else config,
-            config=replace(tc, steps=point),
-            resume=i > 0,
-            overwrite=i == 0,
-        )
+        train(train_store, out, model_config=None if i else config,
+              config=replace(tc, steps=point), resume=i > 0, overwrite=i == 0)
         ckpt = out / ("model.pt" if point == steps else "checkpoints/last.pt")
         shutil.copy(out / "checkpoints" / "last.pt", out / "checkpoints" / f"step{point}.pt")
-        row = {
-            "model": model,
-            "seed": seed,
-            **evaluate(ckpt),
-            "train_min": (time.perf_counter() - t0) / 60,
-        }
-        print(
-            json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
-            flush=True,
-        )
+        row = {"model": model, "seed": seed, **evaluate(ckpt),
+               "train_min": (time.perf_counter() - t0) / 60}
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                          for k, v in row.items()}), flush=True)
         rows.append(row)
     return rows
 
@@ -410,10 +338,8 @@ def compare_protocols(work: Path, checkpoints: list[Path]) -> None:
     print("|---" * (1 + 2 * len(PROTOCOLS)) + "|")
     for name, f in feats.items():
         got = [moa_metrics(cells, f, p) for p in PROTOCOLS]
-        print(
-            f"| {name} | " + " | ".join(f"{m['nsc_a']:.3f} | {m['nsc_b']:.3f}" for m in got) + " |",
-            flush=True,
-        )
+        print(f"| {name} | " + " | ".join(f"{m['nsc_a']:.3f} | {m['nsc_b']:.3f}" for m in got)
+              + " |", flush=True)
 
 
 def summarise(rows: list[dict], key: str) -> str:
@@ -438,61 +364,29 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--models", default="vae,vae-gan,vae-gan-progressive")
-    ap.add_argument(
-        "--curve-every",
-        type=int,
-        default=0,
-        help="evaluate a checkpoint every N steps (first seed only); 0: at the end",
-    )
+    ap.add_argument("--curve-every", type=int, default=0,
+                    help="evaluate a checkpoint every N steps (first seed only); 0: at the end")
     ap.add_argument("--work", type=Path, default=Path("bench-moa"))
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a ModelConfig or TrainConfig field for every model",
-    )
-    ap.add_argument(
-        "--train-cells",
-        type=int,
-        default=None,
-        help="train on this many of the 7,860 cells (a random subset), to see how "
-        "the profiles grow with the training set",
-    )
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a ModelConfig or TrainConfig field for every model")
+    ap.add_argument("--train-cells", type=int, default=None,
+                    help="train on this many of the 7,860 cells (a random subset), to see how "
+                         "the profiles grow with the training set")
     ap.add_argument("--tag", default="", help="name of this configuration in the results")
     ap.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--docs", type=Path, default=None)
     ap.add_argument("--label", default="", help="model name in the results (default: the variant)")
-    ap.add_argument(
-        "--report",
-        nargs="+",
-        default=None,
-        metavar="RESULTS[=LABEL]",
-        help="only combine earlier results files (results*.json, or a run's "
-        "printed log) into a table, curve.png and --docs",
-    )
-    ap.add_argument(
-        "--at-step",
-        type=int,
-        default=None,
-        help="with --report: the table's rows at this step (default: each run's last)",
-    )
-    ap.add_argument(
-        "--mean-images",
-        nargs="+",
-        default=None,
-        metavar="CHECKPOINT[=LABEL]",
-        help="only draw the mean held-out cell beside each checkpoint's mean "
-        "reconstruction into WORK/mean_images.png",
-    )
-    ap.add_argument(
-        "--protocols",
-        nargs="+",
-        default=None,
-        metavar="CHECKPOINT",
-        help="only compare the ways of making treatment profiles (PROTOCOLS) on "
-        "each compound half, for hand-crafted features and these checkpoints",
-    )
+    ap.add_argument("--report", nargs="+", default=None, metavar="RESULTS[=LABEL]",
+                    help="only combine earlier results files (results*.json, or a run's "
+                         "printed log) into a table, curve.png and --docs")
+    ap.add_argument("--at-step", type=int, default=None,
+                    help="with --report: the table's rows at this step (default: each run's last)")
+    ap.add_argument("--mean-images", nargs="+", default=None, metavar="CHECKPOINT[=LABEL]",
+                    help="only draw the mean held-out cell beside each checkpoint's mean "
+                         "reconstruction into WORK/mean_images.png")
+    ap.add_argument("--protocols", nargs="+", default=None, metavar="CHECKPOINT",
+                    help="only compare the ways of making treatment profiles (PROTOCOLS) on "
+                         "each compound half, for hand-crafted features and these checkpoints")
     args = ap.parse_args()
     if args.protocols:
         compare_protocols(args.work, [Path(p) for p in args.protocols])
@@ -516,42 +410,21 @@ def main() -> None:
         ev0 = Evaluator(moa_store, train_store, seeds[0], week4_store)
         hand = classical_features(read_crops(moa_store), CHANNELS).to_numpy()
         w4 = ev0.week4
-        w4_raw = read_crops(week4_store)[
-            read_cells(week4_store)["Metadata_Plate"]
-            .isin(["Week4_27801", "Week4_27821"])
-            .to_numpy()
-        ]
-        results.append(
-            {
-                "model": "hand-crafted",
-                "seed": None,
-                **moa_metrics(cells, hand),
-                **cell_level(w4[0], classical_features(w4_raw, CHANNELS).to_numpy()),
-            }
-        )
-        results.append(
-            {
-                "model": "hand-crafted (max-normalised crops)",
-                "seed": None,
-                **moa_metrics(
-                    cells,
-                    classical_features(
-                        scale_crops(read_crops(moa_store), "max"), CHANNELS
-                    ).to_numpy(),
-                ),
-            }
-        )
+        w4_raw = read_crops(week4_store)[read_cells(week4_store)["Metadata_Plate"].isin(
+            ["Week4_27801", "Week4_27821"]).to_numpy()]
+        results.append({"model": "hand-crafted", "seed": None, **moa_metrics(cells, hand),
+                        **cell_level(w4[0], classical_features(w4_raw, CHANNELS).to_numpy())})
+        results.append({"model": "hand-crafted (max-normalised crops)", "seed": None,
+                        **moa_metrics(cells, classical_features(
+                            scale_crops(read_crops(moa_store), "max"), CHANNELS).to_numpy())})
         for seed in seeds:
-            path = initial_checkpoint(
-                args.work / f"untrained_{seed}.pt", ModelConfig(**model_set), CHANNELS, seed
-            )
+            path = initial_checkpoint(args.work / f"untrained_{seed}.pt",
+                                      ModelConfig(**model_set), CHANNELS, seed)
             results.append({"model": "untrained encoder", "seed": seed, **ev0(path)})
         results.append({"model": "chance", "seed": None, "nsc": chance(cells)})
         for r in results:
-            print(
-                json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}),
-                flush=True,
-            )
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                              for k, v in r.items()}), flush=True)
     evaluators: dict[int, Evaluator] = {}  # the data read once per seed (its held-out split)
     for model in [m for m in args.models.split(",") if m]:
         for seed in seeds:
@@ -560,45 +433,18 @@ def main() -> None:
             ev = evaluators[seed]
             out = args.work / f"{args.tag or 'run'}_{model}_s{seed}"
             every = args.curve_every if seed == seeds[0] else 0
-            for row in run(
-                model,
-                seed,
-                args.steps,
-                args.batch_size,
-                every,
-                train_store,
-                out,
-                ev,
-                model_set,
-                train_set,
-            ):
-                results.append(
-                    {
-                        **row,
-                        "tag": args.tag,
-                        "label": args.label,
-                        "final": row["step"] == args.steps,
-                    }
-                )
+            for row in run(model, seed, args.steps, args.batch_size, every, train_store, out,
+                           ev, model_set, train_set):
+                results.append({**row, "tag": args.tag, "label": args.label,
+                                "final": row["step"] == args.steps})
     (args.work / f"results{('_' + args.tag) if args.tag else ''}.json").write_text(
-        json.dumps(
-            {
-                "date": str(date.today()),
-                "machine": platform.processor() or platform.machine(),
-                "cpus": os.cpu_count(),
-                "steps": args.steps,
-                "batch_size": args.batch_size,
-                "seeds": seeds,
-                "set": args.set,
-                "train_cells": args.train_cells,
-                "torch": torch.__version__,
-                "precision": _precision(args.set),
-                "results": results,
-            },
-            indent=1,
-            default=str,
-        )
-    )
+        json.dumps({"date": str(date.today()),
+                    "machine": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "steps": args.steps, "batch_size": args.batch_size,
+                    "seeds": seeds, "set": args.set, "train_cells": args.train_cells,
+                    "torch": torch.__version__,
+                    "precision": _precision(args.set),
+                    "results": results}, indent=1, default=str))
     print(table(results))
 
 
@@ -612,9 +458,8 @@ def curve_plot(results: list[dict], path: Path, baselines: dict[str, float]) -> 
     ax = fig.add_subplot()
     names = dict.fromkeys(r["model"] for r in results if "step" in r and r.get("curve"))
     for name in names:
-        rows = sorted(
-            (r for r in results if r["model"] == name and r.get("curve")), key=lambda r: r["step"]
-        )
+        rows = sorted((r for r in results if r["model"] == name and r.get("curve")),
+                      key=lambda r: r["step"])
         ax.plot([r["step"] for r in rows], [r["nsc"] for r in rows], marker="o", label=name)
     for (name, value), style in zip(baselines.items(), ("--", ":", "-.")):
         ax.axhline(value, color="grey", linestyle=style, label=name)
@@ -642,9 +487,8 @@ def _load(spec: str) -> tuple[list[dict], dict]:
     out = []
     for r in rows:
         tag = r.get("tag") or ""
-        name = r.get("label") or (
-            f"{r['model']} [{tag}]" if tag not in ("", "final") else r["model"]
-        )
+        name = r.get("label") or (f"{r['model']} [{tag}]" if tag not in ("", "final")
+                                  else r["model"])
         if label and "step" in r and r["model"] != "untrained encoder":
             # LABEL, or VARIANT:LABEL,VARIANT:LABEL for a file holding several models
             named = dict(p.split(":", 1) for p in label.split(",")) if ":" in label else None
@@ -685,11 +529,8 @@ def report(specs: list[str], out: Path, docs: Path | None, at_step: int | None) 
     for r in results:
         if "step" in r and r["model"] != "untrained encoder":
             r["final"] = r["step"] == (at_step or last[(r["model"], r["seed"])])
-    base = {
-        f"{r['model']} ({r['nsc']:.2f})": r["nsc"]
-        for r in results
-        if r["model"] in ("hand-crafted", "chance")
-    }
+    base = {f"{r['model']} ({r['nsc']:.2f})": r["nsc"] for r in results
+            if r["model"] in ("hand-crafted", "chance")}
     untrained = [r["nsc"] for r in results if r["model"] == "untrained encoder"]
     if untrained:
         base[f"untrained encoder ({np.mean(untrained):.2f})"] = float(np.mean(untrained))
@@ -702,32 +543,23 @@ def report(specs: list[str], out: Path, docs: Path | None, at_step: int | None) 
         meta = metas[-1]
         # results written before the default became auto trained at fp32 unless asked
         precision = meta.get("precision") or _asked_precision(meta.get("set", []), "fp32")
-        block = "\n".join(
-            [
-                START,
-                f"Measured {meta['date']} on {meta['cpus']} CPU cores "
-                f"({meta['machine'] or 'x86_64'}), "
-                f"torch {meta['torch']}, {precision}; {at_step or meta['steps']} steps x batch "
-                f"{meta['batch_size']} "
-                f"per run; seeds {', '.join(map(str, seeds_of(results)))}; "
-                "mean ± sd over seeds (n = runs).",
-                "",
-                text,
-                "",
-                END,
-            ]
-        )
+        block = "\n".join([
+            START,
+            f"Measured {meta['date']} on {meta['cpus']} CPU cores ({meta['machine'] or 'x86_64'}), "
+            f"torch {meta['torch']}, {precision}; {at_step or meta['steps']} steps x batch "
+            f"{meta['batch_size']} "
+            f"per run; seeds {', '.join(map(str, seeds_of(results)))}; "
+            "mean ± sd over seeds (n = runs).", "", text, "", END])
         doc = docs.read_text()
         if START in doc and END in doc:
-            doc = doc[: doc.index(START)] + block + doc[doc.index(END) + len(END) :]
+            doc = doc[:doc.index(START)] + block + doc[doc.index(END) + len(END):]
         else:
             doc = doc.rstrip() + "\n\n" + block + "\n"
         docs.write_text(doc)
 
 
-def mean_images(
-    train_store: Path, specs: list[str], path: Path, seed: int = 0, n: int = 400
-) -> Path:
+def mean_images(train_store: Path, specs: list[str], path: Path, seed: int = 0,
+                n: int = 400) -> Path:
     """Per channel, the mean of n held-out cells beside the mean of each model's
     reconstructions of them: a frame or stripes drawn on every cell stand out here."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -758,11 +590,8 @@ def mean_images(
 
 
 def table(results: list[dict]) -> str:
-    lines = [
-        "| profiles | NSC | NSC per compound | NSCB | mAP | cell AUC | cell dose F1 "
-        "| held-out MSE | frame (ratio to cells) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = ["| profiles | NSC | NSC per compound | NSCB | mAP | cell AUC | cell dose F1 "
+             "| held-out MSE | frame (ratio to cells) |", "|---|---|---|---|---|---|---|---|---|"]
     groups: dict[str, list[dict]] = {}
     for r in results:
         if r.get("final", True):
@@ -771,21 +600,10 @@ def table(results: list[dict]) -> str:
         # an untrained decoder's reconstructions (eval mode, initial batch-norm statistics)
         # say nothing; only its encoder is a baseline
         untrained = ("val_mse", "frame_ratio") if name == "untrained encoder" else ()
-        cols = [
-            summarise(rows, k)
-            if k not in untrained and all(k in r and r[k] is not None for r in rows)
-            else "–"
-            for k in (
-                "nsc",
-                "nsc_per_compound",
-                "nscb",
-                "map",
-                "cell_auc",
-                "cell_dose_f1",
-                "val_mse",
-                "frame_ratio",
-            )
-        ]
+        cols = [summarise(rows, k) if k not in untrained and
+                all(k in r and r[k] is not None for r in rows) else "–"
+                for k in ("nsc", "nsc_per_compound", "nscb", "map", "cell_auc", "cell_dose_f1",
+                          "val_mse", "frame_ratio")]
         lines.append(f"| {name} (n={len(rows)}) | " + " | ".join(cols) + " |")
     return "\n".join(lines)
 

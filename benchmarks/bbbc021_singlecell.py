@@ -71,7 +71,8 @@ PUBLISHED = [  # ../shared/METHOD.md, "Published 1-NN MOA accuracies on BBBC021"
     ("plain VAE (Pawlowski, reported in the CytoGAN paper)", "49%", "–"),
     ("GANs: CytoGAN DCGAN / WGAN / LSGAN (Goldsborough et al. 2017)", "51 / 56 / 68%", "–"),
     ("CellProfiler features (Singh et al. 2014)", "90%", "–"),
-    ("CellProfiler per-well means, per-plate DMSO z-score (cytominergallery vignette)", "82%", "–"),
+    ("CellProfiler per-well means, per-plate DMSO z-score (cytominergallery vignette)",
+     "82%", "–"),
     ("CellProfiler features + factor analysis (Ljosa et al. 2013)", "94%", "–"),
     ("**VAE+ (Lafarge et al. 2019)**", "**90%**", "not read"),
     ("transfer learning from ImageNet (Pawlowski et al. 2016)", "91%", "–"),
@@ -91,11 +92,8 @@ class Row:
     minutes: list[float] = field(default_factory=list)
 
     def mean(self, key: str) -> float:
-        values = (
-            [s[key] for s in self.scores]
-            if key in ("acc", "map", "acc_all", "map_all")
+        values = [s[key] for s in self.scores] if key in ("acc", "map", "acc_all", "map_all") \
             else [v[key] for v in self.val]
-        )
         return float(np.mean(values)) if values else float("nan")
 
 
@@ -122,22 +120,16 @@ def separation(x: np.ndarray, chx: np.ndarray) -> dict[str, float]:
     same = chx[:, None] == chx[None, :]
     correct = same[np.arange(len(x)), sim.argmax(axis=1)]
     others = ~np.eye(len(x), dtype=bool)
-    ap = np.array([average_precision(sim[i][others[i]], same[i][others[i]]) for i in range(len(x))])
+    ap = np.array([average_precision(sim[i][others[i]], same[i][others[i]])
+                   for i in range(len(x))])
     pos = (same & others).sum(axis=1)
     chance_acc = pos / (len(x) - 1)
     chance_ap = np.array([expected_ap(len(x) - 1, int(p)) for p in pos])
-    return {
-        "acc": correct[chx].mean(),
-        "map": np.nanmean(ap[chx]),
-        "acc_all": correct.mean(),
-        "map_all": np.nanmean(ap),
-        "chance_acc": chance_acc[chx].mean(),
-        "chance_map": np.nanmean(chance_ap[chx]),
-        "chance_acc_all": chance_acc.mean(),
-        "chance_map_all": np.nanmean(chance_ap),
-        "n_sites": len(x),
-        "n_chx": int(chx.sum()),
-    }
+    return {"acc": correct[chx].mean(), "map": np.nanmean(ap[chx]),
+            "acc_all": correct.mean(), "map_all": np.nanmean(ap),
+            "chance_acc": chance_acc[chx].mean(), "chance_map": np.nanmean(chance_ap[chx]),
+            "chance_acc_all": chance_acc.mean(), "chance_map_all": np.nanmean(chance_ap),
+            "n_sites": len(x), "n_chx": int(chx.sum())}
 
 
 def site_scores(cells: pd.DataFrame, features: pd.DataFrame) -> dict[str, float]:
@@ -157,25 +149,20 @@ def import_subset(rows: pd.DataFrame, name: str, work: Path) -> Path:
     if not store.exists():
         table = work / f"metadata_{name}.csv"
         rows.to_csv(table, index=False)
-        import_singlecell(
-            DATA / "singlecell", table, store, moa=DATA / "BBBC021_v1_moa.csv", workers=2
-        )
+        import_singlecell(DATA / "singlecell", table, store, moa=DATA / "BBBC021_v1_moa.csv",
+                          workers=2)
     return store
 
 
 def model_config(variant: str, steps: int, small: bool) -> ModelConfig:
-    size = (
-        dict(latent_dim=16, enc_filters=8, dec_filters=8, disc_channels=(8, 8, 8, 8, 1))
-        if small
-        else {}
-    )
+    size = dict(latent_dim=16, enc_filters=8, dec_filters=8, disc_channels=(8, 8, 8, 8, 1)) \
+        if small else {}
     config = ModelConfig(variant=variant, **size)
     return scaled_schedule(steps, config) if variant == "vae-gan-progressive" else config
 
 
-def train_and_score(
-    variant: str, plate: str, stores: tuple[Path, Path], args: argparse.Namespace
-) -> tuple[dict[str, float], dict[str, float], float]:
+def train_and_score(variant: str, plate: str, stores: tuple[Path, Path], args: argparse.Namespace
+                    ) -> tuple[dict[str, float], dict[str, float], float]:
     """Train on the store without ``plate``; score its embedding of ``plate``'s cells."""
     train_store, test_store = stores
     run = args.work / variant / f"without_{plate}"
@@ -183,35 +170,22 @@ def train_and_score(
 
     def progress(step: int, total: int, row: dict[str, float]) -> None:
         if step % every == 0 or step == total:
-            print(
-                f"    step {step}/{total}  loss {row.get('total', float('nan')):.4g}  "
-                f"{row.get('cells_per_s', 0.0):.0f} cells/s",
-                flush=True,
-            )
+            print(f"    step {step}/{total}  loss {row.get('total', float('nan')):.4g}  "
+                  f"{row.get('cells_per_s', 0.0):.0f} cells/s", flush=True)
 
     t0 = time.perf_counter()
-    res = train(
-        train_store,
-        run,
-        model_config=model_config(variant, args.steps, args.small),
-        config=TrainConfig(
-            steps=args.steps,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            log_every=every,
-            val_every=args.steps,
-            image_every=args.steps,
-            checkpoint_every=max(250, every),
-        ),
-        data_config=DataConfig(val_fraction=VAL_FRACTION),
-        overwrite=True,
-        progress=progress,
-    )
+    res = train(train_store, run, model_config=model_config(variant, args.steps, args.small),
+                config=TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                                   log_every=every, val_every=args.steps,
+                                   image_every=args.steps, checkpoint_every=max(250, every)),
+                data_config=DataConfig(val_fraction=VAL_FRACTION), overwrite=True,
+                progress=progress)
     minutes = (time.perf_counter() - t0) / 60
     if res.status != "complete" or res.checkpoint is None:
         raise SystemExit(f"{run}: training was {res.status}; benchmark stopped")
     profiles = run / f"profiles_{plate}.h5"
-    embed(res.checkpoint, test_store, profiles, config=EmbedConfig(batch_size=256), overwrite=True)
+    embed(res.checkpoint, test_store, profiles, config=EmbedConfig(batch_size=256),
+          overwrite=True)
     cells, feats, names = read_profiles(profiles)
     return site_scores(cells, pd.DataFrame(feats, columns=names)), res.val, minutes
 
@@ -226,10 +200,8 @@ def machine() -> str:
     except OSError:
         pass
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (
-        f"{cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads), "
-        f"{device}, torch {torch.__version__}"
-    )
+    return (f"{cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads), "
+            f"{device}, torch {torch.__version__}")
 
 
 def fmt(value: float, digits: int = 3) -> str:
@@ -237,76 +209,61 @@ def fmt(value: float, digits: int = 3) -> str:
 
 
 def table_lines(rows: list[Row]) -> list[str]:
-    head = (
-        "| model | val MSE/pixel | val ½SSE/cell | 1-NN acc | mAP | 1-NN acc (all sites) "
-        "| mAP (all sites) | train min/run |"
-    )
+    head = ("| model | val MSE/pixel | val ½SSE/cell | 1-NN acc | mAP | 1-NN acc (all sites) "
+            "| mAP (all sites) | train min/run |")
     lines = [head, "| " + " | ".join(["---"] * 8) + " |"]
     for r in rows:
-        lines.append(
-            f"| {r.name} | {fmt(r.mean('val_mse'), 5)} | {fmt(r.mean('val_pixel'), 2)} | "
-            f"{fmt(r.mean('acc'))} | {fmt(r.mean('map'))} | {fmt(r.mean('acc_all'))} | "
-            f"{fmt(r.mean('map_all'))} | "
-            f"{fmt(float(np.mean(r.minutes)) if r.minutes else float('nan'), 1)} |"
-        )
+        lines.append(f"| {r.name} | {fmt(r.mean('val_mse'), 5)} | {fmt(r.mean('val_pixel'), 2)} | "
+                     f"{fmt(r.mean('acc'))} | {fmt(r.mean('map'))} | {fmt(r.mean('acc_all'))} | "
+                     f"{fmt(r.mean('map_all'))} | "
+                     f"{fmt(float(np.mean(r.minutes)) if r.minutes else float('nan'), 1)} |")
     return lines
 
 
-def section(
-    rows: list[Row],
-    args: argparse.Namespace,
-    plates: list[str],
-    n_train: list[int],
-    classic: Row,
-    classic_s: float,
-) -> str:
+def section(rows: list[Row], args: argparse.Namespace, plates: list[str], n_train: list[int],
+            classic: Row, classic_s: float) -> str:
     cells = args.steps * args.batch_size
     arch = "reduced smoke-test model (`--small`)" if args.small else "paper architecture"
     per_plate = "; ".join(
         f"{p}: {int(s['n_sites'])} sites ({int(s['n_chx'])} cycloheximide)"
-        for p, s in zip(plates, classic.scores)
-    )
-    anchors = ["| method | NSC | NSCB |", "| --- | --- | --- |"] + [
-        f"| {m} | {a} | {b} |" for m, a, b in PUBLISHED
-    ]
-    return "\n".join(
-        [
-            START,
-            "## BBBC021 single cells: VAE ablations against hand-crafted features",
-            "",
-            f"`python benchmarks/bbbc021_singlecell.py --steps {args.steps} --batch-size "
-            f"{args.batch_size}{' --small' if args.small else ''}`, {date.today()}, on "
-            f"{machine()}. Budget per model-run: {args.steps} steps × batch {args.batch_size} = "
-            f"{cells:,} cells (~{cells / np.mean(n_train):.1f} passes over a training store's "
-            f"{int(np.mean(n_train)):,} cells), seed {args.seed}, {arch}; the progressive "
-            "schedule scaled to the budget (`scaled_schedule`).",
-            "",
-            "Leave one plate out over the plates holding both DMSO and cycloheximide "
-            f"({', '.join(plates)}): each model is trained on the other four plates, embeds the "
-            "held-out plate, cells are averaged per site (field), z-scored against that plate's "
-            "DMSO sites, and sites are compared by cosine similarity. **1-NN acc**: share of "
-            "cycloheximide sites whose most similar other site is cycloheximide; **mAP**: "
-            "retrieving the other cycloheximide sites among all other sites (DMSO is not a "
-            "query). *All sites*: every site a query; DMSO queries fail by construction there "
-            "(z-scored DMSO sites sum to zero, so they point away from each other). Scores are "
-            f"means over the held-out plates ({per_plate}). Validation error: per-pixel MSE and "
-            f"½·SSE per cell on max-normalised crops of the {VAL_FRACTION:.0%} of training-store "
-            "fields held out, mean over the leave-one-plate-out runs. "
-            "Hand-crafted features: `cellprof.profile.classic` "
-            f"({classic_s:.0f} s for both plates). "
-            "Caveat: each plate has one DMSO well, so label and well coincide.",
-            "",
-            *table_lines(rows),
-            "",
-            "Published 1-NN MOA accuracies on BBBC021 (treatment level, from ../shared/METHOD.md). "
-            "**Published figures on the full 12-MOA set** (103 treatments, 55 plates, "
-            "not-same-compound matching): not comparable one-to-one with the 2-class, 5-plate, "
-            "site-level test above.",
-            "",
-            *anchors,
-            END,
-        ]
-    )
+        for p, s in zip(plates, classic.scores))
+    anchors = ["| method | NSC | NSCB |", "| --- | --- | --- |"] + \
+        [f"| {m} | {a} | {b} |" for m, a, b in PUBLISHED]
+    return "\n".join([
+        START,
+        "## BBBC021 single cells: VAE ablations against hand-crafted features",
+        "",
+        f"`python benchmarks/bbbc021_singlecell.py --steps {args.steps} --batch-size "
+        f"{args.batch_size}{' --small' if args.small else ''}`, {date.today()}, on "
+        f"{machine()}. Budget per model-run: {args.steps} steps × batch {args.batch_size} = "
+        f"{cells:,} cells (~{cells / np.mean(n_train):.1f} passes over a training store's "
+        f"{int(np.mean(n_train)):,} cells), seed {args.seed}, {arch}; the progressive "
+        "schedule scaled to the budget (`scaled_schedule`).",
+        "",
+        "Leave one plate out over the plates holding both DMSO and cycloheximide "
+        f"({', '.join(plates)}): each model is trained on the other four plates, embeds the "
+        "held-out plate, cells are averaged per site (field), z-scored against that plate's "
+        "DMSO sites, and sites are compared by cosine similarity. **1-NN acc**: share of "
+        "cycloheximide sites whose most similar other site is cycloheximide; **mAP**: "
+        "retrieving the other cycloheximide sites among all other sites (DMSO is not a "
+        "query). *All sites*: every site a query; DMSO queries fail by construction there "
+        "(z-scored DMSO sites sum to zero, so they point away from each other). Scores are "
+        f"means over the held-out plates ({per_plate}). Validation error: per-pixel MSE and "
+        f"½·SSE per cell on max-normalised crops of the {VAL_FRACTION:.0%} of training-store "
+        "fields held out, mean over the leave-one-plate-out runs. "
+        f"Hand-crafted features: `cellprof.profile.classic` ({classic_s:.0f} s for both plates). "
+        "Caveat: each plate has one DMSO well, so label and well coincide.",
+        "",
+        *table_lines(rows),
+        "",
+        "Published 1-NN MOA accuracies on BBBC021 (treatment level, from ../shared/METHOD.md). "
+        "**Published figures on the full 12-MOA set** (103 treatments, 55 plates, "
+        "not-same-compound matching): not comparable one-to-one with the 2-class, 5-plate, "
+        "site-level test above.",
+        "",
+        *anchors,
+        END,
+    ])
 
 
 def write_section(path: Path, text: str) -> None:
@@ -330,17 +287,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("/tmp/cellprof-bbbc021-singlecell"))
     ap.add_argument("--models", default="vae,vae-gan,vae-gan-progressive")
-    ap.add_argument(
-        "--small", action="store_true", help="tiny networks, for smoke-testing the script only"
-    )
+    ap.add_argument("--small", action="store_true",
+                    help="tiny networks, for smoke-testing the script only")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in VARIANTS]
     if unknown:
-        raise SystemExit(
-            f"--models: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}"
-        )
+        raise SystemExit(f"--models: unknown {', '.join(unknown)}; "
+                         f"choose from {', '.join(VARIANTS)}")
     if not (DATA / "singlecell").is_dir():
         raise SystemExit(f"needs {DATA / 'singlecell'} (../shared beside the repository)")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -348,33 +303,21 @@ def main() -> None:
     meta = read_table(DATA / "singlecell" / "metadata.csv")
     canon = canonical_columns(meta)
     plate_of = canon[PLATE].astype(str).to_numpy()
-    both = pd.DataFrame(
-        {
-            "plate": plate_of,
-            "chx": is_chx(canon[COMPOUND]),
-            "dmso": canon[COMPOUND].astype(str).str.upper().eq("DMSO"),
-        }
-    )
+    both = pd.DataFrame({"plate": plate_of, "chx": is_chx(canon[COMPOUND]),
+                         "dmso": canon[COMPOUND].astype(str).str.upper().eq("DMSO")})
     flags = both.groupby("plate")[["chx", "dmso"]].any()
     plates = sorted(flags.index[flags["chx"] & flags["dmso"]])
     if not plates:
         raise SystemExit("no plate holds both DMSO and cycloheximide")
-    stores = {
-        p: (
-            import_subset(meta[plate_of != p], f"without_{p}", args.work),
-            import_subset(meta[plate_of == p], p, args.work),
-        )
-        for p in plates
-    }
+    stores = {p: (import_subset(meta[plate_of != p], f"without_{p}", args.work),
+                  import_subset(meta[plate_of == p], p, args.work)) for p in plates}
     n_train = [read_info(s[0]).n_cells for s in stores.values()]
     runs = len(plates) * len(models)
     est = sum(args.steps * args.batch_size / CELLS_PER_S[m] / 60 for m in models) * len(plates)
-    print(
-        f"held-out plates: {', '.join(plates)}; {runs} training runs of {args.steps} steps x "
-        f"batch {args.batch_size}"
-        + ("" if args.small else f"; roughly {est:.0f} min of training on a quiet 2-core CPU"),
-        flush=True,
-    )
+    print(f"held-out plates: {', '.join(plates)}; {runs} training runs of {args.steps} steps x "
+          f"batch {args.batch_size}" + ("" if args.small else
+                                        f"; roughly {est:.0f} min of training on a quiet "
+                                        "2-core CPU"), flush=True)
 
     classic = Row("hand-crafted features (`cellprof.profile.classic`)")
     t0 = time.perf_counter()
@@ -382,11 +325,8 @@ def main() -> None:
         test = stores[p][1]
         feats = classical_features(read_crops(test), read_info(test).channels)
         classic.scores.append(site_scores(read_cells(test), feats))
-        print(
-            f"  hand-crafted on {p}: 1-NN {classic.scores[-1]['acc']:.3f}  "
-            f"mAP {classic.scores[-1]['map']:.3f}",
-            flush=True,
-        )
+        print(f"  hand-crafted on {p}: 1-NN {classic.scores[-1]['acc']:.3f}  "
+              f"mAP {classic.scores[-1]['map']:.3f}", flush=True)
     classic_s = time.perf_counter() - t0
     print(f"hand-crafted features: {classic_s:.0f} s", flush=True)
 
@@ -399,35 +339,25 @@ def main() -> None:
             row.scores.append(scores)
             row.val.append(val)
             row.minutes.append(minutes)
-            print(
-                f"  {variant} on {p}: 1-NN {scores['acc']:.3f}  mAP {scores['map']:.3f}  "
-                f"val MSE {val['val_mse']:.5f}  {minutes:.1f} min",
-                flush=True,
-            )
+            print(f"  {variant} on {p}: 1-NN {scores['acc']:.3f}  mAP {scores['map']:.3f}  "
+                  f"val MSE {val['val_mse']:.5f}  {minutes:.1f} min", flush=True)
         rows.append(row)
     floor = Row("untrained encoder (random weights)")
     for p in plates:
         test = stores[p][1]
         info = read_info(test)
-        config = ModelConfig.from_dict(
-            {
-                **model_config("vae", args.steps, args.small).to_dict(),
-                "in_channels": len(info.channels),
-                "image_size": info.crop_size,
-            }
-        )
-        ckpt = initial_checkpoint(args.work / "untrained.pt", config, info.channels, seed=args.seed)
+        config = ModelConfig.from_dict({**model_config("vae", args.steps, args.small).to_dict(),
+                                        "in_channels": len(info.channels),
+                                        "image_size": info.crop_size})
+        ckpt = initial_checkpoint(args.work / "untrained.pt", config, info.channels,
+                                  seed=args.seed)
         prof = args.work / f"untrained_{p}.h5"
         embed(ckpt, test, prof, config=EmbedConfig(batch_size=256), overwrite=True)
         cells, feats, names = read_profiles(prof)
         floor.scores.append(site_scores(cells, pd.DataFrame(feats, columns=names)))
-    chance = Row(
-        "chance (random ranking)",
-        scores=[
-            {k: s[f"chance_{k}"] for k in ("acc", "map", "acc_all", "map_all")}
-            for s in classic.scores
-        ],
-    )
+    chance = Row("chance (random ranking)", scores=[
+        {k: s[f"chance_{k}"] for k in ("acc", "map", "acc_all", "map_all")}
+        for s in classic.scores])
     rows += [classic, floor, chance]
 
     text = section(rows, args, plates, n_train, classic, classic_s)

@@ -32,9 +32,8 @@ from cellprof.prepare.crop import CropConfig, crop_screen
 
 def bare(device: str, batch: int, steps: int, data: CropData, variant: str) -> float:
     torch.manual_seed(0)
-    cfg = ModelConfig(
-        variant=variant, in_channels=len(data.channels), image_size=data.info.crop_size
-    )
+    cfg = ModelConfig(variant=variant, in_channels=len(data.channels),
+                      image_size=data.info.crop_size)
     model = VAEPlus(cfg).to(device)
     x = torch.from_numpy(data.train_batch(0, batch)).to(device)
     xr = torch.from_numpy(data.train_batch(1, batch)).to(device)
@@ -42,16 +41,10 @@ def bare(device: str, batch: int, steps: int, data: CropData, variant: str) -> f
         model = model.to(memory_format=torch.channels_last)
         x, xr = (t.to(memory_format=torch.channels_last) for t in (x, xr))
     opt = torch.optim.Adam(model.vae_parameters(), lr=1e-3)
-    dopt = (
-        torch.optim.SGD(model.discriminator.parameters(), lr=1e-2, momentum=0.9)
-        if model.discriminator is not None
-        else None
-    )
-    amp = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device == "cuda"
-        else torch.autocast("cpu", enabled=False)
-    )
+    dopt = torch.optim.SGD(model.discriminator.parameters(), lr=1e-2, momentum=0.9) \
+        if model.discriminator is not None else None
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else \
+        torch.autocast("cpu", enabled=False)
 
     def step(i: int) -> None:
         with amp:
@@ -78,22 +71,12 @@ def bare(device: str, batch: int, steps: int, data: CropData, variant: str) -> f
 
 def looped(store: Path, device: str, batch: int, steps: int, tmp: Path, variant: str) -> float:
     warm = 3
-    res = train(
-        store,
-        tmp / f"run-{device}-{variant}",
-        model_config=ModelConfig(variant=variant, ramp_start=1, ramp_length=1),
-        config=TrainConfig(
-            steps=steps + warm,
-            batch_size=batch,
-            device=device,
-            log_every=10_000,
-            val_every=10_000,
-            image_every=10_000,
-            checkpoint_every=10_000,
-        ),
-        data_config=DataConfig(val_fraction=0.0),
-        overwrite=True,
-    )
+    res = train(store, tmp / f"run-{device}-{variant}",
+                model_config=ModelConfig(variant=variant, ramp_start=1, ramp_length=1),
+                config=TrainConfig(steps=steps + warm, batch_size=batch, device=device,
+                                   log_every=10_000, val_every=10_000, image_every=10_000,
+                                   checkpoint_every=10_000),
+                data_config=DataConfig(val_fraction=0.0), overwrite=True)
     # cells_per_s includes the warm-up steps; measure the steady state from the log instead
     return res.cells_per_s
 
@@ -113,19 +96,14 @@ def main() -> None:
             crop_screen(res.image_table, store, objects=res.object_table, config=CropConfig())
         data = CropData(store, DataConfig())
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-        print(
-            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads); "
-            f"{'GPU: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}"
-        )
-        print(
-            f"store: {store} ({data.info.n_cells} cells, {data.info.crop_size} px, "
-            f"{len(data.channels)} channels); batch {args.batch_size}, {args.steps} steps"
-        )
-        print(
-            f"{'device':>6} {'model':>20} {'bare cells/s':>13} {'train cells/s':>14} "
-            f"{'overhead':>9}"
-        )
+        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+              f"torch {torch.__version__} ({torch.get_num_threads()} threads); "
+              + (f"GPU: {torch.cuda.get_device_name()}" if torch.cuda.is_available()
+                 else "no GPU"))
+        print(f"store: {store} ({data.info.n_cells} cells, {data.info.crop_size} px, "
+              f"{len(data.channels)} channels); batch {args.batch_size}, {args.steps} steps")
+        print(f"{'device':>6} {'model':>20} {'bare cells/s':>13} {'train cells/s':>14} "
+              f"{'overhead':>9}")
         for device in devices:
             for variant in ("vae-gan-progressive", "vae"):
                 b = bare(device, args.batch_size, args.steps, data, variant)

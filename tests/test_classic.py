@@ -24,9 +24,8 @@ CH = ["DNA", "Tubulin", "Actin"]
 YY, XX = np.mgrid[0:S, 0:S]
 
 
-def disc(
-    r: float, value: float = 1000.0, cy: float = 33.5, cx: float = 33.5, background: float = 100.0
-) -> np.ndarray:
+def disc(r: float, value: float = 1000.0, cy: float = 33.5, cx: float = 33.5,
+         background: float = 100.0) -> np.ndarray:
     """(S, S) background with a disc of radius ``r`` px."""
     return np.where((YY - cy) ** 2 + (XX - cx) ** 2 <= r * r, value, background)
 
@@ -50,15 +49,10 @@ def test_shape_matches_regionprops_on_an_ellipse() -> None:
     f = classical_features(crop(dna)[None], CH)
     mask = nucleus_masks(dna[None])[0]
     r = regionprops(mask.astype(np.uint8))[0]
-    for name, prop in [
-        ("Area", "area"),
-        ("Perimeter", "perimeter"),
-        ("Eccentricity", "eccentricity"),
-        ("Solidity", "solidity"),
-        ("MajorAxisLength", "axis_major_length"),
-        ("MinorAxisLength", "axis_minor_length"),
-        ("Extent", "extent"),
-    ]:
+    for name, prop in [("Area", "area"), ("Perimeter", "perimeter"),
+                       ("Eccentricity", "eccentricity"), ("Solidity", "solidity"),
+                       ("MajorAxisLength", "axis_major_length"),
+                       ("MinorAxisLength", "axis_minor_length"), ("Extent", "extent")]:
         assert f.loc[0, f"AreaShape_{name}"] == pytest.approx(getattr(r, prop), rel=1e-9)
     assert f.loc[0, "AreaShape_Eccentricity"] == pytest.approx(np.sqrt(1 - (8 / 16) ** 2), abs=0.03)
 
@@ -83,18 +77,13 @@ def test_brighter_crop_has_larger_intensities() -> None:
     dim, bright = crop(disc(10, 1000), 300), crop(disc(10, 3000), 900)
     f = classical_features(np.stack([dim, bright]), CH)
     for ch in CH:
-        for name in (
-            "MeanIntensity",
-            "IntegratedIntensity",
-            "MeanIntensityCrop",
-            "Percentile95Crop",
-        ):
+        for name in ("MeanIntensity", "IntegratedIntensity", "MeanIntensityCrop",
+                     "Percentile95Crop"):
             assert f.loc[1, f"Intensity_{name}_{ch}"] > f.loc[0, f"Intensity_{name}_{ch}"]
     assert f.loc[0, "Intensity_MeanIntensity_DNA"] == pytest.approx(1000, rel=0.05)
     # the same nucleus, three times brighter: same mask, three times the integrated intensity
     assert f.loc[1, "Intensity_IntegratedIntensity_DNA"] == pytest.approx(
-        3 * f.loc[0, "Intensity_IntegratedIntensity_DNA"]
-    )
+        3 * f.loc[0, "Intensity_IntegratedIntensity_DNA"])
     assert f.loc[0, "AreaShape_Area"] == f.loc[1, "AreaShape_Area"]
 
 
@@ -102,7 +91,7 @@ def test_textured_crop_has_more_contrast_than_a_flat_one() -> None:
     rng = np.random.default_rng(0)
     flat = crop(disc(10))
     textured = flat.copy()
-    textured[1] = rng.uniform(0, 1000, (S, S))  # speckled tubulin
+    textured[1] = rng.uniform(0, 1000, (S, S))        # speckled tubulin
     textured[2] = np.where((XX // 2) % 2, 1000.0, 0)  # striped actin
     f = classical_features(np.stack([flat, textured]), CH)
     for ch in ("Tubulin", "Actin"):
@@ -118,14 +107,8 @@ def test_texture_equals_skimage_graycoprops() -> None:
     f = classical_features(x, ["DNA"])
     for i in range(2):
         q = quantize(x[i, :1].astype(np.float64), TEXTURE_LEVELS)[0].astype(np.uint8)
-        p = graycomatrix(
-            q,
-            [TEXTURE_SCALE],
-            list(TEXTURE_ANGLES),
-            levels=TEXTURE_LEVELS,
-            symmetric=True,
-            normed=True,
-        )
+        p = graycomatrix(q, [TEXTURE_SCALE], list(TEXTURE_ANGLES), levels=TEXTURE_LEVELS,
+                         symmetric=True, normed=True)
         for name in TEXTURE_NAMES:
             expected = graycoprops(p, name.lower()).mean()
             assert f.loc[i, f"Texture_{name}_DNA"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
@@ -149,41 +132,28 @@ def test_blank_crop_gives_zeros_not_nan() -> None:
 
 def test_batches_do_not_change_the_result() -> None:
     rng = np.random.default_rng(2)
-    x = np.stack(
-        [
-            crop(disc(r, v)) + rng.uniform(0, 50, (3, S, S))
-            for r, v in [(6, 800), (9, 1200), (12, 500), (7, 3000), (11, 900)]
-        ]
-    )
+    x = np.stack([crop(disc(r, v)) + rng.uniform(0, 50, (3, S, S))
+                  for r, v in [(6, 800), (9, 1200), (12, 500), (7, 3000), (11, 900)]])
     pd.testing.assert_frame_equal(classical_features(x, CH, batch=2), classical_features(x, CH))
 
 
 def test_names_follow_cellprofiler() -> None:
     f = classical_features(crop(disc(10))[None].astype(np.uint16), CH)
-    for name in (
-        "Intensity_MeanIntensity_DNA",
-        "AreaShape_Area",
-        "Texture_Contrast_Actin",
-        "Intensity_MeanIntensityCrop_Tubulin",
-        "Correlation_Correlation_DNA_Actin",
-    ):
+    for name in ("Intensity_MeanIntensity_DNA", "AreaShape_Area", "Texture_Contrast_Actin",
+                 "Intensity_MeanIntensityCrop_Tubulin", "Correlation_Correlation_DNA_Actin"):
         assert name in f.columns
     assert all(f.dtypes == np.float64)
     empty = classical_features(np.zeros((0, 3, S, S)), CH)
     assert len(empty) == 0 and list(empty.columns) == list(f.columns)
 
 
-@pytest.mark.parametrize(
-    "shape, channels, match",
-    [
-        ((3, S, S), CH, r"\(N, C, H, W\)"),
-        ((1, 3, S, S), ["DNA"], "1 channel names for 3 channels"),
-        ((1, 3, 5, 5), CH, "larger than"),
-    ],
-)
-def test_bad_input_says_what_was_expected(
-    shape: tuple[int, ...], channels: list[str], match: str
-) -> None:
+@pytest.mark.parametrize("shape, channels, match", [
+    ((3, S, S), CH, r"\(N, C, H, W\)"),
+    ((1, 3, S, S), ["DNA"], "1 channel names for 3 channels"),
+    ((1, 3, 5, 5), CH, "larger than"),
+])
+def test_bad_input_says_what_was_expected(shape: tuple[int, ...], channels: list[str],
+                                          match: str) -> None:
     with pytest.raises(ValueError, match=match):
         classical_features(np.zeros(shape), channels)
 
@@ -198,7 +168,6 @@ def test_bbbc021_crops_have_a_central_nucleus() -> None:
     f = classical_features(x, CH)
     assert np.isfinite(f.to_numpy()).all()
     assert (f["AreaShape_Area"] > 100).mean() > 0.95
-    assert 500 < f["AreaShape_Area"].median() < 2000  # nuclei ~25-50 px across
-    assert (
-        f["Intensity_MeanIntensity_DNA"].median() > 2 * f["Intensity_Percentile05Crop_DNA"].median()
-    )
+    assert 500 < f["AreaShape_Area"].median() < 2000   # nuclei ~25-50 px across
+    assert (f["Intensity_MeanIntensity_DNA"].median()
+            > 2 * f["Intensity_Percentile05Crop_DNA"].median())

@@ -38,15 +38,8 @@ def test_crops_sit_on_their_nuclei(tiny: TinyScreen, tmp_path: Path) -> None:
     assert list(store.read_info(out).channels) == list(CHANNELS)
     assert set(cells["Metadata_Plate"]) == {"Week1_P1", "Week2_P1"}
     assert cells["Metadata_Compound"].tolist().count("taxol") == 6
-    for col in (
-        "Metadata_Well",
-        "Metadata_Site",
-        "Metadata_Concentration",
-        "ImageNumber",
-        "Location_Center_X",
-        "Location_Center_Y",
-        "Metadata_MOA",
-    ):
+    for col in ("Metadata_Well", "Metadata_Site", "Metadata_Concentration", "ImageNumber",
+                "Location_Center_X", "Location_Center_Y", "Metadata_MOA"):
         assert col in cells.columns
     fields = store.read_fields(out)
     assert fields["Count_EdgeSkipped"].tolist() == [1, 1, 1, 1]
@@ -61,7 +54,8 @@ def test_store_opens_with_plain_h5py(tiny: TinyScreen, tmp_path: Path) -> None:
         assert f["crops"].shape == (12, 3, 16, 16)
         assert f["crops"].compression == "gzip"
         plates = f["cells/Metadata_Plate"].asstr()[:]
-        frame = pd.DataFrame({k: v[:] for k, v in f["cells"].items() if v.dtype.kind != "O"})
+        frame = pd.DataFrame({k: v[:] for k, v in f["cells"].items()
+                              if v.dtype.kind != "O"})
         assert len(frame) == len(plates) == 12
         assert f.attrs["crop_size"] == 16
 
@@ -73,7 +67,7 @@ def test_pad_mode_keeps_edge_cells(tiny: TinyScreen, tmp_path: Path) -> None:
     assert len(crops) == 16
     edge = cells["Crop_Padded"].to_numpy()
     assert edge.sum() == 4
-    assert (crops[edge][:, :, :, :2] == 0).all()  # x < 0 is padding
+    assert (crops[edge][:, :, :, :2] == 0).all()     # x < 0 is padding
     assert (crops[edge][:, 0, 8, 8] == disc_value(0, 4)).all()
 
 
@@ -91,18 +85,10 @@ def test_database_style_gzip_and_parquet_tables(tiny: TinyScreen, tmp_path: Path
     ref = tmp_path / "ref.h5"
     run(tiny, ref)
     img = tiny.images.rename(columns=lambda c: "Image_" + c if c != "ImageNumber" else c)
-    img = img.rename(
-        columns={
-            "Image_Metadata_Plate": "Image_Metadata_Plate_DNA",
-            "Image_Metadata_Well": "Image_Metadata_Well_DNA",
-        }
-    )
-    nuc = tiny.nuclei.rename(
-        columns={
-            "Location_Center_X": "Nuclei_Location_Center_X",
-            "Location_Center_Y": "Nuclei_Location_Center_Y",
-        }
-    )
+    img = img.rename(columns={"Image_Metadata_Plate": "Image_Metadata_Plate_DNA",
+                              "Image_Metadata_Well": "Image_Metadata_Well_DNA"})
+    nuc = tiny.nuclei.rename(columns={"Location_Center_X": "Nuclei_Location_Center_X",
+                                      "Location_Center_Y": "Nuclei_Location_Center_Y"})
     img.to_csv(tmp_path / "image.csv.gz", index=False)
     nuc.to_parquet(tmp_path / "nuclei.parquet")
     out = tmp_path / "db.h5"
@@ -123,9 +109,8 @@ def test_moved_images_found_under_root(tiny: TinyScreen, tmp_path: Path) -> None
 
 @pytest.mark.parametrize("dtype,compression", [(np.uint8, "lzw"), (np.uint16, "zlib")])
 def test_multichannel_compressed_tiffs(tmp_path: Path, dtype, compression) -> None:
-    screen = write_tiny_screen(
-        tmp_path / "s", multichannel=True, dtype=dtype, compression=compression
-    )
+    screen = write_tiny_screen(tmp_path / "s", multichannel=True, dtype=dtype,
+                               compression=compression)
     out = tmp_path / "crops.h5"
     info = run(screen, out)
     crops, cells = store.read_crops(out), store.read_cells(out)
@@ -157,12 +142,10 @@ def test_moa_labels_joined(tiny: TinyScreen, tmp_path: Path) -> None:
     out = tmp_path / "crops.h5"
     run(tiny, out, moa=tiny.moa)
     cells = store.read_cells(out)
-    assert set(cells.loc[cells["Metadata_Compound"] == "taxol", "Metadata_MOA"]) == {
-        "Microtubule stabilizers"
-    }
+    assert set(cells.loc[cells["Metadata_Compound"] == "taxol", "Metadata_MOA"]) == \
+        {"Microtubule stabilizers"}
     pd.DataFrame({"compound": ["nope"], "concentration": [1.0], "moa": ["x"]}).to_csv(
-        tmp_path / "bad_moa.csv", index=False
-    )
+        tmp_path / "bad_moa.csv", index=False)
     with pytest.raises(InputError, match="bad_moa.csv: matches no treatment"):
         run(tiny, tmp_path / "b.h5", moa=tmp_path / "bad_moa.csv")
 
@@ -170,21 +153,16 @@ def test_moa_labels_joined(tiny: TinyScreen, tmp_path: Path) -> None:
 def test_workers_give_the_same_file(tiny: TinyScreen, tmp_path: Path) -> None:
     run(tiny, tmp_path / "one.h5")
     run(tiny, tmp_path / "two.h5", workers=2)
-    np.testing.assert_array_equal(
-        store.read_crops(tmp_path / "one.h5"), store.read_crops(tmp_path / "two.h5")
-    )
-    pd.testing.assert_frame_equal(
-        store.read_cells(tmp_path / "one.h5"), store.read_cells(tmp_path / "two.h5")
-    )
+    np.testing.assert_array_equal(store.read_crops(tmp_path / "one.h5"),
+                                  store.read_crops(tmp_path / "two.h5"))
+    pd.testing.assert_frame_equal(store.read_cells(tmp_path / "one.h5"),
+                                  store.read_cells(tmp_path / "two.h5"))
 
 
 def test_segmentation_finds_the_nuclei(tiny: TinyScreen, tmp_path: Path) -> None:
     out = tmp_path / "seg.h5"
-    crop_screen(
-        tiny.image_table,
-        out,
-        config=CropConfig(size=16, segment=SegmentConfig(min_area=10, smoothing_sigma=0.5)),
-    )
+    crop_screen(tiny.image_table, out, config=CropConfig(
+        size=16, segment=SegmentConfig(min_area=10, smoothing_sigma=0.5)))
     cells = store.read_cells(out)
     assert len(cells) == 12
     truth = tiny.nuclei[tiny.nuclei["ObjectNumber"] < 4]
@@ -213,9 +191,8 @@ def test_existing_output_needs_overwrite(tiny: TinyScreen, tmp_path: Path) -> No
     run(tiny, out, overwrite=True)
 
 
-def test_frame_column_picks_a_plane_of_each_channels_stack(
-    tiny: TinyScreen, tmp_path: Path
-) -> None:
+def test_frame_column_picks_a_plane_of_each_channels_stack(tiny: TinyScreen,
+                                                           tmp_path: Path) -> None:
     """One 2-plane stack per channel (say, two z-planes): Frame_<ch> = 1 picks the second;
     without Frame_ columns the crop stops before reading a field, naming the fix."""
     images = tiny.images.copy()
@@ -223,16 +200,14 @@ def test_frame_column_picks_a_plane_of_each_channels_stack(
         for c in CHANNELS:
             path = Path(rec[f"PathName_{c}"]) / rec[f"FileName_{c}"]
             plane = tifffile.imread(path)
-            tifffile.imwrite(
-                path, np.stack([np.zeros_like(plane), plane]), photometric="minisblack"
-            )
+            tifffile.imwrite(path, np.stack([np.zeros_like(plane), plane]),
+                             photometric="minisblack")
     images.assign(**{f"Frame_{c}": 1 for c in CHANNELS}).to_csv(tiny.image_table, index=False)
     run(tiny, tmp_path / "framed.h5")
-    crops, cells = (
-        store.read_crops(tmp_path / "framed.h5"),
-        store.read_cells(tmp_path / "framed.h5"),
-    )
+    framed = tmp_path / "framed.h5"
+    crops, cells = store.read_crops(framed), store.read_cells(framed)
     assert len(crops) == 12 and crops[0, 2, 8, 8] == disc_value(2, cells["ObjectNumber"][0])
     images.to_csv(tiny.image_table, index=False)
     with pytest.raises(InputError, match="holds 2 planes .*channel DNA.*add Frame_<channel>"):
-        crop_screen(tiny.image_table, tmp_path / "unframed.h5", objects=tiny.objects, config=CFG)
+        crop_screen(tiny.image_table, tmp_path / "unframed.h5", objects=tiny.objects,
+                    config=CFG)

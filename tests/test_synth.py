@@ -33,29 +33,23 @@ def pheno_cells(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     """One row per nucleus away from the field edge, with features measured from the images."""
     result = synthesize(tmp_path_factory.mktemp("pheno"), PHENO)
     images, nuclei = _tables(result)
-    rows = [
-        _measure(row, nuclei[nuclei.ImageNumber == row.ImageNumber]) for row in images.itertuples()
-    ]
+    rows = [_measure(row, nuclei[nuclei.ImageNumber == row.ImageNumber])
+            for row in images.itertuples()]
     return pd.concat(rows, ignore_index=True).merge(images, on="ImageNumber")
 
 
 def _tables(result: SynthResult) -> tuple[pd.DataFrame, pd.DataFrame]:
     images = pd.read_csv(result.image_table)
     moa = pd.read_csv(result.moa_table)
-    images = images.merge(
-        moa,
-        left_on=["Metadata_Compound", "Metadata_Concentration"],
-        right_on=["compound", "concentration"],
-        how="left",
-        validate="many_to_one",
-    )
+    images = images.merge(moa, left_on=["Metadata_Compound", "Metadata_Concentration"],
+                          right_on=["compound", "concentration"], how="left",
+                          validate="many_to_one")
     return images, pd.read_csv(result.object_table)
 
 
 def _read(row: object, channel: str) -> np.ndarray:
-    return tifffile.imread(
-        Path(getattr(row, f"PathName_{channel}")) / getattr(row, f"FileName_{channel}")
-    )
+    return tifffile.imread(Path(getattr(row, f"PathName_{channel}"))
+                           / getattr(row, f"FileName_{channel}"))
 
 
 def _measure(row: object, nuclei: pd.DataFrame, margin: int = 12) -> pd.DataFrame:
@@ -65,10 +59,8 @@ def _measure(row: object, nuclei: pd.DataFrame, margin: int = 12) -> pd.DataFram
     planes = [p - np.percentile(p, 5) for p in planes]  # cells may cover half of a field
     dna = ndi.gaussian_filter(planes[0], 1.0)
     h, w = dna.shape
-    iys, ixs = (
-        nuclei.Location_Center_Y.round().astype(int),
-        nuclei.Location_Center_X.round().astype(int),
-    )
+    iys = nuclei.Location_Center_Y.round().astype(int)
+    ixs = nuclei.Location_Center_X.round().astype(int)
     markers = np.zeros((h, w), dtype=np.int32)
     markers[iys, ixs] = np.arange(1, len(nuclei) + 1)
     labels = watershed(-dna, markers, mask=dna > threshold_otsu(dna))  # split touching nuclei
@@ -78,15 +70,9 @@ def _measure(row: object, nuclei: pd.DataFrame, margin: int = 12) -> pd.DataFram
         if not (margin <= iy < h - margin and margin <= ix < w - margin):
             continue
         win = (slice(iy - 10, iy + 11), slice(ix - 10, ix + 11))
-        out.append(
-            {
-                "ImageNumber": row.ImageNumber,
-                "area": sizes[k],
-                "dna_centre": planes[0][iy, ix],
-                "tubulin": planes[1][win].mean(),
-                "actin_peak": np.percentile(planes[2][win], 99),
-            }
-        )
+        out.append({"ImageNumber": row.ImageNumber, "area": sizes[k],
+                    "dna_centre": planes[0][iy, ix], "tubulin": planes[1][win].mean(),
+                    "actin_peak": np.percentile(planes[2][win], 99)})
     return pd.DataFrame(out)
 
 
@@ -95,11 +81,9 @@ def _ratio_to_dmso(cells: pd.DataFrame, moa: str, feature: str) -> float:
     the same plates (so plate gains cancel), averaged over the plates."""
     top = cells[cells.moa == moa].groupby("compound").concentration.transform("max")
     treated = cells[cells.moa == moa][cells[cells.moa == moa].concentration == top]
-    ratios = [
-        treated[treated.Metadata_Plate == p][feature].mean()
-        / cells[(cells.moa == "DMSO") & (cells.Metadata_Plate == p)][feature].mean()
-        for p in treated.Metadata_Plate.unique()
-    ]
+    ratios = [treated[treated.Metadata_Plate == p][feature].mean()
+              / cells[(cells.moa == "DMSO") & (cells.Metadata_Plate == p)][feature].mean()
+              for p in treated.Metadata_Plate.unique()]
     return float(np.mean(ratios))
 
 
@@ -126,24 +110,14 @@ def test_tables_have_cellprofiler_columns_and_agree_with_files(small: SynthResul
     for channel in CHANNELS:
         for prefix in ("FileName_", "PathName_", "Height_", "Width_"):
             assert prefix + channel in images.columns
-    for column in (
-        "Metadata_Plate",
-        "Metadata_Well",
-        "Metadata_Site",
-        "Metadata_Compound",
-        "Metadata_Concentration",
-    ):
+    for column in ("Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Compound",
+                   "Metadata_Concentration"):
         assert column in images.columns
     assert images.ImageNumber.tolist() == list(range(1, len(images) + 1))
     assert images.Metadata_Well.str.fullmatch(r"[B-G](0[2-9]|1[01])").all()
     assert (images.Metadata_Site == 1).all() and images.Metadata_Concentration.dtype == float
-    assert list(nuclei.columns) == [
-        "ImageNumber",
-        "ObjectNumber",
-        "Location_Center_X",
-        "Location_Center_Y",
-        "AreaShape_Area",
-    ]
+    assert list(nuclei.columns) == ["ImageNumber", "ObjectNumber", "Location_Center_X",
+                                    "Location_Center_Y", "AreaShape_Area"]
     assert set(nuclei.ImageNumber) <= set(images.ImageNumber)
     per_image = nuclei.groupby("ImageNumber").ObjectNumber
     assert (per_image.min() == 1).all() and (per_image.max() == per_image.count()).all()
@@ -159,18 +133,15 @@ def test_tables_have_cellprofiler_columns_and_agree_with_files(small: SynthResul
 
 def test_every_nucleus_centre_is_in_the_field_and_on_bright_dna(small: SynthResult) -> None:
     images, nuclei = pd.read_csv(small.image_table), pd.read_csv(small.object_table)
-    assert (
-        nuclei.Location_Center_X.between(0, 127).all()
-        and nuclei.Location_Center_Y.between(0, 127).all()
-    )
+    assert nuclei.Location_Center_X.between(0, 127).all()
+    assert nuclei.Location_Center_Y.between(0, 127).all()
     near_edge = np.minimum(nuclei.Location_Center_X, nuclei.Location_Center_Y) < 8
     assert near_edge.any(), "the cropper must meet nuclei near the edge"
     for row in images.itertuples():
         dna = _read(row, "DNA").astype(float)
         cells = nuclei[nuclei.ImageNumber == row.ImageNumber]
-        centre = dna[
-            cells.Location_Center_Y.round().astype(int), cells.Location_Center_X.round().astype(int)
-        ]
+        centre = dna[cells.Location_Center_Y.round().astype(int),
+                     cells.Location_Center_X.round().astype(int)]
         assert (centre > np.median(dna) + 500).all(), f"dim nucleus centre in {row.FileName_DNA}"
     assert 200 < nuclei.AreaShape_Area[~near_edge].median() < 600
 
@@ -178,11 +149,8 @@ def test_every_nucleus_centre_is_in_the_field_and_on_bright_dna(small: SynthResu
 def test_multichannel_writes_three_plane_files_with_the_same_pixels(tmp_path: Path) -> None:
     single = synthesize(tmp_path / "single", TINY)
     calls: list[tuple[int, int]] = []
-    multi = synthesize(
-        tmp_path / "multi",
-        replace(TINY, multichannel=True),
-        progress=lambda done, total: calls.append((done, total)),
-    )
+    multi = synthesize(tmp_path / "multi", replace(TINY, multichannel=True),
+                       progress=lambda done, total: calls.append((done, total)))
     assert calls == [(i, multi.n_fields) for i in range(1, multi.n_fields + 1)]
     m_images, s_images = pd.read_csv(multi.image_table), pd.read_csv(single.image_table)
     assert (m_images[[f"Frame_{c}" for c in CHANNELS]].values == [0, 1, 2]).all()
@@ -223,8 +191,7 @@ def test_phenotypes_measured_from_pixels_match_the_docstring(pheno_cells: pd.Dat
     assert _ratio_to_dmso(cells, "Actin disruptors", "actin_peak") > 1.3  # actin aggregates
     # Mitotic arrest: many more small, bright, condensed nuclei than in DMSO.
     bright = cells.groupby("Metadata_Plate").dna_centre.transform(
-        lambda v: v > 1.7 * v[cells.loc[v.index, "moa"] == "DMSO"].median()
-    )
+        lambda v: v > 1.7 * v[cells.loc[v.index, "moa"] == "DMSO"].median())
     cells = cells.assign(mitotic=bright & (cells.area < cells.area.median()))
     top = cells[cells.concentration == cells.groupby("compound").concentration.transform("max")]
     assert top[top.moa == "Microtubule stabilizers"].mitotic.mean() > 0.2
@@ -240,19 +207,16 @@ def test_single_cells_overlap_between_treatments(pheno_cells: pd.DataFrame) -> N
     assert (damaged < dmso.quantile(0.75)).mean() > 0.2, "low-dose nuclei should often look normal"
 
 
-@pytest.mark.parametrize(
-    "change, option",
-    [
-        ({"field_size": 32}, "field_size"),
-        ({"field_size": (128, 16)}, "field_size"),
-        ({"cells_per_field": 0}, "cells_per_field"),
-        ({"cells_per_field": 10_000}, "cells_per_field"),
-        ({"batches": 6}, "batches"),
-        ({"dmso_wells": 0}, "dmso_wells"),
-        ({"compression": "jpeg"}, "compression"),
-        ({"seed": -1}, "seed"),
-    ],
-)
+@pytest.mark.parametrize("change, option", [
+    ({"field_size": 32}, "field_size"),
+    ({"field_size": (128, 16)}, "field_size"),
+    ({"cells_per_field": 0}, "cells_per_field"),
+    ({"cells_per_field": 10_000}, "cells_per_field"),
+    ({"batches": 6}, "batches"),
+    ({"dmso_wells": 0}, "dmso_wells"),
+    ({"compression": "jpeg"}, "compression"),
+    ({"seed": -1}, "seed"),
+])
 def test_bad_options_name_the_option_and_range(tmp_path: Path, change: dict, option: str) -> None:
     with pytest.raises(InputError, match=option) as info:
         synthesize(tmp_path / "out", replace(SMALL, **change))
