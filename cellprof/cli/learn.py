@@ -51,7 +51,7 @@ _LEVEL = keyword_defaults(export_table)["level"]
 
 _KEPT_ON_RESUME = ("model", "latent_dim", "filters", "beta", "decoder_padding",
                    "decoder_upsample", "fm_balance", "fm_weight", "schedule", "crop_scaling",
-                   "augment", "val_fraction")
+                   "augment", "val_fraction", "balance_by")
 
 
 @app.command()
@@ -92,6 +92,9 @@ def train(
         help="Share of fields held out.", rich_help_panel=_DATA)] = _D["val_fraction"],
     memory_limit: Annotated[float, typer.Option(
         help="Load up to this many GiB.", rich_help_panel=_DATA)] = _D["memory_limit_gb"],
+    balance_by: Annotated[Optional[str], typer.Option(
+        metavar="COLUMNS", help="Even batches over groups \\[default: none].",
+        show_default=False, rich_help_panel=_DATA)] = None,
     steps: Annotated[int, typer.Option(
         help="Optimisation steps.", rich_help_panel=_OPT)] = _T["steps"],
     batch_size: Annotated[int, typer.Option(
@@ -158,7 +161,7 @@ def train(
         tcfg = replace(saved_train_config(out), **{
             k: v for k, v in asdict(tcfg).items() if k in given})
     dcfg = DataConfig(crop_scaling=crop_scaling, augment=augment, val_fraction=val_fraction,
-                      memory_limit_gb=memory_limit)
+                      memory_limit_gb=memory_limit, balance_by=balance_by or ())
     with _progress() as bar:
         res = run_train(crops, out, model_config=mcfg, config=tcfg, data_config=dcfg,
                         resume=resume, overwrite=overwrite, progress=bar.train,

@@ -282,6 +282,10 @@ class DataConfig:
     """Load the whole store when its raw crops fit in this much memory; stream otherwise."""
     group_blocks: int = 32
     """Streaming: chunks (of 64 cells) shuffled together; larger = better mixed, more memory."""
+    balance_by: tuple[str, ...] = ()
+    """Draw each batch evenly across the groups of these metadata columns (e.g. compound and
+    concentration) instead of uniformly over cells (:mod:`cellprof.learn.balance`); empty:
+    uniformly over cells, the paper's way."""
 
     def __post_init__(self) -> None:
         if self.crop_scaling not in CROP_SCALINGS:
@@ -289,6 +293,9 @@ class DataConfig:
                              f"got {self.crop_scaling!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise InputError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if isinstance(self.balance_by, str):  # one column, or "A,B" as the CLI takes it
+            object.__setattr__(self, "balance_by", tuple(
+                c.strip() for c in self.balance_by.split(",") if c.strip()))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DataConfig:
@@ -302,6 +309,8 @@ class DataConfig:
         if unknown:
             raise CheckpointError(f"data config has unknown field(s) {unknown}; "
                                   f"expected only {sorted(known)}")
+        if "balance_by" in d:  # a JSON list in a saved config
+            d["balance_by"] = tuple(d["balance_by"])
         return cls(**d)
 
 

@@ -38,6 +38,7 @@ from torch import Tensor
 from cellprof.errors import InputError, StoreError
 from cellprof.formats import chunks, store
 from cellprof.formats.schema import IMAGE_NUMBER, PLATE, TABLE_NUMBER
+from cellprof.learn.balance import BalancedStream, balance_columns, group_codes
 from cellprof.learn.config import DataConfig
 from cellprof.learn.device import to_device
 
@@ -243,6 +244,13 @@ class CropData:
         blocks = self.train_idx // store.CHUNK_CELLS
         starts = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1]])
         self._blocks = np.split(self.train_idx, starts[1:])  # train cells of each chunk
+        self.balanced = self._balanced_stream() if config.balance_by else None
+
+    def _balanced_stream(self) -> BalancedStream:
+        """The training cells drawn evenly across ``balance_by``'s groups."""
+        columns = balance_columns(self.cells, self.config.balance_by, str(self.path))
+        codes, self.group_names = group_codes(self.cells.iloc[self.train_idx], columns)
+        return BalancedStream(self.train_idx, codes, self.seed)
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -254,6 +262,7 @@ class CropData:
                 "crop_size": self.info.crop_size, "n_cells": self.info.n_cells,
                 "n_train": len(self.train_idx), "n_val": len(self.val_idx),
                 "in_memory": self.in_memory,
+                "balance_groups": self.balanced.n_groups if self.balanced else None,
                 "plate_percentiles": {k: v.tolist() for k, v in (self.percentiles or {}).items()}}
 
     # --- the deterministic stream -------------------------------------------------------
@@ -298,6 +307,8 @@ class CropData:
         when ``gather`` is off and the store is in memory: the caller indexes it)."""
         n = len(self.train_idx)
         gather = gather or self._all is None
+        if self.balanced is not None:
+            return self._balanced(start, count, gather)
         raw = np.empty(self.crop_shape(count), self.info.dtype) if gather else None
         idx_parts = []
         pos, done = start, 0
@@ -315,6 +326,19 @@ class CropData:
             pos += take
             done += take
         return np.concatenate(idx_parts), raw
+
+    def _balanced(self, start: int, count: int, gather: bool
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`_stream` of a balanced run: its cells are spread over the store, so a
+        streamed store reads each batch's chunks (up to one per cell: slower than the plain
+        stream's groups of chunks, see docs/training.md)."""
+        idx = self.balanced.cells(start, count)
+        if not gather:
+            return idx, None
+        if self._all is not None:
+            return idx, self._all[idx]
+        want = np.unique(idx)
+        return idx, self._read_sorted(want)[np.searchsorted(want, idx)]
 
     def raw_batch(self, step: int, batch_size: int, gather: bool = True) -> RawBatch:
         """This rank's cells of step ``step``, raw, with what turns them into model input
