@@ -280,11 +280,13 @@ class Evaluator:
 
 
 # --- runs ------------------------------------------------------------------------------
-def parse_sets(items: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``key=value`` overrides, split into ModelConfig and TrainConfig fields."""
+def parse_sets(items: list[str]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``key=value`` overrides, split into ModelConfig, TrainConfig and DataConfig fields
+    (``balance_by=Metadata_Compound,Metadata_Concentration`` for balanced batches)."""
     model_fields = set(ModelConfig.__dataclass_fields__)
     train_fields = set(TrainConfig.__dataclass_fields__)
-    m, t = {}, {}
+    data_fields = set(DataConfig.__dataclass_fields__)
+    m, t, d = {}, {}, {}
     for item in items:
         key, _, value = item.partition("=")
         parsed: Any = json.loads(value) if value[:1] in "[{0123456789-tfn" else value
@@ -292,14 +294,17 @@ def parse_sets(items: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
             m[key] = parsed
         elif key in train_fields:
             t[key] = parsed
+        elif key in data_fields:
+            d[key] = parsed
         else:
-            raise SystemExit(f"--set {item}: {key} is neither a ModelConfig nor a TrainConfig "
-                             "field")
-    return m, t
+            raise SystemExit(f"--set {item}: {key} is not a ModelConfig, TrainConfig or "
+                             "DataConfig field")
+    return m, t, d
 
 
 def run(model: str, seed: int, steps: int, batch: int, curve_every: int, train_store: Path,
-        out: Path, evaluate: Evaluator, model_set: dict, train_set: dict) -> list[dict]:
+        out: Path, evaluate: Evaluator, model_set: dict, train_set: dict,
+        data_set: dict | None = None) -> list[dict]:
     """Train one model segment by segment, evaluating at each curve point."""
     config = ModelConfig(variant=model, **model_set)
     if model == "vae-gan-progressive":
@@ -315,7 +320,8 @@ def run(model: str, seed: int, steps: int, batch: int, curve_every: int, train_s
     rows, t0 = [], time.perf_counter()
     for i, point in enumerate(points):
         train(train_store, out, model_config=None if i else config,
-              config=replace(tc, steps=point), resume=i > 0, overwrite=i == 0)
+              config=replace(tc, steps=point), data_config=DataConfig(**(data_set or {})),
+              resume=i > 0, overwrite=i == 0)
         ckpt = out / ("model.pt" if point == steps else "checkpoints/last.pt")
         shutil.copy(out / "checkpoints" / "last.pt", out / "checkpoints" / f"step{point}.pt")
         row = {"model": model, "seed": seed, **evaluate(ckpt),
@@ -402,7 +408,7 @@ def main() -> None:
         raise SystemExit(f"needs {DATA / 'singlecell_moa'} (the shared real data)")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     moa_store, week4_store, train_store = stores(args.work, args.train_cells)
-    model_set, train_set = parse_sets(args.set)
+    model_set, train_set, data_set = parse_sets(args.set)
     seeds = [int(s) for s in args.seeds.split(",")]
     results: list[dict] = []
     cells = read_cells(moa_store)
@@ -434,7 +440,7 @@ def main() -> None:
             out = args.work / f"{args.tag or 'run'}_{model}_s{seed}"
             every = args.curve_every if seed == seeds[0] else 0
             for row in run(model, seed, args.steps, args.batch_size, every, train_store, out,
-                           ev, model_set, train_set):
+                           ev, model_set, train_set, data_set):
                 results.append({**row, "tag": args.tag, "label": args.label,
                                 "final": row["step"] == args.steps})
     (args.work / f"results{('_' + args.tag) if args.tag else ''}.json").write_text(
