@@ -20,6 +20,7 @@ from cellprof.learn.config import (
     CROP_SCALINGS,
     PADDINGS,
     PRECISIONS,
+    TTAS,
     UPSAMPLINGS,
     VARIANTS,
     DataConfig,
@@ -189,7 +190,9 @@ def embed(
         help="model.pt, checkpoints/last.pt or a run folder.")],
     crops: Annotated[Path, typer.Argument(help="Crop store to embed (same channels).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Profiles file to write (.h5).")] = ...,
-    batch_size: Annotated[int, typer.Option(help="Cells per forward pass.")] = _E["batch_size"],
+    batch_size: Annotated[int, typer.Option(help="Crops per forward pass.")] = _E["batch_size"],
+    tta: Annotated[Literal[TTAS], typer.Option(
+        help="Views averaged (dihedral: 8x).")] = _E["tta"],
     logvar: Annotated[bool, typer.Option(
         "--logvar", help="Also keep each cell's log-variance.")] = _E["logvar"],
     device: _Device = _E["device"],
@@ -209,8 +212,8 @@ def embed(
     t0 = time.perf_counter()
     with _progress() as bar:
         res = run_embed(checkpoint, crops, out, config=EmbedConfig(
-            batch_size=batch_size, logvar=logvar, device=device, precision=precision),
-            overwrite=overwrite, progress=bar)
+            batch_size=batch_size, tta=tta, logvar=logvar, device=device,
+            precision=precision), overwrite=overwrite, progress=bar)
     _done("embedded", res, format, level, t0)
 
 

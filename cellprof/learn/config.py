@@ -314,13 +314,26 @@ class DataConfig:
         return cls(**d)
 
 
+TTAS = ("none", "flips", "dihedral")
+"""Test-time symmetry averaging of ``embed``: the views of each cell whose posterior means
+are averaged (``none`` 1, ``flips`` 2: the cell and its left-right mirror, ``dihedral`` 8:
+every rotation and mirror of the square); :func:`cellprof.learn.embed.encode_views`."""
+
+
 @dataclass(frozen=True)
 class EmbedConfig:
     """Settings of an embedding run."""
 
     batch_size: int = 1024
-    """Cells per forward pass (memory grows with it: about 0.5 GB per 1,024 cells of
-    68 px at fp32)."""
+    """Cells read per block and crops per forward pass (memory grows with it: about 0.5 GB
+    per 1,024 crops of 68 px at fp32). With ``tta`` each cell is several crops, so a block
+    takes that many passes, and memory stays what it is without."""
+    tta: str = "none"
+    """Test-time symmetry averaging (:data:`TTAS`): each cell's profile is the mean of the
+    posterior means of its symmetric views. A cell has no preferred orientation on the
+    slide, but a trained encoder is not exactly invariant; averaging makes the profile
+    invariant to the views' symmetries, at V times the encoder's work (``flips`` 2x,
+    ``dihedral`` 8x)."""
     logvar: bool = False
     """Also store each cell's posterior log-variance (its uncertainty)."""
     device: str = "auto"
