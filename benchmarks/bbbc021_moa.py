@@ -59,6 +59,7 @@ from cellprof.formats.store import read_cells, read_crops
 from cellprof.learn.data import CropData, DataConfig, scale_crops
 from cellprof.learn.device import Compute
 from cellprof.learn.diagnostics import frame_report
+from cellprof.learn.embed import encode_views
 from cellprof.learn.model import ModelConfig, VAEPlus, model_config_of
 from cellprof.learn.train import TrainConfig, initial_checkpoint, scaled_schedule, train
 from cellprof.prepare.merge import merge_stores
@@ -149,12 +150,26 @@ PROTOCOLS = {"dmso-mean": (zscore_on_dmso, "mean"), "dmso-median": (zscore_on_dm
 (pycytominer's DMSO z-score, then means), the others are compared with ``--protocols``."""
 
 
-def moa_metrics(cells: pd.DataFrame, feats: np.ndarray,
+def equal_variance(blocks: list[np.ndarray]) -> tuple[np.ndarray, list[float]]:
+    """Blocks of features of the same cells, each scaled so its total variance (the sum of
+    its features' variances) is 1, concatenated; and each block's weight (the factor)."""
+    weights = [1.0 / float(np.sqrt(max(b.var(axis=0, ddof=1).sum(), 1e-12))) for b in blocks]
+    return np.concatenate([b * w for b, w in zip(blocks, weights)], axis=1), weights
+
+
+def moa_metrics(cells: pd.DataFrame, feats: np.ndarray | list[np.ndarray],
                 protocol: str = "dmso-mean") -> dict[str, float]:
     """NSC, NSCB (per treatment and per compound) and mAP of cell features (see module),
-    and NSC over the queries of each compound half (:func:`compound_halves`)."""
+    and each over the queries of either compound half (:func:`compound_halves`).
+
+    ``feats`` a list: blocks of features of the same cells (e.g. learned and hand-crafted),
+    each scaled by the protocol on its own, then weighted to equal total variance
+    (:func:`equal_variance`) and concatenated: a combined profile."""
     scale, aggregate = PROTOCOLS[protocol]
-    z = scale(cells, feats)
+    if isinstance(feats, list):
+        z, _ = equal_variance([scale(cells, f) for f in feats])
+    else:
+        z = scale(cells, feats)
     names = [f"F_{i:04d}" for i in range(z.shape[1])]
     meta = cells[[c for c in cells.columns if c.startswith("Metadata_")]].reset_index(drop=True)
     table = pd.concat([meta, pd.DataFrame(z, columns=names)], axis=1)
@@ -165,8 +180,10 @@ def moa_metrics(cells: pd.DataFrame, feats: np.ndarray,
     half = res["Metadata_Compound"].map(compound_halves(cells))
     return {"nsc": nsc, "nsc_per_compound": nsc_c, "nscb": nscb, "nscb_per_compound": nscb_c,
             "map": float(res.loc[res["query"], "ap"].mean()), "n_treatments": len(treat),
-            "nsc_a": accuracy(res[half == "a"], "nsc_correct")[0],
-            "nsc_b": accuracy(res[half == "b"], "nsc_correct")[0]}
+            **{f"{k}_{h}": v for h in "ab" for k, v in (
+                ("nsc", accuracy(res[half == h], "nsc_correct")[0]),
+                ("nscb", accuracy(res[half == h], "nscb_correct")[0]),
+                ("map", float(res.loc[res["query"] & (half == h), "ap"].mean())))}}
 
 
 def chance(cells: pd.DataFrame) -> float:
@@ -236,9 +253,10 @@ def load_model(checkpoint: Path) -> tuple[VAEPlus, dict]:
     return model.eval(), ckpt
 
 
-@torch.no_grad()
-def encode(model: VAEPlus, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    return np.concatenate([model.encode(torch.from_numpy(x[i:i + batch]))[0].numpy()
+def encode(model: VAEPlus, x: np.ndarray, batch: int = 256, tta: str = "none") -> np.ndarray:
+    """Posterior means of model input ``x`` (already scaled), averaged over the views of
+    ``tta`` as ``cellprof embed --tta`` averages them (:func:`encode_views`)."""
+    return np.concatenate([encode_views(model.encoder, torch.from_numpy(x[i:i + batch]), tta)[0]
                            for i in range(0, len(x), batch)])
 
 
@@ -332,6 +350,147 @@ def run(model: str, seed: int, steps: int, batch: int, curve_every: int, train_s
     return rows
 
 
+# --- variants: symmetry, combined profiles, balanced batches, protocols ------------------
+VARIANT_METRICS = ("nsc", "nscb", "map", "nsc_a", "nscb_a", "map_a", "nsc_b", "nscb_b",
+                   "map_b")
+
+
+def cached_features(checkpoint: Path, x: np.ndarray, tta: str) -> np.ndarray:
+    """Posterior means of the 12-MOA cells by ``checkpoint`` under ``tta``, computed once
+    and kept beside the checkpoint (``features_<tta>.npy``)."""
+    path = checkpoint.parent / f"moa_features_{tta}.npy"
+    if path.exists() and path.stat().st_mtime > checkpoint.stat().st_mtime:
+        return np.load(path)
+    feats = encode(load_model(checkpoint)[0], x, tta=tta).astype(float)
+    np.save(path, feats)
+    return feats
+
+
+def run_label(folder: Path) -> tuple[str, int]:
+    """(profile name, seed) of a run folder ``<tag>_<model>_s<seed>``: the model and, for a
+    balanced run, ``balanced``."""
+    stem, _, seed = folder.name.rpartition("_s")
+    tag, _, model = stem.partition("_")
+    name = {"vae": "plain VAE", "vae-gan-progressive": "full model"}.get(model, model)
+    balance = load_checkpoint(folder / "model.pt")["data_config"].get("balance_by")
+    return (f"{name}, balanced" if balance else name), int(seed)
+
+
+def variants(work: Path, runs: list[Path], ttas: tuple[str, ...], docs: Path | None) -> None:
+    """Every profile of issue 19 from trained runs (no training): each run's posterior
+    means with and without test-time symmetry, alone and combined with hand-crafted
+    features, under every normalisation protocol; the protocol and the symmetry are chosen
+    on compound half a, the table reports halves a, b and all."""
+    moa_store, _, _ = stores(work)
+    cells, raw = read_cells(moa_store), read_crops(moa_store)
+    x = scale_crops(raw, "max")
+    hand = classical_features(raw, CHANNELS).to_numpy().astype(float)
+    rows: list[dict] = []
+    for p in PROTOCOLS:
+        rows.append({"profile": "hand-crafted", "protocol": p, "seed": None,
+                     **moa_metrics(cells, hand, p)})
+    for folder in runs:
+        name, seed = run_label(folder)
+        for tta in ttas:
+            feats = cached_features(folder / "model.pt", x, tta)
+            suffix = "" if tta == "none" else f", TTA {tta}"
+            for p in PROTOCOLS:
+                rows.append({"profile": name + suffix, "protocol": p, "seed": seed,
+                             **moa_metrics(cells, feats, p)})
+                rows.append({"profile": name + suffix + " + hand-crafted", "protocol": p,
+                             "seed": seed, **moa_metrics(cells, [feats, hand], p)})
+        print(f"{folder.name}: done", flush=True)
+    out = work / "results_variants.json"
+    out.write_text(json.dumps({"date": str(date.today()), "machine": _cpu_model(),
+                               "cpus": os.cpu_count(), "runs": [str(r) for r in runs],
+                               "rows": rows}, indent=1, default=str))
+    text = variants_tables(rows)
+    print(text)
+    if docs is not None:
+        _write_block(docs, "bbbc021_variants", text)
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for the record beside every figure."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _mean_sd(rows: list[dict], key: str) -> str:
+    v = np.array([r[key] for r in rows], float)
+    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+
+
+def half_a_score(rows: list[dict]) -> float:
+    """What settings are chosen by: the mean over seeds of NSC, NSCB and mAP on compound
+    half a. NSC alone moves in steps of 1/50 there (about 50 queries), so one metric would
+    choose by a query or two; the three together are steadier."""
+    return float(np.mean([np.mean([r[k] for r in rows]) for k in ("nsc_a", "nscb_a", "map_a")]))
+
+
+def variants_tables(rows: list[dict]) -> str:
+    """The protocol table (each protocol's half-a score and its NSC on halves a and b, per
+    profile), the main table (each profile under the protocol its half a chose), and the
+    best profile chosen on half a against hand-crafted features on half b and overall."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["profile"], r["protocol"]), []).append(r)
+    profiles = list(dict.fromkeys(r["profile"] for r in rows))
+    lines = ["Half-a score (mean of NSC, NSCB, mAP on half a) and NSC a / b of each protocol:",
+             "", "| profiles | " + " | ".join(PROTOCOLS) + " | chosen on a |",
+             "|---" * (2 + len(PROTOCOLS)) + "|"]
+    chosen = {}
+    for name in profiles:
+        score = {p: half_a_score(groups[(name, p)]) for p in PROTOCOLS}
+        chosen[name] = max(PROTOCOLS, key=lambda p: score[p])
+        cells = [f"{score[p]:.3f} ({np.mean([r['nsc_a'] for r in groups[(name, p)]]):.3f} / "
+                 f"{np.mean([r['nsc_b'] for r in groups[(name, p)]]):.3f})" for p in PROTOCOLS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {chosen[name]} |")
+    head = ("| profiles | NSC | NSCB | mAP | NSC a | NSCB a | mAP a | NSC b | NSCB b | mAP b |",
+            "|---" * 10 + "|")
+    lines += ["", "Each profile under the protocol chosen on half a (mean ± sd over seeds):", "",
+              head[0].replace("| profiles |", "| profiles | protocol |"), "|---" + head[1]]
+    for name in profiles:
+        got = groups[(name, chosen[name])]
+        lines.append(f"| {name} (n={len(got)}) | {chosen[name]} | "
+                     + " | ".join(_mean_sd(got, k) for k in VARIANT_METRICS) + " |")
+    lines += ["", "Every profile under the benchmark's protocol (dmso-mean):", "", *head]
+    for name in profiles:
+        got = groups[(name, "dmso-mean")]
+        lines.append(f"| {name} (n={len(got)}) | "
+                     + " | ".join(_mean_sd(got, k) for k in VARIANT_METRICS) + " |")
+    best = max((n for n in profiles if n != "hand-crafted"),
+               key=lambda n: half_a_score(groups[(n, chosen[n])]))
+    hand = groups[("hand-crafted", chosen["hand-crafted"])][0]
+    got = groups[(best, chosen[best])]
+    lines += ["", f"Best learned or combined profile on half a: **{best}** ({chosen[best]}); "
+              f"against hand-crafted ({chosen['hand-crafted']}), mean ± sd over seeds:", "",
+              "| | NSC | NSCB | mAP |", "|---|---|---|---|"]
+    for part, suffix in (("half b", "_b"), ("overall", "")):
+        diffs = [f"{np.mean([r[k + suffix] for r in got]) - hand[k + suffix]:+.3f} ± "
+                 f"{np.std([r[k + suffix] for r in got], ddof=1) if len(got) > 1 else 0:.3f}"
+                 for k in ("nsc", "nscb", "map")]
+        lines.append(f"| {part}: difference | " + " | ".join(diffs) + " |")
+    return "\n".join(lines)
+
+
+def _write_block(docs: Path, name: str, text: str) -> None:
+    """``text`` between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``docs``."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{text}\n{end}"
+    doc = docs.read_text()
+    if start in doc and end in doc:
+        doc = doc[:doc.index(start)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    docs.write_text(doc)
+
+
 def compare_protocols(work: Path, checkpoints: list[Path]) -> None:
     """NSC of every protocol on compound halves a and b: choose on a, report on b."""
     moa_store, _, _ = stores(work)
@@ -393,7 +552,17 @@ def main() -> None:
     ap.add_argument("--protocols", nargs="+", default=None, metavar="CHECKPOINT",
                     help="only compare the ways of making treatment profiles (PROTOCOLS) on "
                          "each compound half, for hand-crafted features and these checkpoints")
+    ap.add_argument("--variants", nargs="+", default=None, metavar="RUN",
+                    help="only evaluate trained run folders (TAG_MODEL_sSEED) with and without "
+                         "test-time symmetry, alone and combined with hand-crafted features, "
+                         "under every protocol (issue 19's table)")
+    ap.add_argument("--tta", default="none,flips,dihedral",
+                    help="with --variants: the symmetries to compare")
     args = ap.parse_args()
+    if args.variants:
+        variants(args.work, [Path(r) for r in args.variants], tuple(args.tta.split(",")),
+                 args.docs)
+        return
     if args.protocols:
         compare_protocols(args.work, [Path(p) for p in args.protocols])
         return
