@@ -9,8 +9,10 @@ pipeline stage (docs/architecture.md says which folder owns what)::
 - prepare: :func:`crop_screen` (plate images + CellProfiler tables -> crop store),
   :func:`import_singlecell` (a folder of single-cell crops), :func:`merge_stores`
 - learn: :func:`train` (the adversarial progressive VAE), :func:`embed` (cells -> profiles)
-- profile: :func:`measure` (hand-crafted features), :func:`run_match` (treatment profiles,
-  NSC / NSCB / mAP), :func:`aggregate` and :func:`export` (pycytominer tables)
+- profile: :func:`measure` (hand-crafted features), :func:`combine_profiles` and
+  :func:`join_profiles` (learned and hand-crafted features of the same cells as one
+  profile of blocks), :func:`run_match` (treatment profiles, NSC / NSCB / mAP),
+  :func:`aggregate` and :func:`export` (pycytominer tables)
 - report: :func:`show` (reconstructions, typical cells, interpolations),
   :func:`save_match_figures`, :func:`save_training_images`
 - formats: :func:`read_cells`, :func:`read_crops`, :func:`read_profiles`,
@@ -41,6 +43,7 @@ _API = {
     "cellprof.learn.embed": ("embed",),
     "cellprof.learn.config": ("ModelConfig", "TrainConfig", "DataConfig", "EmbedConfig"),
     "cellprof.profile.measure": ("measure", "MeasureConfig"),
+    "cellprof.profile.combine": ("combine_profiles", "join_profiles"),
     "cellprof.profile.match": ("run_match", "MatchConfig"),
     "cellprof.profile.aggregate": ("aggregate", "export"),
     "cellprof.report.show": ("show",),

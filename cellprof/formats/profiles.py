@@ -8,7 +8,8 @@ Layout of a profiles file (``cellprof embed --out profiles.h5``)::
     attributes        format, schema_version, profile_kind, feature_names (JSON), store,
                       channels, checkpoint, crop_scaling, model_config (JSON), ...;
                       config and inputs (what a resume must match), n_done, complete,
-                      created
+                      created; a combined profile (``cellprof combine``) also has
+                      feature_blocks (JSON: each feature's block name, in feature order)
 
 As tables, profiles follow pycytominer: ``Metadata_*`` columns first, then one column per
 feature; everything that is not ``Metadata_`` is a feature unless named otherwise. Exported
@@ -36,8 +37,8 @@ from cellprof.formats.store import ColumnTable, column_kind
 FORMAT = "cellprof-profiles"
 SCHEMA_VERSION = 1
 FEATURES, LOGVAR, CELLS = "features", "logvar", "cells"
-RESERVED = frozenset({"format", "schema_version", "feature_names", "config", "inputs",
-                      "n_done", "complete", "created", "cellprof_version"})
+RESERVED = frozenset({"format", "schema_version", "feature_names", "feature_blocks", "config",
+                      "inputs", "n_done", "complete", "created", "cellprof_version"})
 """Attributes the writer sets itself; a caller's ``attrs`` may not name them."""
 META_KEYS = ("ImageNumber", "ObjectNumber", "TableNumber", "Location_Center_X",
              "Location_Center_Y", "Crop_Padded")
@@ -62,16 +63,22 @@ class ProfileWriter:
     reason logged, never continued. The partial file, its lock, resume (a torn file's
     committed rows copied into a fresh one) and final rename are
     :class:`~cellprof.formats.partial.PartialFile`'s, as for a crop store.
+    ``feature_blocks`` names each feature's block (one name per feature) in a combined
+    profile; ``match`` weighs the blocks equally (:mod:`cellprof.profile.blocks`).
     """
 
     def __init__(self, path: str | Path, cells: pd.DataFrame, feature_names: Sequence[str],
                  attrs: dict[str, Any], logvar: bool,
-                 inputs: dict[str, Any] | None = None, resume: bool = True) -> None:
+                 inputs: dict[str, Any] | None = None, resume: bool = True,
+                 feature_blocks: Sequence[str] | None = None) -> None:
         reserved = sorted(set(attrs) & RESERVED)
         if reserved:
             raise ValueError(f"profile attributes {reserved} are the writer's own")
         names = list(feature_names)
         datasets = (FEATURES, LOGVAR) if logvar else (FEATURES,)
+        blocks = None if feature_blocks is None else [str(b) for b in feature_blocks]
+        if blocks is not None and len(blocks) != len(names):
+            raise ValueError(f"{len(blocks)} feature blocks for {len(names)} features")
 
         def create(f: h5py.File) -> None:
             n, d = len(cells), len(names)
@@ -84,9 +91,13 @@ class ProfileWriter:
             f.attrs.update(schema_version=SCHEMA_VERSION, feature_names=json.dumps(names),
                            **{k: json.dumps(v) if not isinstance(v, str) else v
                               for k, v in attrs.items()})
+            if blocks is not None:
+                f.attrs["feature_blocks"] = json.dumps(blocks)
 
         config = {"attrs": attrs, "feature_names": names, "logvar": logvar,
                   "n_cells": len(cells)}
+        if blocks is not None:  # only then, so earlier files' resume key is unchanged
+            config["feature_blocks"] = blocks
         self.part = PartialFile(path, format=FORMAT, config=config, inputs=inputs,
                                 counts=dict.fromkeys(datasets, "n_done"), create=create,
                                 resume=resume)
@@ -141,6 +152,19 @@ def read_profiles(path: str | Path) -> tuple[pd.DataFrame, np.ndarray, list[str]
 def profile_attrs(path: str | Path) -> dict[str, Any]:
     with _open(path) as f:
         return dict(f.attrs)
+
+
+def profile_blocks(path: str | Path) -> dict[str, list[str]]:
+    """Block name -> its feature names, in file order, of a combined profiles file; empty
+    for a file of one kind (``embed``, ``measure``)."""
+    with _open(path) as f:
+        if "feature_blocks" not in f.attrs:
+            return {}
+        names = json.loads(f.attrs["feature_names"])
+        blocks: dict[str, list[str]] = {}
+        for name, block in zip(names, json.loads(f.attrs["feature_blocks"])):
+            blocks.setdefault(block, []).append(name)
+        return blocks
 
 
 def profile_table(path: str | Path) -> pd.DataFrame:

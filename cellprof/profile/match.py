@@ -12,6 +12,7 @@ same-mechanism treatments first (mAP)? Conventions are those of BBBC021 (Ljosa e
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,12 @@ import numpy as np
 import pandas as pd
 
 from cellprof.errors import InputError
-from cellprof.formats.profiles import feature_columns, profile_table, write_table
+from cellprof.formats.profiles import (
+    feature_columns,
+    profile_blocks,
+    profile_table,
+    write_table,
+)
 from cellprof.formats.safeio import OutputLock, refuse_repeats, write_json
 from cellprof.prepare.tables import (
     COMPOUND,
@@ -41,6 +47,7 @@ from cellprof.prepare.tables import (
     require_columns,
 )
 from cellprof.profile.aggregate import aggregate
+from cellprof.profile.blocks import Blocks, check_blocks, weigh_blocks
 from cellprof.profile.controls import (
     check_control_options,
     control_rows,
@@ -75,6 +82,7 @@ _ID_COLUMN = re.compile(r"(^|_)(ImageNumber|TableNumber)$|ObjectNumber(_\d+)?$"
 NONFINITE = ("error", "drop-features", "drop-rows")
 NORMALIZE_AT = ("well", "site", "cell")
 _CONTROL = "Metadata__control"  # prepare()'s own mark of control rows, never an output
+log = logging.getLogger("cellprof")
 
 
 @dataclass(frozen=True)
@@ -208,6 +216,31 @@ def _join_image_table(table: pd.DataFrame, image_table: str | Path, source: str 
     return table
 
 
+def is_hdf5(path: str | Path) -> bool:
+    """Whether ``path`` is an HDF5 file (a profiles file), told by its first bytes."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"\x89HDF"
+
+
+def blocks_of(paths: Sequence[str | Path]) -> dict[str, list[str]]:
+    """The feature blocks of combined profiles files (``cellprof combine``); empty when
+    they are not combined. Shards (one file per plate) must all be combined alike."""
+    found = [(p, profile_blocks(p) if is_hdf5(p) else {}) for p in paths]
+    first, blocks = found[0]
+    for path, other in found[1:]:
+        if other != blocks:
+            def what(b: dict[str, list[str]]) -> str:
+                return "blocks " + ", ".join(f"{k} ({len(v)})" for k, v in b.items()) \
+                    if b else "no blocks"
+            raise InputError(f"{path}: {what(other)}, but {first}: {what(blocks)}: shards of a "
+                             "combined profile must be combined alike (the same files' kinds, "
+                             "the same --names)")
+    return blocks
+
+
 def load_profiles(path: str | Path, image_table: str | Path | None = None,
                   moa: str | Path | None = None, compound_column: str | None = None,
                   concentration_column: str | None = None) -> pd.DataFrame:
@@ -224,11 +257,7 @@ def load_profiles(path: str | Path, image_table: str | Path | None = None,
     ``concentration_column`` likewise the dose (``Metadata_mmoles_per_liter``).
     """
     path = Path(path)
-    hdf5 = False
-    if path.is_file():
-        with open(path, "rb") as fh:
-            hdf5 = fh.read(4) == b"\x89HDF"
-    table = canonical_columns(profile_table(path) if hdf5 else read_table(path))
+    table = canonical_columns(profile_table(path) if is_hdf5(path) else read_table(path))
     if image_table is not None:
         table = _join_image_table(table, image_table, path,
                                   (compound_column, concentration_column))
@@ -244,6 +273,7 @@ def load_profiles(path: str | Path, image_table: str | Path | None = None,
                 + ("name the compound column with --compound-column or pass --image-table"
                    if COMPOUND in missing else "pass --image-table with a concentration "
                    "column, or give the profiles a Metadata_MOA column instead of --moa"))
+        _require_compounds(table, compound_column or COMPOUND, str(path))
         table = join_moa(table, read_moa_table(moa), moa)
     return table
 
@@ -252,7 +282,7 @@ def _nonfinite(table: pd.DataFrame, features: list[str], how: str
                ) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
     """Apply the ``nonfinite`` policy; return table, features and what was dropped."""
     bad = ~np.isfinite(table[features].to_numpy(np.float64))
-    info: dict[str, Any] = {"dropped_features": [], "dropped_rows": 0}
+    info: dict[str, Any] = {"dropped_features": [], "dropped_rows": 0, "dropped": []}
     if not bad.any():
         return table, features, info
     cols = [f for f, b in zip(features, bad.any(axis=0)) if b]
@@ -269,8 +299,33 @@ def _nonfinite(table: pd.DataFrame, features: list[str], how: str
     if how == "drop-features":
         info["dropped_features"] = cols
         return table.drop(columns=cols), [f for f in features if f not in cols], info
+    mask = bad.any(axis=1)
     info["dropped_rows"] = len(rows)
-    return table.drop(index=table.index[rows]), features, info
+    info["dropped"] = [_dropped(table, mask, "NaN/inf features")]
+    return table[~mask], features, info
+
+
+def _dropped(table: pd.DataFrame, mask: np.ndarray | pd.Series, reason: str
+             ) -> dict[str, Any]:
+    """What dropping ``table[mask]`` loses, for the report: the reason, the rows and the
+    wells (``plate well``) holding them; logged, so a notebook sees it too."""
+    rows = table.loc[np.asarray(mask, bool)]
+    keys = [c for c in (PLATE, WELL) if c in rows.columns]
+    wells = [" ".join(map(str, k)) for k in
+             rows[keys].drop_duplicates().itertuples(index=False)] if keys else []
+    log.warning("match: %d row(s) dropped (%s) in %d well(s): %s", len(rows), reason,
+                len(wells), ", ".join(wells[:4]) + (" …" if len(wells) > 4 else ""))
+    return {"reason": reason, "rows": len(rows), "wells": wells}
+
+
+def _require_compounds(table: pd.DataFrame, column: str, source: str) -> None:
+    """Matching compares treatments, so a compound column naming none (a screen cropped
+    without compounds) is refused first: --moa, which pairs compounds with MOAs, cannot help."""
+    if not table[COMPOUND].astype("string").str.strip().fillna("").ne("").any():
+        raise InputError(f"{source}: no compound in any of {len(table)} rows ({column} is "
+                         "empty): matching needs a compound column; name the one that has "
+                         "them with --compound-column, or join them by plate and well with "
+                         "--image-table")
 
 
 def _require_moa(table: pd.DataFrame) -> None:
@@ -282,16 +337,24 @@ def _require_moa(table: pd.DataFrame) -> None:
             "table with --moa (columns compound, concentration, moa, as BBBC021_v1_moa.csv)")
 
 
-def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
-            ) -> tuple[pd.DataFrame, dict[str, Any]]:
+def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig(),
+            blocks: Blocks | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Cells -> normalised wells (or sites) -> treatment profiles ready for matching.
 
     Returns the treatment table — ``Metadata_Treatment`` (``compound@concentration``),
     compound, concentration, MOA, ``Metadata_Batches`` (``;``-joined batches of its wells),
     ``Metadata_Count`` (wells), ``Metadata_Query``, then features — without the control
     and without unlabelled treatments, and a report of every count and exclusion.
+
+    ``blocks`` (block name -> its features, as a combined profiles file has them) weighs
+    the blocks of a combined profile equally: after normalisation, each block's features
+    are multiplied by one weight so that its total variance across the treatment profiles
+    is 1 (:mod:`cellprof.profile.blocks`); the report's ``blocks`` says each one's width,
+    total variance and weight.
     """
     table, features = _checked_table(table, config)
+    if blocks:
+        check_blocks(blocks, features)
     report: dict[str, Any] = {
         "n_input_rows": len(table), "n_input_features": len(features),
         "identifier_columns": [c for c in table.columns if c not in features
@@ -299,7 +362,17 @@ def prepare(table: pd.DataFrame, config: MatchConfig = MatchConfig()
                                and pd.api.types.is_numeric_dtype(table[c])]}
     table, features = _treated_rows(table, features, config, report)
     wells, features = _normalised_wells(table, features, config, report)
-    return _treatments(wells, features, config, report), report
+    treat = _treatments(wells, features, config, report)
+    if blocks:
+        # after normalisation (per feature) and aggregation (which commutes with a scale)
+        kept = {name: [f for f in feats if f in features] for name, feats in blocks.items()}
+        if empty := [name for name, feats in kept.items() if not feats]:
+            raise InputError(f"feature block {empty[0]!r} has no feature left (all dropped: "
+                             "no spread in the controls, or NaN/inf)")
+        treat, report["blocks"] = weigh_blocks(treat, kept)
+        for entry in report["blocks"]:
+            entry["input_width"] = len(blocks[entry["name"]])
+    return treat, report
 
 
 def _checked_table(table: pd.DataFrame, config: MatchConfig) -> tuple[pd.DataFrame, list[str]]:
@@ -309,6 +382,7 @@ def _checked_table(table: pd.DataFrame, config: MatchConfig) -> tuple[pd.DataFra
                          (config.compound_column, config.concentration_column), "profiles")
     if COMPOUND not in table.columns:
         raise InputError(missing_compound_message(table, "profiles"))
+    _require_compounds(table, config.compound_column, "profiles")
     for col in (PLATE, WELL):
         if col not in table.columns:
             raise InputError(f"profiles have no {col} column: name it {col} (or Image_{col}, "
@@ -335,21 +409,41 @@ def _treated_rows(table: pd.DataFrame, features: list[str], config: MatchConfig,
                                                    config.control_query)})
     table, features, dropped = _nonfinite(table, features, config.nonfinite)
     report.update(dropped)
-    has_treatment = table[COMPOUND].notna()
-    report["rows_without_compound"] = int((~has_treatment).sum())
     meta = [c for c in table.columns if c.startswith("Metadata_") and c != "Metadata_Count"]
-    table = table.loc[has_treatment, meta + features].copy()  # Count is recomputed
-    conc = pd.to_numeric(table[CONCENTRATION], errors="coerce")
-    if (bad := conc.isna() & table[CONCENTRATION].notna()).any():
-        raise InputError(f"{CONCENTRATION}: not a number: "
-                         f"{table.loc[bad, CONCENTRATION].iloc[0]!r}")
-    table[CONCENTRATION] = concentration_key(conc)
+    table = _rows_with_treatment(table[meta + features], report)  # Count is recomputed
     table[MOA] = table[MOA].astype("string").str.strip().fillna("").astype(object)
     kinds = table.groupby([COMPOUND, CONCENTRATION], dropna=False)[MOA].nunique()
     if (kinds > 1).any():
         raise InputError(f"{MOA} differs between rows of treatment(s) "
                          f"{', '.join(f'{c}@{v:g}' for c, v in kinds.index[kinds > 1][:5])}")
     return table, features
+
+
+def _rows_with_treatment(table: pd.DataFrame, report: dict[str, Any]) -> pd.DataFrame:
+    """The rows that name a treatment, concentrations as keys. Rows without a compound, or
+    without a concentration when other rows of their compound have one (which dose would
+    they be?), are dropped and reported as rows with NaN/inf are: each reason with its rows
+    and wells in ``report["dropped"]``, all of them counted in ``dropped_rows``. A compound
+    no row gives a dose is one treatment, as in a table without concentrations."""
+    missing = table[COMPOUND].astype("string").str.strip().fillna("").eq("").to_numpy(bool)
+    report["rows_without_compound"] = int(missing.sum())
+    if missing.any():
+        report["dropped"].append(_dropped(table, missing, f"no {COMPOUND}"))
+        table = table[~missing]
+    table = table.copy()
+    conc = pd.to_numeric(table[CONCENTRATION], errors="coerce")
+    if (bad := conc.isna() & table[CONCENTRATION].notna()).any():
+        raise InputError(f"{CONCENTRATION}: not a number: "
+                         f"{table.loc[bad, CONCENTRATION].iloc[0]!r}")
+    table[CONCENTRATION] = concentration_key(conc)
+    dosed = table.loc[table[CONCENTRATION].notna(), COMPOUND].unique()
+    missing = (table[CONCENTRATION].isna() & table[COMPOUND].isin(dosed)).to_numpy(bool)
+    if missing.any():
+        report["dropped"].append(_dropped(
+            table, missing, f"no {CONCENTRATION}; their compound has one elsewhere"))
+        table = table[~missing]
+    report["dropped_rows"] = sum(entry["rows"] for entry in report["dropped"])
+    return table
 
 
 def _normalised_wells(table: pd.DataFrame, features: list[str], config: MatchConfig,
@@ -451,21 +545,28 @@ def _num(x: float) -> float | None:
 
 def run_match(profiles: str | Path | pd.DataFrame | Sequence[str | Path], out_dir: str | Path,
               config: MatchConfig = MatchConfig(), image_table: str | Path | None = None,
-              moa: str | Path | None = None) -> MatchResult:
+              moa: str | Path | None = None, blocks: Blocks | None = None) -> MatchResult:
     """Load, prepare, match; write metrics.json, treatments.csv, map_per_moa.csv,
     confusion_nsc.csv and treatment_profiles.parquet into ``out_dir`` (each atomically;
-    metrics.json last)."""
+    metrics.json last).
+
+    Several files are shards (rows of more plates, concatenated). A combined profiles file
+    (``cellprof combine``) brings its feature blocks, weighed equally (see :func:`prepare`);
+    ``blocks`` gives them for a table or DataFrame (and replaces a file's own).
+    """
     columns = {"compound_column": config.compound_column,
                "concentration_column": config.concentration_column}
     if isinstance(profiles, pd.DataFrame):
         table = profiles
-    elif isinstance(profiles, (list, tuple)):  # shards, e.g. one profiles file per plate
-        refuse_repeats(profiles, "match")
-        table = pd.concat([load_profiles(p, image_table=image_table, moa=moa, **columns)
-                           for p in profiles], ignore_index=True)
     else:
-        table = load_profiles(profiles, image_table=image_table, moa=moa, **columns)
-    treat, report = prepare(table, config)
+        paths = list(profiles) if isinstance(profiles, (list, tuple)) else [profiles]
+        refuse_repeats(paths, "match")  # shards, e.g. one profiles file per plate
+        tables = [load_profiles(p, image_table=image_table, moa=moa, **columns)
+                  for p in paths]
+        table = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)
+        if blocks is None:
+            blocks = blocks_of(paths)
+    treat, report = prepare(table, config, blocks)
     res = retrieve(treat, config.metric)
     excluded = single_batch_moas(treat)
     per_moa, permutations = map_per_moa(treat, config.metric, config.permutations, config.seed)
@@ -554,8 +655,14 @@ def summary_rows(result: MatchResult) -> list[tuple[str, str]]:
         if m.get(key):
             rows.append((label, f"{len(m[key])}: {', '.join(map(str, m[key][:4]))}"
                          + (" …" if len(m[key]) > 4 else "")))
-    if m.get("dropped_rows"):
-        rows.append(("rows dropped (NaN/inf)", str(m["dropped_rows"])))
+    if m.get("blocks"):  # after the controls: how the profile was made
+        rows.insert(2, ("feature blocks (width × weight)", ", ".join(
+            f"{b['name']} {b['width']} × {b['weight']:.3g}" for b in m["blocks"])))
+    for entry in m.get("dropped", []):
+        wells = entry["wells"]
+        rows.append((f"rows dropped ({entry['reason']})",
+                     f"{entry['rows']} in {len(wells)} well(s): {', '.join(wells[:4])}"
+                     + (" …" if len(wells) > 4 else "")))
     if m.get("map_permutations", 0) < cfg.get("permutations", 0):
         rows.append(("mAP p-values from", f"{m['map_permutations']} permutations (the "
                      f"{cfg['permutations']} asked exceed the work limit)"))
