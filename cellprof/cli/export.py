@@ -44,10 +44,9 @@ def export(
     from cellprof.profile.aggregate import export as write
 
     path = out or profiles.with_suffix(f".{level}.{format}")
-    if path.exists() and not overwrite:
-        raise InputError(f"{path}: exists; pass --overwrite to replace it")
     if path.suffix != f".{format}" and not path.name.endswith(f".{format}.gz"):
         raise InputError(f"--out {path}: name it *.{format} to match --format {format}")
     refuse_inputs(path, [profiles])  # --overwrite must never replace what it reads
-    written = write(profiles, path, level, method, compound_column)
+    # One writer at a time, and "exists" checked under its lock (see export's docstring).
+    written = write(profiles, path, level, method, compound_column, overwrite=overwrite)
     console.print(f"wrote {level}-level profiles -> {written}")

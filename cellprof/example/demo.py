@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cellprof.errors import InputError
+from cellprof.errors import CellprofError, InputError
 from cellprof.example.config import DemoConfig
 from cellprof.example.synth import SynthResult, synthesize
 from cellprof.learn.data import DataConfig
@@ -24,6 +24,27 @@ from cellprof.prepare.runner import Progress
 from cellprof.profile.match import MatchConfig, MatchResult, run_match
 from cellprof.report.plots import save_match_figures, save_training_images
 from cellprof.report.show import ShowConfig, ShowResult, show
+
+
+class DemoInterrupted(CellprofError):
+    """Ctrl-C or SIGTERM stopped the demo's training: nothing after it ran.
+
+    A partly trained model (16 of 400 steps) embeds and matches as noise; going on with it
+    printed NSC figures of that noise and exited 0. ``signal`` is the signal's number (the
+    CLI exits 128 + it, as ``cellprof train`` does); ``training`` says where the run is.
+    """
+
+    def __init__(self, training: TrainResult, steps: int, crops: Path) -> None:
+        import signal as signals
+
+        self.training, self.signal = training, training.signal or signals.SIGINT
+        name = signals.Signals(self.signal).name
+        run = training.out
+        super().__init__(
+            f"interrupted ({name}) at training step {training.step} of {steps}: nothing was "
+            f"embedded or matched; the run folder is {run} (checkpoint {training.checkpoint}); "
+            f"continue it with `cellprof train {crops} --out {run} --resume`, then embed, "
+            f"match and show as docs/cli.md#demo lists, or start the demo over with --force")
 
 
 @dataclass(frozen=True)
@@ -64,6 +85,9 @@ def run_demo(outdir: str | Path = "cellprof-demo", *, force: bool = False,
     InputError
         When ``outdir`` already holds results and ``force`` is not set: a demo never
         overwrites earlier work silently.
+    DemoInterrupted
+        When Ctrl-C or SIGTERM stopped the training (its checkpoint is saved); the later
+        stages do not run on a partly trained model.
     """
     outdir = Path(outdir)
     if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
@@ -89,6 +113,8 @@ def run_demo(outdir: str | Path = "cellprof-demo", *, force: bool = False,
                                         checkpoint_every=max(1, config.steps // 4)),
                      data_config=DataConfig(), progress=train_progress,
                      pictures=save_training_images)
+    if training.status == "interrupted":
+        raise DemoInterrupted(training, config.steps, crops.out)
     profiles = embed(training.checkpoint, crops.out, outdir / "profiles.h5",
                      config=EmbedConfig(device=config.device), progress=progress)
     report = run_match(profiles.out, outdir / "report", MatchConfig(normalize=config.normalize))

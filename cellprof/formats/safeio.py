@@ -7,6 +7,7 @@ Every cellprof writer goes through this module, so each guarantee is made once:
   complete, so a reader never sees half a file; a failed write removes the temporary.
   The rename is durable (:func:`durable_replace`): the file is synced before it and the
   folder after, so a finished output survives a power cut, not only a killed process.
+  :func:`private_atomic_path` gives each run a temporary name of its own.
 * **Output locks** (:class:`OutputLock`): an exclusive ``fcntl.flock`` on ``<out>.lock``
   while a command writes ``out``. Two runs into one output would interleave (two
   trainings each logging every step, two crops racing for one rename); the second is
@@ -18,7 +19,8 @@ Every cellprof writer goes through this module, so each guarantee is made once:
 * **Input fingerprints** (:func:`fingerprint`): size, modification time and a hash of
   each input's content (tables) or of its attributes (HDF5 stores). A resumable writer
   saves them beside its partial output and starts over, saying why, when they changed:
-  a resume that trusted paths alone would mix results of two different inputs.
+  a resume that trusted paths alone would mix results of two different inputs. Many small
+  files (a folder of crops) are fingerprinted by size and time (:func:`files_fingerprint`).
 """
 
 from __future__ import annotations
@@ -58,6 +60,28 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(path)
+    try:
+        yield tmp
+        durable_replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def private_atomic_path(path: str | Path) -> Iterator[Path]:
+    """:func:`atomic_path` whose temporary file is this run's own.
+
+    :func:`atomic_path`'s one temporary name per output means two runs into one output
+    write through the same file, and the first to finish renames the other's half into
+    place. Here the name is ``.<pid>-<random>.<name>`` beside ``path``: hidden, unique to
+    the run, and ending as ``path`` does, so a writer that picks its format by suffix
+    (``.csv.gz``, ``.parquet``) picks the same one. The last run to finish wins whole.
+    """
+    import secrets
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{os.getpid()}-{secrets.token_hex(4)}.{path.name}")
     try:
         yield tmp
         durable_replace(tmp, path)
@@ -265,6 +289,28 @@ def fingerprint(inputs: dict[str, str | Path | None]) -> dict[str, Any]:
     return out
 
 
+def files_fingerprint(root: str | Path, paths: Iterable[str | Path]) -> dict[str, Any]:
+    """Identity of many files (a folder of single-cell crops) from their sizes and
+    modification times, in the form :func:`fingerprint` gives one input.
+
+    Hashing every crop's content would read the whole data set again before a resume;
+    a size and a modification time per file cost one ``stat`` and catch a crop replaced,
+    added, removed or converted. ``path`` is ``root``; ``files`` counts the paths and
+    ``hash`` covers each one's name, size and time, in the order given (a missing file
+    counts as size -1).
+    """
+    h, n = hashlib.sha256(), 0
+    for p in paths:
+        try:
+            st = os.stat(p)
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime = -1, 0
+        h.update(f"{p}\0{size}\0{mtime}\n".encode())
+        n += 1
+    return {"path": str(Path(root).resolve()), "files": n, "hash": h.hexdigest()}
+
+
 def fingerprint_change(saved: dict[str, Any] | None, now: dict[str, Any]) -> str | None:
     """Why ``now`` differs from ``saved`` (e.g. "Nuclei.csv changed"), or None if the same."""
     if saved is None:
@@ -279,7 +325,8 @@ def fingerprint_change(saved: dict[str, Any] | None, now: dict[str, Any]) -> str
         old = saved.get(name)
         if strip(old) == strip(fp):
             continue
-        label = Path(fp["path"]).name if fp else name
+        # one file by its name; a set of files (files_fingerprint) by what it is
+        label = Path(fp["path"]).name if fp and "files" not in fp else name
         if old is None or fp is None:
             changed.append(f"{name} {'added' if old is None else 'removed'}")
         elif old.get("hash") != fp.get("hash") or old.get("size") != fp.get("size"):

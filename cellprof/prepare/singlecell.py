@@ -6,10 +6,18 @@ Single-cell sets often circulate already cut: one ``.npy`` per cell with a metad
 by class sub-folders (``apo/``, ``meta/`` …). Importing them into a crop store lets them go
 through the same train / embed / match steps as cropped screens, each crop keeping its
 own labels as ``Metadata_`` columns.
+
+What the table crop guarantees holds here too: one pixel scale per store (the first crop's
+bit depth; a crop of another one stops the import, naming both files, since an 8-bit crop
+among 16-bit ones, or the reverse, would be stored on a 256 times different scale or
+wrapped modulo 256), crops with NaN or infinite pixels rejected and reported, a crop listed
+twice refused, and a resume that starts over when the metadata or MOA table, or any crop
+file's size or modification time, changed since the interrupted run.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +27,7 @@ import pandas as pd
 
 from cellprof.errors import ImageError, InputError
 from cellprof.formats.images import intensity_stats, read_planes
+from cellprof.formats.safeio import files_fingerprint, fingerprint
 from cellprof.formats.schema import FIELD_KEY, cell_rows, field_row, store_columns
 from cellprof.formats.store import CropStoreWriter
 from cellprof.prepare.crop import CropSummary, finish_store
@@ -79,11 +88,29 @@ class CellFieldTask:
     table_file: str
 
 
+def bit_depth(dtype: np.dtype) -> str:
+    """A pixel type's scale: ``8-bit``, ``16-bit``, ``signed 16-bit`` …, or ``float`` for
+    every float width (float32 and float64 crops hold values on one scale)."""
+    if dtype.kind == "f":
+        return "float"
+    if dtype.kind == "b":
+        return "boolean"
+    return f"{'signed ' if dtype.kind == 'i' else ''}{dtype.itemsize * 8}-bit"
+
+
+def store_dtype(dtype: np.dtype) -> str:
+    """The store's crop type for crops of ``dtype``: integers as they are (native byte
+    order), floats (any width) and anything else as float32, as the table crop stores them."""
+    return dtype.newbyteorder("=").name if dtype.kind in "ui" else "float32"
+
+
 @dataclass(frozen=True)
 class _LoadJob:
     shape: tuple[int, int, int]     # (H, W, C) every array must have
     dtype: str
     channels: list[str]
+    first: str                      # the first crop, whose pixel type every crop must share
+    source: str                     # its dtype
 
     def __call__(self, task: CellFieldTask) -> FieldResult:
         crops, kept, issues = [], [], []
@@ -95,9 +122,9 @@ class _LoadJob:
                 kind = "missing_image" if not path.exists() else exc.kind
                 issues.append(issue(kind, task.table_file, row, str(exc)))
                 continue
-            if arr.shape != self.shape:
-                issues.append(issue("wrong_size", task.table_file, row,
-                                    f"{path}: shape {arr.shape}, expected {self.shape} (H, W, C)"))
+            problem = self._check(arr, path)
+            if problem:
+                issues.append(issue(problem[0], task.table_file, row, problem[1]))
                 continue
             crops.append(np.moveaxis(arr, -1, 0))
             kept.append(i)
@@ -115,6 +142,28 @@ class _LoadJob:
         cells = cell_rows(task.cell_meta.iloc[kept], task.image_number,
                           np.asarray(task.object_numbers, dtype=np.int64)[kept])
         return FieldResult(task.key, record, array, cells, issues)
+
+    def _check(self, arr: np.ndarray, path: Path) -> tuple[str, str] | None:
+        """(issue kind, reason) of a crop that cannot be stored, None for a good one.
+
+        Raises
+        ------
+        InputError
+            For a crop of another bit depth than the first: skipping it would quietly drop
+            part of the set (often a whole class), storing it would put it on another scale.
+        """
+        source = np.dtype(self.source)
+        if bit_depth(arr.dtype) != bit_depth(source):
+            raise InputError(
+                f"{path}: {bit_depth(arr.dtype)} crop ({arr.dtype}), but the first crop "
+                f"{self.first} is {bit_depth(source)} ({source}): their values are on "
+                "different scales; convert every crop to one bit depth and rerun")
+        if arr.shape != self.shape:
+            return "wrong_size", f"{path}: shape {arr.shape}, expected {self.shape} (H, W, C)"
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            return "nonfinite_pixels", (f"{path}: {int((~np.isfinite(arr)).sum())} NaN or "
+                                        "infinite pixels; the crop is rejected")
+        return None
 
 
 def import_singlecell(
@@ -149,53 +198,94 @@ def import_singlecell(
         raise InputError(f"{out}: exists; pass --overwrite to replace it")
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder")
-    if metadata is None:
-        table, path_col, source = _folder_table(folder), "crop_path", folder
-    else:
-        source = metadata = Path(metadata)
-        table = canonical_columns(read_table(metadata))
-        path_col = next((c for c in _PATH_COLUMNS if c in table.columns), None)
-        if path_col is None:
-            raise InputError(f"{metadata}: missing column crop_path (the crop file, relative "
-                             f"to {folder})")
-    if not len(table):
-        raise InputError(f"{source}: lists no crops")
+    metadata = Path(metadata) if metadata is not None else None
+    table, path_col, source = _crop_table(folder, metadata)
     table, names = _cell_metadata(table, path_col)
     if moa is not None:
         table = join_moa(table, read_moa_table(moa), moa)
     first = folder / str(table[path_col].iloc[0])
-    try:
-        sample = read_crop(first)
-    except ImageError as exc:
-        raise InputError(f"cannot read the first crop: {exc}") from None
-    shape = sample.shape
-    if shape[0] != shape[1]:
-        raise InputError(f"{first}: crops must be square, got {shape[0]}x{shape[1]} px "
-                         f"(read as (H, W, C) = {shape})")
-    n_ch = shape[2]
+    sample = _first_crop(first)
+    shape, n_ch = sample.shape, sample.shape[2]
     chans = list(channels) if channels else (names if len(names) == n_ch
                                               else [f"ch{i}" for i in range(n_ch)])
     if len(chans) != n_ch:
         raise InputError(f"--channels names {len(chans)} channels, the crops have {n_ch}")
     meta_cols = [c for c in table.columns if c.startswith("Metadata_")]
     tasks = _tasks(table, folder, path_col, meta_cols, source)
-    dtype = str(sample.dtype) if sample.dtype.kind in "uif" else "float32"
+    dtype = store_dtype(sample.dtype)
     cell_cols, field_cols = store_columns(table[meta_cols], chans)
     settings = {"mode": "singlecell", "folder": str(folder.resolve()),
                 "metadata": str(metadata.resolve()) if metadata else None,
                 "moa": str(moa) if moa else None,
                 "channels": chans, "compression": compression}
+    # What a resume must match besides the settings: an edited table or a replaced crop
+    # would otherwise leave the cells committed before the kill with their old values.
+    inputs = {**fingerprint({"metadata table": metadata, "moa table": moa}),
+              "crop files": files_fingerprint(folder, [p for t in tasks for p in t.paths])}
     writer = CropStoreWriter(out, channels=chans, crop_size=shape[0], dtype=dtype,
                              cell_columns=cell_cols, field_columns=field_cols,
-                             config=settings, resume=not overwrite, compression=compression)
+                             config=settings, resume=not overwrite, compression=compression,
+                             inputs=inputs)
     try:
         done = set(writer.done_fields(FIELD_KEY)[FIELD_KEY])
         todo = [t for t in tasks if t.key not in done]
-        commit_results(ordered_map(_LoadJob(shape, dtype, chans), todo, workers), writer,
+        job = _LoadJob(shape, dtype, chans, str(first), sample.dtype.str)
+        commit_results(ordered_map(job, todo, workers), writer,
                        strict=strict, total=len(tasks), done=len(done), progress=progress)
         return finish_store(writer, out)
     finally:
         writer.close()
+
+
+def _crop_table(folder: Path, metadata: Path | None) -> tuple[pd.DataFrame, str, Path]:
+    """The crops to import (one row each), the table's path column, and where the rows
+    came from (the table, or ``folder`` when it is searched)."""
+    if metadata is None:
+        return _folder_table(folder), "crop_path", folder
+    table = canonical_columns(read_table(metadata))
+    path_col = next((c for c in _PATH_COLUMNS if c in table.columns), None)
+    if path_col is None:
+        raise InputError(f"{metadata}: missing column crop_path (the crop file, relative "
+                         f"to {folder})")
+    if not len(table):
+        raise InputError(f"{metadata}: lists no crops")
+    empty = np.flatnonzero((table[path_col].isna()  # else read as the file ".../nan"
+                            | (table[path_col].astype(str).str.strip() == "")).to_numpy())
+    if len(empty):
+        rows = ", ".join(str(i + 2) for i in empty[:5]) + (" …" if len(empty) > 5 else "")
+        raise InputError(f"{metadata}: {path_col} is empty in row{'s' if len(empty) > 1 else ''} "
+                         f"{rows}: give each crop's file, or remove the row")
+    _refuse_repeated_crops(table[path_col], metadata)
+    return table, path_col, metadata
+
+
+def _refuse_repeated_crops(paths: pd.Series, table_file: Path) -> None:
+    """Raise :class:`InputError` for a crop listed more than once (``a.npy``, ``./a.npy``):
+    each listing would become a cell of its own, counted again in its well's profile."""
+    listed = paths[paths.notna()].astype(str).str.strip()
+    listed = listed[listed != ""].map(os.path.normpath)
+    repeated = listed[listed.duplicated(keep=False)]
+    if repeated.empty:
+        return
+    crop = repeated.iloc[0]
+    rows = [str(i + 2) for i, p in zip(repeated.index, repeated, strict=True) if p == crop]
+    others = repeated.nunique() - 1
+    more = f"; {others} other crop(s) too" if others else ""
+    raise InputError(f"{table_file}: crop {crop} is listed {len(rows)} times, rows "
+                     f"{', '.join(rows)}{more}: each would become a cell of its own; list "
+                     "every crop once")
+
+
+def _first_crop(path: Path) -> np.ndarray:
+    """The first crop, which sets the store's size, channels and pixel type."""
+    try:
+        sample = read_crop(path)
+    except ImageError as exc:
+        raise InputError(f"cannot read the first crop: {exc}") from None
+    if sample.shape[0] != sample.shape[1]:
+        raise InputError(f"{path}: crops must be square, got {sample.shape[0]}x"
+                         f"{sample.shape[1]} px (read as (H, W, C) = {sample.shape})")
+    return sample
 
 
 def _folder_table(folder: Path) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from cellprof.formats.profiles import (
     profile_table,
     write_table,
 )
+from cellprof.formats.safeio import OutputLock, private_atomic_path
 from cellprof.formats.schema import COMPOUND, CONCENTRATION, PLATE, WELL
 from cellprof.profile.controls import use_compound_column
 
@@ -83,6 +84,22 @@ def export_table(profiles: str | Path, level: str = "cell", method: str = "mean"
 
 
 def export(profiles: str | Path, path: str | Path, level: str = "cell",
-           method: str = "mean", compound_column: str | None = None) -> Path:
-    """Write :func:`export_table` as CSV or Parquet (by suffix), atomically."""
-    return write_table(export_table(profiles, level, method, compound_column), path)
+           method: str = "mean", compound_column: str | None = None, *,
+           overwrite: bool = True) -> Path:
+    """Write :func:`export_table` as CSV or Parquet (by suffix), atomically.
+
+    One writer per table: ``cellprof export`` and ``embed``/``measure --format`` hold an
+    :class:`~cellprof.formats.safeio.OutputLock` on ``path`` while they write it, so a second
+    run into it is refused, naming it; and each writes a temporary file of its own
+    (:func:`~cellprof.formats.safeio.private_atomic_path`), so ``path`` is always the whole
+    table of the last run that finished. ``overwrite=False`` refuses an existing ``path``
+    (checked under the lock: two runs cannot both find it absent).
+    """
+    path = Path(path)
+    with OutputLock(path):
+        if path.exists() and not overwrite:
+            raise InputError(f"{path}: exists; pass --overwrite to replace it")
+        table = export_table(profiles, level, method, compound_column)
+        with private_atomic_path(path) as tmp:
+            write_table(table, tmp)
+    return path
