@@ -30,6 +30,12 @@ class WrongSize(ImageError):
     kind = "wrong_size"
 
 
+class MissingChannel(ImageError):
+    """A multi-channel file whose own channel names lack one the screen needs."""
+
+    kind = "missing_channel"
+
+
 class StoreError(CellprofError):
     """An HDF5 file is not a (complete, compatible) cellprof file."""
 

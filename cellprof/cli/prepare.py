@@ -91,8 +91,9 @@ def crop(
     plates: Annotated[Optional[str], typer.Option(
         help="Only these plates (a shard; `cellprof merge`).", show_default=False,
         rich_help_panel=_INPUTS)] = _C["plates"],
-    object_name: Annotated[str, typer.Option(
-        help="Object prefix in database-style tables.", rich_help_panel=_INPUTS)
+    object_name: Annotated[Optional[str], typer.Option(
+        help="Object to centre on \\[default: Nuclei, else the only one].",
+        show_default=False, rich_help_panel=_INPUTS)
     ] = _C["object_name"],
     offset: Annotated[str, typer.Option(
         help="X,Y added to object centres.", rich_help_panel=_INPUTS)

@@ -1,7 +1,8 @@
 """Reading microscope images as they come: 8/16-bit, compressed, multi-page, multi-channel.
 
 Every reader returns planes as ``(P, H, W)``; which plane is which channel is decided by
-the image table (:mod:`cellprof.prepare.crop`), never guessed from pixel data.
+the image table (:mod:`cellprof.prepare.crop`) or by each file's own OME channel names
+(:func:`ome_plane`), never guessed from pixel data.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 import tifffile
 
-from cellprof.errors import ImageError, MissingImage
+from cellprof.errors import ImageError, MissingChannel, MissingImage
 
 TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".tf8"}
 
@@ -108,6 +109,32 @@ def channel_names(path: str | Path) -> list[str] | None:
         return None
     names = [e.get("Name") for e in pixels if e.tag.endswith("}Channel")]
     return names if names and all(names) else None
+
+
+def ome_plane(path: Path, name: str, n_planes: int, names: list[str] | None) -> int:
+    """The plane of ``path`` that its own OME metadata (``names``, from
+    :func:`channel_names`) calls ``name``.
+
+    Files of one screen need not store their channels in one order, so each file's planes
+    are looked up by its own names, never by the first file's order.
+
+    Raises
+    ------
+    MissingChannel
+        When the file names no channels for its ``n_planes`` planes, or none called
+        ``name``, listing the names it has.
+    """
+    if names is None or len(names) != n_planes:
+        have = f"its OME channel names: {', '.join(names)}" if names else "no OME channel names"
+        raise MissingChannel(f"{path}: holds {n_planes} planes and {have}, so none can be "
+                             f"taken as channel {name}; name its planes in its OME metadata, "
+                             "or give the image table Frame_<channel> columns")
+    if name not in names:
+        raise MissingChannel(f"{path}: has no channel {name} (its OME channel names: "
+                             f"{', '.join(names)}); the screen's channels come from the first "
+                             "file's names: correct this file's names, or give the image table "
+                             "Frame_<channel> columns")
+    return names.index(name)
 
 
 def _as_planes(data: np.ndarray, axes: str, path: Path) -> np.ndarray:

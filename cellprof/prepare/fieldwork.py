@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 
 from cellprof.errors import ImageError, WrongSize
-from cellprof.formats.images import intensity_stats, read_planes, single_plane_tiff
+from cellprof.formats.images import (
+    channel_names,
+    intensity_stats,
+    ome_plane,
+    read_planes,
+    single_plane_tiff,
+)
 from cellprof.formats.schema import CENTER_X, CENTER_Y, PLATE, Columns, cell_rows, field_row
 from cellprof.prepare.illumination import correct
 from cellprof.prepare.segment import SegmentConfig, find_nuclei
@@ -28,12 +34,14 @@ class FieldTask:
     image_number: int
     row: int                                   # 1-based line of the image table
     meta: dict[str, Any]                       # Metadata_* values of this field
-    files: list[tuple[str, Path, int | None]]  # (channel, resolved path, plane or None)
+    files: list[tuple[str, Path, int | str | None]]  # (channel, resolved path, plane: its
+    # index, the OME channel name to look it up by in this file, or None for a single plane)
     table_file: str                            # image table path, for issue reports
     object_file: str = ""
     centres: np.ndarray | None = None          # (n, 2) x, y; None = segment the nuclei
     object_numbers: np.ndarray | None = None
     object_rows: np.ndarray | None = None      # 1-based lines of the object table
+    object_meta: dict[str, np.ndarray] | None = None  # each object's own Metadata_* values
     expected_shape: tuple[int, int] | None = None
     illum: np.ndarray | None = None            # (C, H, W) illumination function, or None
 
@@ -121,19 +129,25 @@ def load_field(task: FieldTask, buffer: FieldBuffer | None = None) -> np.ndarray
     Raises
     ------
     ImageError
-        Missing or unreadable file, a plane index the file does not have, or channels
-        of different sizes / a size other than the image table's Height/Width.
+        Missing or unreadable file, a plane index the file does not have, a channel its
+        own OME names lack (``MissingChannel``), or channels of different sizes / a size
+        other than the image table's Height/Width.
     """
     if buffer is not None:
         stack = _decode_into(task, buffer)
         if stack is not None:
             return stack
     cache: dict[Path, np.ndarray] = {}
+    names: dict[Path, list[str] | None] = {}
     planes = []
     for channel, path, plane in task.files:
         if path not in cache:
             cache[path] = read_planes(path)
         stack = cache[path]
+        if isinstance(plane, str):  # named in this file's own OME metadata (header only)
+            if path not in names:
+                names[path] = channel_names(path)
+            plane = ome_plane(path, plane, stack.shape[0], names[path])
         if plane is None:
             if stack.shape[0] != 1:
                 raise ImageError(f"{path}: holds {stack.shape[0]} planes but the image table "
@@ -268,6 +282,8 @@ def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
     kept_idx = np.asarray(kept, dtype=np.int64)
     cells = cell_rows(task.meta, task.image_number, np.asarray(numbers)[kept_idx],
                       centres[kept_idx], np.asarray(padded, dtype=bool))
+    if task.centres is not None and task.object_meta:
+        cells.update({c: np.asarray(v)[kept_idx] for c, v in task.object_meta.items()})
     return FieldResult(task.key, record, array[:len(kept)], cells, issues)
 
 

@@ -13,7 +13,8 @@ table (one row per field) and one object table (one row per nucleus) here:
 
 Objects are paired with images on ``ImageNumber`` (+ ``TableNumber``) only when both tables
 carry it; otherwise on the field metadata both tables share. Nothing is ever paired by row
-order, and the keys used are reported.
+order, and the keys used are reported; so are keys that did not meet, with examples from
+both tables. Metadata a single-cell table holds per object stays per object.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ _IDS = (IMAGE_NUMBER, OBJECT_NUMBER, TABLE_NUMBER)
 _IMAGE_PREFIXES = ("FileName_", "PathName_", "URL_", "Frame_", "Channel_", "Height_",
                    "Width_", "Metadata_")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+#: Prefix of the column naming the plane of a channel by the file's own OME channel name.
+OME_NAME = "OmeName_"
 
 
 @dataclass
@@ -154,6 +157,9 @@ def read_sources(image_table: str | Path, objects: str | Path | None, *,
         raise InputError(f"--tables names tables of a SQLite database; {image_table} is not one")
     if is_sqlite(image_table):
         img_t = _sqlite_table(image_table, tables, 0, object_name)
+        if tables:
+            _check_table_order(image_table, tables, both=obj_path is None or
+                               obj_path.resolve() == image_table.resolve())
         images = _ids_canonical(_read(image_table, object_name, img_t))
         image_name = f"{image_table}:{img_t}"
         obj_path = image_table if obj_path is None else obj_path  # the database holds both
@@ -167,7 +173,7 @@ def read_sources(image_table: str | Path, objects: str | Path | None, *,
         if not _has_centres(images):
             raise InputError(f"{image_table}: has no object centres; give an object table "
                              "(--objects) or ask for segmentation (--segment)")
-        obj, images = images, _image_rows(images)
+        obj, images = images, _image_rows(images, image_table)
         notes.append(f"{image_table.name} is a single-cell table: {len(images)} images and "
                      f"{len(obj)} objects read from it")
         return Sources(images, obj, image_name, str(image_table), notes)
@@ -180,6 +186,31 @@ def read_sources(image_table: str | Path, objects: str | Path | None, *,
         return Sources(images, obj, image_name, f"{obj_path}:{obj_t}", notes)
     return Sources(images, _ids_canonical(_read(obj_path, object_name)), image_name,
                    str(obj_path), notes)
+
+
+def _table_columns(path: Path, table: str) -> list[str]:
+    with _connect(path) as con:
+        return [r[1] for r in con.execute(f'PRAGMA table_info("{table}")')]
+
+
+def _check_table_order(path: Path, tables: tuple[str, ...], both: bool) -> None:
+    """``--tables IMAGE,OBJECTS``: the first must be an image table (it names files).
+    Given the other way round (``both``: the database holds both tables), the message
+    says so and gives the right order."""
+    image_t, object_t = tables[0], tables[1]
+
+    def names_files(table: str) -> bool:
+        return any(_bare(c).startswith("FileName_") for c in _table_columns(path, table))
+
+    if names_files(image_t):
+        return
+    if both and object_t in sqlite_tables(path) and names_files(object_t):
+        raise InputError(f"{path}: --tables {image_t},{object_t}: {image_t} has no FileName_ "
+                         f"columns and {object_t} has: --tables takes IMAGE,OBJECTS, the image "
+                         f"table first: --tables {object_t},{image_t}")
+    raise InputError(f"{path}: table {image_t} has no FileName_<channel> (or "
+                     "Image_FileName_<channel>) columns, so it is not an image table; "
+                     f"--tables takes IMAGE,OBJECTS (tables: {', '.join(sqlite_tables(path))})")
 
 
 def _sqlite_table(path: Path, tables: tuple[str, ...] | None, index: int,
@@ -196,21 +227,149 @@ def _sqlite_table(path: Path, tables: tuple[str, ...] | None, index: int,
     return _find_table(path, names, [f"Per_{object_name}", "Per_Object"], "object")
 
 
-def _image_rows(table: pd.DataFrame) -> pd.DataFrame:
+def _image_rows(table: pd.DataFrame, source: Path) -> pd.DataFrame:
     """The image table inside a single-cell table: its image columns, one row per image
-    (per ``TableNumber`` + ``ImageNumber`` when it has them, else per distinct row)."""
+    (per ``TableNumber`` + ``ImageNumber`` when it has them, else per image file, else per
+    distinct row).
+
+    A ``Metadata_`` column whose value differs between one image's rows is the objects'
+    own (CytoTable's ``Metadata_Cells_Parent_Nuclei``): it is left out of the image rows,
+    and the crop keeps it per object. Taking the image's first row's value for all its
+    objects would give most cells another cell's value.
+
+    Raises
+    ------
+    InputError
+        When one image number stands for rows of several images (other files, plates,
+        wells or sites), as when images are numbered per plate without ``TableNumber``.
+    """
     image_cols = [c for c in table.columns if re.sub(r"^Image_", "", c).startswith(
         _IMAGE_PREFIXES) or c in (IMAGE_NUMBER, TABLE_NUMBER) or is_metadata_alias(c)]
-    keys = [c for c in (TABLE_NUMBER, IMAGE_NUMBER) if c in table.columns] or image_cols
-    return table[image_cols].drop_duplicates(keys).reset_index(drop=True)
+    numbers = [c for c in (TABLE_NUMBER, IMAGE_NUMBER) if c in table.columns]
+    files = [c for c in image_cols if _bare(c).startswith(("FileName_", "PathName_", "URL_"))]
+    keys = numbers or files
+    if not keys:
+        return table[image_cols].drop_duplicates().reset_index(drop=True)
+    distinct = table[image_cols].drop_duplicates()
+    repeated = distinct[distinct.duplicated(keys, keep=False)]
+    varying: list[str] = []
+    if len(repeated):
+        rest = [c for c in image_cols if c not in keys]
+        counts = repeated.groupby(keys, sort=False)[rest].nunique(dropna=False).max()
+        varying = [c for c in rest if counts[c] > 1]
+        identity = [c for c in varying if _identifies_image(c)]
+        if identity:
+            raise InputError(_several_images(source, repeated, keys, identity, numbers))
+    kept = [c for c in image_cols if c not in varying]
+    return distinct[kept].drop_duplicates(keys).reset_index(drop=True)
+
+
+def _bare(column: str) -> str:
+    return re.sub(r"^Image_", "", str(column))
+
+
+def _identifies_image(column: str) -> bool:
+    """Whether a column says which image a row is (its files, plate, well, site ...), as
+    opposed to metadata an object may have of its own."""
+    bare = _bare(column)
+    return not bare.startswith("Metadata_") and not is_metadata_alias(bare) or bool(
+        re.match(r"(Metadata_)?(Source|Batch|Plate|Well|Site|Field)(_|$)", bare, re.I))
+
+
+def _several_images(source: Path, repeated: pd.DataFrame, keys: list[str], identity: list[str],
+                    numbers: list[str]) -> str:
+    """The message for one image number (or file) standing for rows of several images."""
+    identity = sorted(identity, key=lambda c: not _bare(c).startswith("Metadata_"))
+    col = identity[0]
+    group = next(g for _, g in repeated.groupby(keys, sort=False) if g[col].nunique() > 1)
+    key = ", ".join(f"{k} {_plain_text(group[k].iloc[0])}" for k in keys)
+    values = ", ".join(map(str, group[col].drop_duplicates().head(4)))
+    if numbers and TABLE_NUMBER not in numbers:
+        fix = ("images are numbered per plate (or per input table), and the file has no "
+               "TableNumber to tell them apart: keep CytoTable's Metadata_TableNumber column, "
+               "or add a TableNumber column (one value per plate)")
+    else:
+        fix = f"{' + '.join(keys)} must identify one image"
+    return f"{source}: {key} stands for rows of several images ({_bare(col)} {values}): {fix}"
+
+
+def _plain_text(value: object) -> str:
+    return str(value.item() if isinstance(value, np.generic) else value)
 
 
 def _key_text(values: pd.Series) -> pd.Series:
-    """Key values as text that joins across tables: ``1``, ``1.0`` and ``"1"`` agree."""
+    """Key values as text that joins across tables: ``1``, ``1.0`` and ``"1"`` agree, each
+    value on its own (one empty or textual value does not turn every ``1.0`` into text
+    that no longer meets ``1``)."""
+    text = values.astype(str).str.strip()
     nums = pd.to_numeric(values, errors="coerce")
-    if nums.notna().all() and (nums == np.round(nums)).all():
-        return nums.astype(np.int64).astype(str)
-    return values.astype(str).str.strip()
+    whole = (np.isfinite(nums) & (nums == np.round(nums)) & (nums.abs() < 2 ** 53)).to_numpy()
+    if whole.any():
+        text = text.where(~whole, nums.where(whole, 0).astype(np.int64).astype(str))
+    return text
+
+
+def _examples(values: pd.Series | np.ndarray, n: int = 3) -> str:
+    values = list(pd.unique(np.asarray(values, dtype=object)))
+    return ", ".join(map(str, values[:n])) + (" …" if len(values) > n else "")
+
+
+def _refuse_empty_keys(frame: pd.DataFrame, keys: list[str], name: str, lines: pd.Series,
+                       what: str, other: str) -> None:
+    """An empty key (NaN, "") pairs with nothing: refused, naming the column and rows
+    (``lines``: each row's line in its file), not reported as an unknown image."""
+    for k in keys:
+        empty = (frame[k].isna() | (frame[k].astype(str).str.strip() == "")).to_numpy()
+        if empty.any():
+            rows = lines.to_numpy()[empty]
+            listed = ", ".join(map(str, rows[:5])) + (" …" if len(rows) > 5 else "")
+            where = f"row {listed}" if len(rows) == 1 else f"{len(rows)} rows ({listed})"
+            raise InputError(f"{name}: {k} is empty in {where}: {what} without it cannot be "
+                             f"paired with {other}; fill it in, or remove those rows")
+
+
+def _same_wells(obj_keys: pd.DataFrame, img_keys: pd.DataFrame, object_name: str,
+                image_name: str, notes: list[str]) -> None:
+    """Match wells that differ only in zero padding (``B2`` and ``B02``), in place, when
+    neither table writes one well both ways (then the forms are unambiguous); said in
+    ``notes``."""
+    obj_w, img_w = obj_keys[WELL], img_keys[WELL]
+    if obj_w.isin(img_w).all():
+        return
+    forms = [w.str.replace(r"^([A-Za-z]+)0*(\d+)$", r"\1\2", regex=True) for w in (obj_w, img_w)]
+    for raw, form in zip((obj_w, img_w), forms, strict=True):
+        if pd.DataFrame({"r": raw, "f": form}).drop_duplicates().duplicated("f").any():
+            return  # e.g. B2 and B02 both in one table: perhaps not the same well
+    newly = ~obj_w.isin(img_w) & forms[0].isin(forms[1])
+    if not newly.any():
+        return
+    theirs = dict(zip(forms[1], img_w, strict=True))
+    ours = obj_w[newly].iloc[0]
+    notes.append(f"wells are written {ours} in {object_name} and {theirs[forms[0][newly].iloc[0]]}"
+                 f" in {image_name}: matched as the same wells, since they differ only in zero "
+                 f"padding ({int(newly.sum())} objects)")
+    obj_keys[WELL], img_keys[WELL] = forms
+
+
+def _unmatched(obj_keys: pd.DataFrame, img_keys: pd.DataFrame, missing: np.ndarray,
+               object_name: str, image_name: str) -> str:
+    """Why objects found no image: the key values of theirs the image table never has,
+    beside the values it has, and the fix."""
+    keys = list(obj_keys.columns)
+    lost = obj_keys[missing]
+    said = []
+    for k in keys:
+        absent = lost[k][~lost[k].isin(img_keys[k])]
+        if len(absent):
+            said.append(f"{k} {_examples(absent)} of the objects never occurs in the image "
+                        f"table, which has {_examples(img_keys[k])}")
+    if not said:  # each value occurs, but not together
+        first = ", ".join(f"{k}={v}" for k, v in lost.iloc[0].items())
+        has = ", ".join(f"{k}={v}" for k, v in img_keys.iloc[0].items())
+        said.append(f"no image has {first} (the image table has e.g. {has})")
+    return (f"{int(missing.sum())} of {len(missing)} objects of {object_name} match no image "
+            f"of {image_name} on {', '.join(keys)} (logged as unknown_image): "
+            f"{'; '.join(said)}; make both tables write these keys alike")
 
 
 def pair_objects(images: pd.DataFrame, image_had_numbers: bool, objects: pd.DataFrame,
@@ -249,6 +408,12 @@ def pair_objects(images: pd.DataFrame, image_had_numbers: bool, objects: pd.Data
         raise InputError(f"{object_name}: missing column(s) ImageNumber, and no metadata key "
                          f"({', '.join(FIELD_KEYS)}) shared with {image_name} to join on "
                          f"(has: {have})")
+    obj_lines = objects["_row"] if "_row" in objects.columns else \
+        pd.Series(np.arange(len(objects)) + 2, index=objects.index)
+    _refuse_empty_keys(objects, shared, object_name, obj_lines, "an object",
+                       f"its image in {image_name}")
+    _refuse_empty_keys(images, shared, image_name, images.index.to_series() + 2, "an image",
+                       f"its objects in {object_name}")
     key_text = pd.DataFrame({k: _key_text(images[k]) for k in shared})
     dup = key_text.duplicated(keep=False)
     if dup.any():
@@ -258,25 +423,38 @@ def pair_objects(images: pd.DataFrame, image_had_numbers: bool, objects: pd.Data
                          "add ImageNumber to both tables")
     notes.append(f"objects of {object_name} paired with images of {image_name} on "
                  f"{', '.join(shared)}")
-    return _lookup(images, objects, shared)
+    obj_keys = pd.DataFrame({k: _key_text(objects[k]) for k in shared}, index=objects.index)
+    if WELL in shared:
+        _same_wells(obj_keys, key_text, object_name, image_name, notes)
+    found = _merge(obj_keys, key_text.assign(_key=images["_key"].to_numpy()), shared)
+    missing = found.isna().to_numpy()
+    if missing.any():
+        notes.append(_unmatched(obj_keys, key_text, missing, object_name, image_name))
+    return found
 
 
 def _lookup(images: pd.DataFrame, objects: pd.DataFrame, keys: list[str]) -> pd.Series:
     left = pd.DataFrame({k: _key_text(objects[k]) for k in keys}, index=objects.index)
     right = pd.DataFrame({k: _key_text(images[k]) for k in keys}).assign(_key=images["_key"].values)
-    return left.merge(right, on=keys, how="left")["_key"].set_axis(objects.index)
+    return _merge(left, right, keys)
+
+
+def _merge(left: pd.DataFrame, right: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """The ``_key`` of ``right`` for each row of ``left`` (key columns as text), in order."""
+    return left.merge(right, on=keys, how="left")["_key"].set_axis(left.index)
 
 
 def _check_agree(images: pd.DataFrame, objects: pd.DataFrame, ids: list[str],
                  shared: list[str], image_name: str, object_name: str) -> None:
-    """Objects that carry their image's plate/well/site must agree with the image table."""
+    """Objects that carry their image's plate/well/site must agree with the image table
+    (an object's empty value claims nothing: it is paired by its numbers)."""
     if not shared:
         return
     keyed = pd.DataFrame({k: _key_text(images[k]) for k in ids + shared})
-    left = pd.DataFrame({k: _key_text(objects[k]) for k in ids + shared})
+    left = pd.DataFrame({k: _key_text(objects[k]).where(objects[k].notna()) for k in ids + shared})
     both = left.merge(keyed, on=ids, how="inner", suffixes=("", "_image"))
     for k in shared:
-        bad = both[k] != both[f"{k}_image"]
+        bad = (both[k] != both[f"{k}_image"]) & both[k].notna()
         if bad.any():
             r = both[bad].iloc[0]
             raise InputError(
@@ -293,9 +471,14 @@ def planes_as_channels(table: pd.DataFrame, wanted: tuple[str, ...] | None,
     columns the planes get names only when nothing is guessed: an OME-TIFF's own channel
     names, or ``--channels`` naming exactly as many channels as the file has planes (file
     order; said once in ``notes``). ``first_files`` are the first rows' resolved files; the
-    first that can be read stands for all (the others are checked as each field is read).
+    first that can be read says how many planes there are and, with OME names, which
+    channels the screen has. Files need not store those channels in one order, so with OME
+    names each file's planes are looked up by its own names when its field is read (an
+    ``OmeName_<channel>`` column; :func:`cellprof.formats.images.ome_plane`), and a file
+    lacking one is reported with the names it has.
 
-    Returns the table with one ``FileName_/PathName_/Frame_`` triple per named plane.
+    Returns the table with one ``FileName_/PathName_`` pair per named plane, and its
+    ``Frame_`` (file order) or ``OmeName_`` (OME names) column.
 
     Raises
     ------
@@ -318,25 +501,29 @@ def planes_as_channels(table: pd.DataFrame, wanted: tuple[str, ...] | None,
         return table
     if n_planes == 1:
         return table
-    ome = channel_names(first_file)
-    if ome is not None and len(ome) != n_planes:
-        ome = None
+    named = channel_names(first_file)
+    ome = named if named is not None and len(named) == n_planes else None
     if len(available) > 1:  # several channel columns, one stack: only OME names can say
         if ome is None or not set(available) <= set(ome):
             shared = len({str(table[f"FileName_{c}"].iloc[0]) for c in available}) == 1
             what = (f"the image table names channels {', '.join(available)} in it"
                     if shared else f"the image table's channel {available[0]} is one of them")
+            has = (f"; its OME channel names are {', '.join(named)}, without "
+                   f"{', '.join(c for c in available if c not in named)}"
+                   if named else "; it names no channels in OME metadata")
             raise InputError(
-                f"{first_file}: holds {n_planes} planes and {what}, without Frame_<channel> "
-                "columns to say which plane is which; add Frame_<channel> (0-based plane) "
-                "columns")
-        notes.append(f"planes of {first_file.name} matched to channels by their OME names")
-        return table.assign(**{f"Frame_{c}": ome.index(c) for c in available})
+                f"{first_file}: holds {n_planes} planes and {what}{has}: rename the "
+                "FileName_ columns to those names, or add Frame_<channel> (0-based plane) "
+                f"columns, e.g. Frame_{available[0]}")
+        notes.append(f"planes matched to channels {', '.join(available)} by each file's own "
+                     f"OME channel names (the first, {first_file.name}: {', '.join(ome)})")
+        return table.assign(**{f"{OME_NAME}{c}": c for c in available})
     (col,) = available
     if ome is not None:
         names = ome
         notes.append(f"{first_file.name} holds {n_planes} channels named in its OME metadata: "
-                     f"{', '.join(names)}")
+                     f"{', '.join(names)}; each file's planes are taken by each file's own "
+                     "OME channel names")
     elif wanted is not None and len(wanted) == n_planes:
         names = list(wanted)
         notes.append(f"{first_file.name} holds {n_planes} planes and no channel names: took "
@@ -353,5 +540,8 @@ def planes_as_channels(table: pd.DataFrame, wanted: tuple[str, ...] | None,
         out[f"FileName_{name}"] = table[f"FileName_{col}"]
         if f"PathName_{col}" in table.columns:
             out[f"PathName_{name}"] = table[f"PathName_{col}"]
-        out[f"Frame_{name}"] = k
+        if ome is not None:
+            out[f"{OME_NAME}{name}"] = name
+        else:
+            out[f"Frame_{name}"] = k
     return out

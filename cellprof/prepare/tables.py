@@ -13,6 +13,7 @@ the rest of cellprof sees one convention.
 from __future__ import annotations
 
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
             return pd.read_parquet(path)
         return pd.read_csv(path, compression="gzip" if magic[:2] == b"\x1f\x8b" else None,
                            low_memory=False)
+    except (EOFError, zlib.error) as exc:  # a .csv.gz cut short (a copy or download stopped)
+        raise InputError(f"{path}: cannot be read: the compressed file is truncated or damaged "
+                         f"({exc}); copy it again") from None
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise InputError(f"{path}: cannot be read as a CSV or Parquet table ({exc})") from None
 
@@ -118,26 +122,67 @@ def whole_numbers(values: pd.Series, column: str, source: str | Path) -> pd.Seri
     return nums.astype(np.int64)
 
 
-def object_centres(table: pd.DataFrame, source: str | Path, object_name: str = "Nuclei"
-                   ) -> pd.DataFrame:
+DEFAULT_OBJECT = "Nuclei"
+"""The object whose centres a crop is centred on when the user names none."""
+
+
+def centre_object(columns: list[str], source: str | Path, object_name: str | None,
+                  notes: list[str] | None = None) -> str:
+    """The prefix of the centre columns to crop at: ``""`` for a table of one object's own
+    (``Location_Center_X``), else the object's name (``Nuclei_Location_Center_X``).
+
+    ``object_name`` None means Nuclei, or else the only object the table has centres of,
+    said in ``notes``: cropping at cell centres instead of nucleus centres changes every
+    crop, so it is never done silently. An object named by the user must be there.
+
+    Raises
+    ------
+    InputError
+        When the named (or default) object has no centres in the table, listing the objects
+        that have, and how to choose one.
+    """
+    wanted = object_name or DEFAULT_OBJECT
+    if f"{wanted}_{CENTER_X}" in columns:
+        return wanted
+    if CENTER_X in columns:
+        return ""
+    have = sorted({str(c)[:-len(CENTER_X) - 1] for c in columns
+                   if str(c).endswith("_" + CENTER_X) and f"{str(c)[:-1]}Y" in columns})
+    if not have:
+        raise InputError(f"{source}: missing column {CENTER_X} (or {wanted}_{CENTER_X}): "
+                         "is this a CellProfiler object table?")
+    if object_name is None and len(have) == 1:
+        if notes is not None:
+            notes.append(f"{source} has no {wanted} centres: cropped at the centres of "
+                         f"{have[0]} ({have[0]}_{CENTER_X}/Y), the only objects it has; "
+                         f"pass --object-name {have[0]} to say so, or give an object table "
+                         f"with {wanted} centres")
+        return have[0]
+    asked = (f"--object-name {object_name}" if object_name is not None
+             else f"the default object, {wanted}")
+    raise InputError(f"{source}: no {wanted} centres ({wanted}_{CENTER_X}/Y) for {asked}; "
+                     f"the table has centres of {', '.join(have)}: choose one with "
+                     "--object-name")
+
+
+def object_centres(table: pd.DataFrame, source: str | Path, object_name: str | None = None,
+                   notes: list[str] | None = None) -> pd.DataFrame:
     """``ObjectNumber, Location_Center_X/Y`` and the image keys of an object table.
 
     The keys are whichever of ``TableNumber``, ``ImageNumber`` and ``Metadata_*`` the table
     has (:func:`cellprof.prepare.sources.pair_objects` decides which pair objects with images);
     ``ObjectNumber`` is NaN when the table has none. Database-style tables hold several
     objects' columns side by side (``Nuclei_Location_Center_X``,
-    ``Cells_Location_Center_X``); ``object_name`` picks one.
+    ``Cells_Location_Center_X``); ``object_name`` picks one (see :func:`centre_object`).
     """
-    cols = {}
-    for target in (CENTER_X, CENTER_Y):
-        cands = [target, f"{object_name}_{target}"] + [
-            c for c in table.columns if c.endswith("_" + target)]
-        found = next((c for c in cands if c in table.columns), None)
-        if found is None:
-            raise InputError(f"{source}: missing column {target} (or {object_name}_{target}): "
-                             "is this a CellProfiler object table?")
-        cols[target] = found
-    obj = next((c for c in ("ObjectNumber", f"{object_name}_Number_Object_Number",
+    prefix = centre_object(list(table.columns), source, object_name, notes)
+    cols = {t: f"{prefix}_{t}" if prefix else t for t in (CENTER_X, CENTER_Y)}
+    for col in cols.values():
+        if col not in table.columns:
+            raise InputError(f"{source}: missing column {col}: is this a CellProfiler object "
+                             "table?")
+    named = prefix or object_name or DEFAULT_OBJECT
+    obj = next((c for c in ("ObjectNumber", f"{named}_Number_Object_Number",
                             "Number_Object_Number") if c in table.columns), None)
     # Numbers that are empty or not whole would pair or number cells wrongly: named, refused.
     numbers = {c: whole_numbers(table[c], c, source)
@@ -188,7 +233,9 @@ def join_moa(fields: pd.DataFrame, moa: pd.DataFrame, source: str | Path) -> pd.
     joined = left.merge(moa[[COMPOUND, "_conc_key", MOA]], on=[COMPOUND, "_conc_key"],
                         how="left", validate="many_to_one")
     if joined[MOA].notna().sum() == 0:
-        example = fields[[COMPOUND, CONCENTRATION]].iloc[0].tolist() if len(fields) else []
+        first = fields[[COMPOUND, CONCENTRATION]].iloc[0].tolist() if len(fields) else []
+        example = " at ".join("n/a" if pd.isna(v) or str(v).strip() == "" else str(v)
+                              for v in first) or "no rows"
         raise InputError(f"{source}: matches no treatment of the image table (compound and "
                          f"concentration must agree; e.g. the image table has {example})")
     joined[MOA] = joined[MOA].fillna("").astype(str)
