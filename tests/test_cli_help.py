@@ -42,7 +42,7 @@ COMMANDS = typer.main.get_command(app).commands
 CONFIGS = {
     "synth": [SynthConfig], "crop": [CropConfig, SegmentConfig], "merge": [],
     "train": [ModelConfig, TrainConfig, DataConfig], "embed": [EmbedConfig],
-    "measure": [MeasureConfig], "match": [MatchConfig], "show": [ShowConfig],
+    "measure": [MeasureConfig], "combine": [], "match": [MatchConfig], "show": [ShowConfig],
     "demo": [DemoConfig, SynthConfig], "export": [MatchConfig],
 }
 ALIAS = {("train", "model"): "variant", ("train", "filters"): "enc_filters",
@@ -58,6 +58,7 @@ NOT_SETTINGS = {
     "train": {"ctx", "crops", "out", "resume", "overwrite", "schedule"},
     "embed": {"checkpoint", "crops", "out", "format", "overwrite"},
     "measure": {"crops", "out", "format", "overwrite"},
+    "combine": {"profiles", "out", "names", "overwrite"},
     "match": {"profiles", "out", "image_table", "moa"},
     "show": {"checkpoint", "crops", "out", "profiles"},
     "demo": {"outdir", "force"},

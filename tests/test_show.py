@@ -166,8 +166,9 @@ def test_errors_name_what_to_fix(trained, tmp_path: Path) -> None:
     nameless = tmp_path / "nameless.h5"
     crop_screen(tmp_path / "Image.csv", nameless, objects=screen / "Nuclei.csv",
                 config=CropConfig(size=36))
-    with pytest.raises(InputError, match="no compound metadata.*Metadata_Compound"):
-        show(ckpt, nameless, tmp_path / "d")
+    # without compounds show draws what needs none (tests/test_pictures.py); means need them
+    with pytest.raises(InputError, match="need treatment labels.*Metadata_Compound"):
+        treatment_means(ckpt, nameless)
 
     padded = tmp_path / "padded.h5"  # edge cells kept: another store, more cells
     crop_screen(screen / "Image.csv", padded, objects=screen / "Nuclei.csv",

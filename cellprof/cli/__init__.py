@@ -6,7 +6,7 @@ what the CLI does a notebook can do too. ``--help`` keeps one line per option; t
 and measurements are in docs/cli.md. Errors a user can fix (:class:`CellprofError`)
 print as one red line and exit with status 1, never a traceback. Commands live in
 :mod:`cellprof.cli.prepare` (synth, crop, merge), :mod:`cellprof.cli.learn` (train, embed,
-measure), :mod:`cellprof.cli.report` (match, show, demo) and :mod:`cellprof.cli.export`
+measure), :mod:`cellprof.cli.report` (combine, match, show, demo) and :mod:`cellprof.cli.export`
 (export).
 """
 

@@ -1,4 +1,5 @@
-"""Commands that judge and show: ``match``, ``show``, ``demo``."""
+"""Commands that judge and show: ``combine`` (the profiles ``match`` judges), ``match``,
+``show``, ``demo``."""
 
 from __future__ import annotations
 
@@ -23,6 +24,37 @@ _NORMALISE, _TREATMENTS, _MATCHING = "Normalisation", "Treatments", "Matching"
 _CONTROL_HELP = "Negative control compound \\[default: DMSO]."
 _QUERY_HELP = "Controls as a pandas query instead."
 _COMPOUND_HELP = "Compound column."
+
+
+@app.command()
+def combine(
+    profiles: Annotated[list[Path], typer.Argument(
+        help="Profiles of the same cells (.h5, CSV, Parquet).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Combined profiles file (.h5).")
+    ] = ...,
+    names: Annotated[Optional[str], typer.Option(
+        help="Block names, comma-separated \\[default: profile kinds].",
+        show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUT.")
+    ] = False,
+) -> None:
+    """Join profiles of the same cells (embed's, measure's) into one of several blocks.
+
+    Cells are joined on plate, image and object number, never on row order; `cellprof
+    match OUT` then weighs the blocks equally (each block's total variance across the
+    treatments made the same). Details: docs/cli.md#combine.
+    """
+    from cellprof.profile.combine import combine_profiles
+
+    res = combine_profiles(profiles, out, names=names.split(",") if names else None,
+                           overwrite=overwrite)
+    table = Table(title=f"cellprof combine -> {res.out}", show_header=False)
+    table.add_row("cells", f"{res.n_cells}, joined on {', '.join(res.keys)}")
+    table.add_row("blocks (features)", ", ".join(f"{k} ({v})" for k, v in res.blocks.items()))
+    if res.prefixed:
+        table.add_row("features prefixed", f"{res.prefixed} (block name first: their name "
+                                           "was taken)")
+    console.print(table)
 
 
 @app.command()
@@ -100,7 +132,8 @@ def match(
 def show(
     checkpoint: Annotated[Path, typer.Argument(
         help="model.pt, checkpoints/last.pt or a run folder.")],
-    crops: Annotated[Path, typer.Argument(help="Crop store with compounds and concentrations.")],
+    crops: Annotated[Path, typer.Argument(
+        help="Crop store (treatment figures need compounds).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs.")] = ...,
     profiles: Annotated[Optional[Path], typer.Option(
         help="Profiles of CROPS from `cellprof embed` (else encoded).",
@@ -122,9 +155,10 @@ def show(
     """See what differs: reconstructions, a typical cell per treatment, an interpolation.
 
     Writes OUT/reconstructions*.png (sample cells over their reconstructions),
-    OUT/typical_cells.png (each treatment's decoded mean latent beside the control's) and
-    OUT/interpolation.png (from the control's mean to a treatment's). Details:
-    docs/cli.md#show.
+    OUT/samples.png (cells decoded from random latents), OUT/typical_cells.png (each
+    treatment's decoded mean latent beside the control's) and OUT/interpolation.png (from
+    the control's mean to a treatment's), all on the input cells' intensity scale. Without
+    compounds: the first two only (by plate). Details: docs/cli.md#show.
     """
     from cellprof.report.show import show as run_show
 
@@ -132,11 +166,16 @@ def show(
         cells_per_treatment=cells, control=control, control_query=control_query,
         compound_column=compound_column, treatment=treatment, steps=steps,
         seed=seed, device=device))
+    for note in res.notes:
+        console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
     table = Table(title=f"cellprof show -> {res.out_dir}", show_header=False)
     table.add_row("reconstructions", ", ".join(p.name for p in res.reconstruction_pages))
-    table.add_row("typical cells", res.typical_cells.name)
-    table.add_row("interpolation", res.interpolation.name)
-    table.add_row("treatments", str(len(res.treatments)))
+    table.add_row("samples", res.samples.name if res.samples else "–")
+    table.add_row("typical cells", res.typical_cells.name if res.typical_cells else
+                  "– (needs treatment labels)")
+    table.add_row("interpolation", res.interpolation.name if res.interpolation else
+                  "– (needs treatment labels)")
+    table.add_row("treatments", str(len(res.treatments)) if res.treatments else "–")
     console.print(table)
 
 
@@ -162,13 +201,19 @@ def demo(
     """
     from dataclasses import replace
 
-    from cellprof.example.demo import run_demo
+    from cellprof.example.demo import DemoInterrupted, run_demo
 
     cfg = DemoConfig(synth=replace(_DC["synth"], seed=seed), steps=steps, device=device,
                      workers=workers)
     t0 = time.perf_counter()
-    with _progress() as bar:
-        res = run_demo(outdir, force=force, config=cfg, progress=bar, train_progress=bar.train)
+    try:
+        with _progress() as bar:
+            res = run_demo(outdir, force=force, config=cfg, progress=bar,
+                           train_progress=bar.train)
+    except DemoInterrupted as stop:  # as `cellprof train` stops: 130 or 143, not 0 or 1
+        console.print(str(stop), style="yellow", markup=False, highlight=False,
+                      soft_wrap=True)
+        raise typer.Exit(128 + stop.signal) from None
     r = res.report
     table = Table(title=f"cellprof demo: done in {(time.perf_counter() - t0) / 60:.1f} min",
                   show_header=False)

@@ -41,14 +41,61 @@ R = TypeVar("R")
 def holding_run_lock(fn: Callable[..., R]) -> Callable[..., R]:
     """Run ``fn(store, out, ...)`` holding the run folder's lock (rank 0 only, the one
     that writes), so a second training into the same ``--out`` is refused instead of
-    both logging every step and leaving model.pt and config.json disagreeing."""
+    both logging every step and leaving model.pt and config.json disagreeing.
+
+    A run that fails before its first checkpoint (a bad store, a bad option) leaves nothing
+    it made behind: no new folder, and in a folder that held no run, none of its files. An
+    empty or checkpoint-less run folder would only be mistaken for a run."""
     @functools.wraps(fn)
     def locked(store_path: str | Path, out: str | Path, **kwargs: Any) -> R:
         if int(os.environ.get("RANK", "0")) != 0:
             return fn(store_path, out, **kwargs)
-        with OutputLock(out, folder=True):
-            return fn(store_path, out, **kwargs)
+        new, fresh = _missing_folders(Path(out)), not _holds_run(Path(out))
+        try:
+            with OutputLock(out, folder=True):
+                try:
+                    return fn(store_path, out, **kwargs)
+                except BaseException:
+                    if fresh:
+                        _remove_unsaved_run(Path(out))
+                    raise
+        except BaseException:
+            for folder in new:  # deepest first; each only if empty (the lock file is gone)
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+            raise
     return locked
+
+
+def _missing_folders(out: Path) -> list[Path]:
+    """``out`` and those of its parents that do not exist yet, deepest first."""
+    return [p for p in (out, *out.parents) if not p.exists()]
+
+
+def _holds_run(out: Path) -> bool:
+    """Whether ``out`` holds files of a run (which a failed start must not remove)."""
+    run = RunFolder(out, main=True)
+    return any(p.exists() for p in (out / "config.json", out / "losses.csv", run.last,
+                                    run.final))
+
+
+def _remove_unsaved_run(out: Path) -> None:
+    """Remove what a failed run wrote into ``out``, which held no run before, unless it saved
+    a checkpoint (which ``--resume`` continues): config.json, losses.csv, its pictures."""
+    run = RunFolder(out, main=True)
+    if run.last.exists() or run.final.exists():
+        return
+    images = out / "images"
+    for path in (out / "config.json", out / "losses.csv", *images.glob("recon_*.png"),
+                 *images.glob("samples_*.png")):
+        path.unlink(missing_ok=True)
+    for folder in (images, run.last.parent):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 class RunFolder:
@@ -120,20 +167,27 @@ class RunFolder:
 
     def images(self, model: VAEPlus, data: CropData, device: torch.device, step: int,
                pictures: Pictures | None) -> None:
-        """Reconstructions of 8 held-out cells and 16 random samples, handed to
-        ``pictures`` (which draws them into ``images/``); nothing without it."""
+        """Reconstructions of 8 held-out cells (training cells when none are held out) and
+        16 random samples, handed to ``pictures`` (which draws them into ``images/``);
+        nothing without it. The 8 are spread evenly over the store's order, so they come
+        from different fields (neighbours of one field overlap and look like duplicates),
+        and are the same at every step."""
         if not self.main or pictures is None:
             return
-        idx = data.val_indices()[:8] if len(data.val_idx) else data.train_idx[:8]
-        x = data.scaled(np.sort(idx))
+        held_out = len(data.val_idx) > 0
+        pool = data.val_indices() if held_out else data.train_idx
+        idx = np.unique(pool[np.linspace(0, len(pool) - 1, min(8, len(pool))).round()
+                             .astype(int)])
+        x = data.scaled(idx)
         model.eval()
         with torch.no_grad():
             recon = model.decode(model.encode(to_device(x, device))[0]).float().cpu().numpy()
             gen = torch.Generator(device=device).manual_seed(1234)
             samples = model.sample(16, generator=gen).float().cpu().numpy()
         model.train()
-        pictures(self.out / "images", TrainingImages(step, tuple(data.channels), x, recon,
-                                                     samples))
+        pictures(self.out / "images", TrainingImages(
+            step, tuple(data.channels), x, recon, samples, idx,
+            "held-out cells" if held_out else "training cells"))
 
 
 @dataclass(frozen=True)
@@ -144,8 +198,14 @@ class TrainingImages:
     step: int
     channels: tuple[str, ...]
     held_out: np.ndarray
+    """The cells shown; training cells when the run holds none out (``cells`` says which)."""
     reconstruction: np.ndarray
     samples: np.ndarray
+    rows: np.ndarray | None = None
+    """The store rows of ``held_out``."""
+    cells: str = "held-out cells"
+    """Which cells these are, as the picture labels them: ``"held-out cells"``, or
+    ``"training cells"`` with ``--val-fraction 0``."""
 
 
 Pictures = Callable[[Path, TrainingImages], None]

@@ -8,8 +8,9 @@ figures from worker threads do not share pyplot's state. Files are written atomi
 Typical use::
 
     rgb = composite(crops, ["DNA", "Tubulin", "Actin"])        # (N, H, W, 3) in [0, 1]
+    scale = intensity_scale(originals, what="input cells")     # the inputs' display range
     save_grid("recon.png", [originals, reconstructions], channels,
-              row_labels=["input", "reconstruction"])
+              row_labels=["input", "reconstruction"], scale=scale)
     save_confusion_matrix("nsc.png", moa_names, counts, title="NSC")
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,15 +68,71 @@ def _channel_colors(channels: Sequence[str],
     return out
 
 
+@dataclass(frozen=True)
+class IntensityScale:
+    """One display range per channel, shared by every panel drawn with it.
+
+    Decoded cells (a treatment's mean latent decoded, an interpolation) are far dimmer and
+    flatter than real cells: stretched over their own range (raw DNA ~0-0.09 against ~1.8
+    in the model's inputs on the demo screen) two halves of one well look unlike, and a
+    figure cannot be compared with the reconstructions beside real cells. Drawing them on
+    the real inputs' range shows them as the model sees them.
+    """
+
+    low: tuple[float, ...]
+    """Per channel, the value drawn black."""
+    high: tuple[float, ...]
+    """Per channel, the value drawn at full colour."""
+    source: str = ""
+    """What the range was taken from; stated in the figure."""
+
+    def describe(self, channels: Sequence[str]) -> list[str]:
+        """``"DNA 0–1.82"`` per channel: the legend's labels."""
+        return [f"{name} {lo:.3g}–{hi:.3g}" for name, lo, hi in zip(channels, self.low,
+                                                                     self.high)]
+
+
+def intensity_scale(crops: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.8),
+                    what: str = "") -> IntensityScale:
+    """Each channel's ``percentiles`` over a batch of ``(N, C, H, W)`` crops (NaN ignored).
+
+    Percentiles rather than min/max keep a few hot pixels from darkening everything.
+    ``what`` names the crops (``"input cells"``) in the scale's ``source``.
+
+    >>> s = intensity_scale(np.arange(100.0).reshape(1, 1, 10, 10), (0, 100))
+    >>> s.low, s.high
+    ((0.0,), (99.0,))
+    """
+    crops = np.asarray(crops)
+    low, high = percentiles
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"percentiles must be (low, high) with 0 <= low < high <= 100, "
+                         f"got {percentiles}")
+    if crops.ndim != 4:
+        raise ValueError(f"crops must be (N, C, H, W), got shape {crops.shape}")
+    lows, highs = [], []
+    for k in range(crops.shape[1]):
+        x = crops[:, k].astype(np.float32)
+        finite = x[np.isfinite(x)]
+        lo, hi = np.percentile(finite, [low, high]) if finite.size else (0.0, 0.0)
+        lows.append(float(lo))
+        highs.append(float(hi))
+    source = f"{low:g}–{high:g}th percentile of {len(crops)} {what}" if what else ""
+    return IntensityScale(tuple(lows), tuple(highs), source)
+
+
 def composite(crops: np.ndarray, channels: Sequence[str],
               colors: Mapping[str, str] | None = None,
-              percentiles: tuple[float, float] = (0.5, 99.8)) -> np.ndarray:
+              percentiles: tuple[float, float] = (0.5, 99.8),
+              scale: IntensityScale | None = None) -> np.ndarray:
     """Blend multichannel crops into RGB images, one colour per stain.
 
     Each channel is contrast-stretched once over the *whole batch* (not per crop), so
     a dim cell stays dim next to a bright one and a treatment that lowers a stain is
     visible as darker crops; stretching each crop alone would hide exactly that.
     Percentiles rather than min/max keep a few hot pixels from darkening everything.
+    A ``scale`` replaces the batch's own range, e.g. to draw decoded cells on the range of
+    the real cells they came from.
 
     Parameters
     ----------
@@ -88,6 +146,8 @@ def composite(crops: np.ndarray, channels: Sequence[str],
         Overrides for some or all channels.
     percentiles : (low, high)
         Intensity percentiles mapped to 0 and 1 for each channel.
+    scale : IntensityScale, optional
+        Fixed per-channel range mapped to 0 and 1 instead (``percentiles`` unused).
 
     Returns
     -------
@@ -103,17 +163,17 @@ def composite(crops: np.ndarray, channels: Sequence[str],
     if crops.ndim != 4 or crops.shape[1] != len(channels):
         raise ValueError(f"crops must be (N, C, H, W) with C = {len(channels)} channels "
                          f"{list(channels)}, got shape {crops.shape}")
-    low, high = percentiles
-    if not 0 <= low < high <= 100:
-        raise ValueError(f"percentiles must be (low, high) with 0 <= low < high <= 100, "
-                         f"got {percentiles}")
+    if scale is None:
+        scale = intensity_scale(crops, percentiles)
+    elif len(scale.low) != len(channels) or len(scale.high) != len(channels):
+        raise ValueError(f"scale must give one range per channel ({len(channels)}), got "
+                         f"{len(scale.low)}")
     rgb_of = _channel_colors(channels, colors)
     n, _, h, w = crops.shape
     out = np.zeros((n, h, w, 3), np.float32)
     for k, name in enumerate(channels):
         x = crops[:, k].astype(np.float32)
-        finite = x[np.isfinite(x)]
-        lo, hi = np.percentile(finite, [low, high]) if finite.size else (0.0, 0.0)
+        lo, hi = scale.low[k], scale.high[k]
         if hi <= lo:  # constant, empty or all-NaN channel: nothing to show, and no 0/0
             continue
         scaled = np.nan_to_num(np.clip((x - lo) / (hi - lo), 0.0, 1.0), nan=0.0)
@@ -137,12 +197,14 @@ def _write(fig: Figure, path: str | os.PathLike, dpi: float) -> Path:
 
 def save_grid(path: str | os.PathLike, rows: Sequence[np.ndarray], channels: Sequence[str],
               row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None,
-              title: str | None = None, colors: Mapping[str, str] | None = None) -> Path:
+              title: str | None = None, colors: Mapping[str, str] | None = None,
+              scale: IntensityScale | None = None) -> Path:
     """Write a grid of crops, one row per array, as a PNG.
 
     All rows share one contrast stretch, so e.g. reconstructions are shown on the same
     intensity scale as the originals above them and a too-dim decoder is visible.
-    Shorter rows are padded with white (no cell); a legend states each stain's colour.
+    Shorter rows are padded with white (no cell); a legend states each stain's colour, and
+    with a ``scale`` the range drawn and where it comes from.
 
     Parameters
     ----------
@@ -156,6 +218,8 @@ def save_grid(path: str | os.PathLike, rows: Sequence[np.ndarray], channels: Seq
         Text left of each row / above each column (one per row / per widest row's crop).
     title : str, optional
     colors : mapping of channel name to matplotlib colour, optional
+    scale : IntensityScale, optional
+        The display range per channel, e.g. the real cells' for decoded ones.
 
     Returns
     -------
@@ -171,7 +235,7 @@ def save_grid(path: str | os.PathLike, rows: Sequence[np.ndarray], channels: Seq
                                (col_labels, ncol, "col_labels (one per column)")):
         if labels is not None and len(labels) != want:
             raise ValueError(f"{what} must have {want} entries, got {len(labels)}")
-    rgb = composite(np.concatenate(rows), channels, colors)
+    rgb = composite(np.concatenate(rows), channels, colors, scale=scale)
     _, _, h, w = rows[0].shape
     gap = max(2, max(h, w) // 17)
     mosaic = np.ones((len(rows) * (h + gap) - gap, ncol * (w + gap) - gap, 3), np.float32)
@@ -181,8 +245,8 @@ def save_grid(path: str | os.PathLike, rows: Sequence[np.ndarray], channels: Seq
             y, x = i * (h + gap), j * (w + gap)
             mosaic[y:y + h, x:x + w] = rgb[starts[i] + j]
     width, height = mosaic.shape[1] / _CROP_PX_PER_INCH, mosaic.shape[0] / _CROP_PX_PER_INCH
-    scale = min(1.0, _MAX_GRID_INCHES[0] / width, _MAX_GRID_INCHES[1] / height)
-    fig = Figure(figsize=(width * scale, height * scale))
+    shrink = min(1.0, _MAX_GRID_INCHES[0] / width, _MAX_GRID_INCHES[1] / height)
+    fig = Figure(figsize=(width * shrink, height * shrink))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(mosaic, interpolation="nearest")
     ax.spines[:].set_visible(False)
@@ -192,14 +256,17 @@ def save_grid(path: str | os.PathLike, rows: Sequence[np.ndarray], channels: Seq
                   row_labels or [], fontsize=10)
     # Slant column labels that would overlap: ~0.075 inch per character at 9 pt.
     widest = max((len(str(c)) for c in col_labels or []), default=0)
-    long = widest * 0.075 > (w + gap) / _CROP_PX_PER_INCH * scale
+    long = widest * 0.075 > (w + gap) / _CROP_PX_PER_INCH * shrink
     ax.set_xticks([j * (w + gap) + w / 2 - 0.5 for j in range(ncol)],
                   col_labels or [], fontsize=9, rotation=45 if long else 0,
                   ha="left" if long else "center", rotation_mode="anchor")
-    handles = [Patch(facecolor=c, edgecolor="0.4", label=n)
-               for n, c in _channel_colors(channels, colors).items()]
+    labels = scale.describe(channels) if scale is not None else channels
+    handles = [Patch(facecolor=c, edgecolor="0.4", label=label) for c, label in
+               zip(_channel_colors(channels, colors).values(), labels)]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
-              ncol=min(len(handles), 6), frameon=False, fontsize=9, handlelength=1.2)
+              ncol=min(len(handles), 6), frameon=False, fontsize=9, handlelength=1.2,
+              title=f"display range per channel: {scale.source}"
+              if scale is not None and scale.source else None, title_fontsize=9)
     if title:
         ax.set_title(title, fontsize=12)
     return _write(fig, path, dpi=100)
@@ -207,13 +274,15 @@ def save_grid(path: str | os.PathLike, rows: Sequence[np.ndarray], channels: Seq
 
 def save_strip(path: str | os.PathLike, crops: np.ndarray, channels: Sequence[str],
                labels: Sequence[str] | None = None, title: str | None = None,
-               colors: Mapping[str, str] | None = None) -> Path:
+               colors: Mapping[str, str] | None = None,
+               scale: IntensityScale | None = None) -> Path:
     """Write one row of crops, e.g. a latent interpolation from DMSO to a treatment.
 
-    Same conventions as :func:`save_grid` (one contrast stretch, legend, atomic write);
-    ``labels`` go above the crops, e.g. the interpolation weights.
+    Same conventions as :func:`save_grid` (one contrast stretch or ``scale``, legend,
+    atomic write); ``labels`` go above the crops, e.g. the interpolation weights.
     """
-    return save_grid(path, [crops], channels, col_labels=labels, title=title, colors=colors)
+    return save_grid(path, [crops], channels, col_labels=labels, title=title, colors=colors,
+                     scale=scale)
 
 
 def save_confusion_matrix(path: str | os.PathLike, labels: Sequence[str], matrix: np.ndarray,
@@ -290,11 +359,15 @@ def save_match_figures(result: MatchResult) -> Path:
 
 def save_training_images(folder: Path, images: TrainingImages) -> None:
     """A training run's pictures at one step (the ``pictures`` hook of
-    :func:`cellprof.learn.train.train`): ``recon_<step>.png``, held-out cells over their
-    reconstructions, and ``samples_<step>.png``, cells decoded from random latents."""
+    :func:`cellprof.learn.train.train`): ``recon_<step>.png``, held-out cells (training
+    cells when none are held out) over their reconstructions, and ``samples_<step>.png``,
+    cells decoded from random latents; both on the real cells' range, so a dim decoder
+    looks dim."""
     channels, step = list(images.channels), images.step
+    scale = intensity_scale(images.held_out, what=images.cells)
     save_grid(folder / f"recon_{step:07d}.png", [images.held_out, images.reconstruction],
-              channels, row_labels=["held-out cells", "reconstruction"], title=f"step {step}")
+              channels, row_labels=[images.cells, "reconstruction"], title=f"step {step}",
+              scale=scale)
     half = len(images.samples) // 2
     save_grid(folder / f"samples_{step:07d}.png", [images.samples[:half], images.samples[half:]],
-              channels, title=f"random samples, step {step}")
+              channels, title=f"random samples, step {step}", scale=scale)

@@ -1,14 +1,19 @@
 """``cellprof show``: what a trained VAE+ sees, as pictures a biologist can read.
 
 Unlike a purely discriminative profiler, the VAE+ (Lafarge et al., MIDL 2019) decodes latents
-back into cells, so a difference between populations can be *shown*, not only measured. Each
-figure has one contrast stretch per channel shared by all its crops
-(:func:`cellprof.report.plots.composite`), so a stain that a treatment dims looks dimmer:
+back into cells, so a difference between populations can be *shown*, not only measured. Every
+figure is drawn on one intensity scale per channel, the same in all of them: the 0.5-99.8th
+percentiles of the real input cells of the reconstructions, stated in each legend
+(:func:`cellprof.report.plots.intensity_scale`). So a stain that a treatment dims looks dimmer,
+and a decoded typical cell, far flatter than a real one, is not stretched into looking like
+one:
 
 ``reconstructions.png``
     Per treatment, control first: random cells as the model sees them (crops scaled as
     in training) over their reconstructions ``decode(mu)``. Beyond 8 treatments the pairs go
-    to ``reconstructions_01.png``, ``_02`` ..., each page led by the control (own stretch).
+    to ``reconstructions_01.png``, ``_02`` ..., each page led by the control.
+``samples.png``
+    Cells decoded from 16 random latents ``z ~ N(0, I)`` (seeded by ``ShowConfig.seed``).
 ``typical_cells.png``
     One row per compound: the control's typical cell, then the compound's at each
     concentration, low to high. A typical cell is the decoded mean of its cells' latents.
@@ -16,10 +21,12 @@ figure has one contrast stretch per channel shared by all its crops
     ``decode((1 - t) mean_control + t mean_treatment)``, t from 0 to 1, for one treatment
     (by default the one whose mean latent is farthest from the control's).
 
-A treatment is ``Metadata_Compound @ Metadata_Concentration`` ("taxol@0.3"); the control's
-cells form one population whatever their concentration. Means come from a profiles file when
-given (every cell); otherwise at most ``ShowConfig.mean_cells`` (2,000) random cells per
-treatment are encoded, which bounds the time on a large screen.
+A treatment is ``Metadata_Compound @ Metadata_Concentration`` ("taxol@0.3", or "taxol" when
+its concentration is missing); the control's cells form one population whatever their
+concentration. Means come from a profiles file when given (every cell); otherwise at most
+``ShowConfig.mean_cells`` (2,000) random cells per treatment are encoded, which bounds the
+time on a large screen. A screen without compounds still gets the reconstructions (one pair
+of rows per plate) and the samples; :attr:`ShowResult.notes` says what needs treatment labels.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,26 +47,28 @@ from cellprof.errors import InputError, StoreError
 from cellprof.formats import chunks, store
 from cellprof.formats.checkpoint import check_fits
 from cellprof.formats.profiles import profile_attrs, read_profiles
-from cellprof.formats.schema import (
-    COMPOUND,
-    CONCENTRATION,
-    IMAGE_NUMBER,
-    MOA,
-    OBJECT_NUMBER,
-    PLATE,
-    WELL,
-)
+from cellprof.formats.schema import IMAGE_NUMBER, OBJECT_NUMBER, PLATE, WELL
 from cellprof.learn.data import DataConfig, plate_percentiles, scale_crops
 from cellprof.learn.device import setup
 from cellprof.learn.embed import load_encoder
 from cellprof.learn.model import VAEPlus
-from cellprof.profile.controls import control_rows, use_compound_column
+from cellprof.profile.controls import use_compound_column
 from cellprof.report.config import ShowConfig
-from cellprof.report.plots import save_grid, save_strip
+from cellprof.report.plots import IntensityScale, intensity_scale, save_grid, save_strip
+from cellprof.report.treatments import (
+    choose_treatment,
+    concentrations,
+    group_cells,
+    split_treatment,
+)
+
+__all__ = ["ShowResult", "choose_treatment", "interpolate_latents", "show", "treatment_means"]
 
 PAGE_TREATMENTS = 8  # treatments per reconstructions page: 16 rows of crops stay legible
 BATCH_CHUNKS = 8  # store chunks (of 64 cells) read and encoded together
+SAMPLES = 16  # random latents decoded into samples.png, two rows of 8
 CELL_KEYS = (PLATE, WELL, IMAGE_NUMBER, OBJECT_NUMBER)
+_TREATMENT_FIGURES = ("typical_cells.png", "interpolation.png")
 
 
 @dataclass(frozen=True)
@@ -67,12 +76,21 @@ class ShowResult:
     out_dir: Path
     reconstructions: Path
     """The first (or only) reconstructions page."""
-    typical_cells: Path
-    interpolation: Path
+    typical_cells: Path | None
+    """None when the cells have no treatment labels (see ``notes``)."""
+    interpolation: Path | None
+    """None when the cells have no treatment labels (see ``notes``)."""
     treatments: list[str]
-    """Treatments shown: the control, then by compound and concentration."""
+    """Treatments shown: the control, then by compound and concentration; empty without
+    treatment labels (the reconstructions then go by plate)."""
     reconstruction_pages: tuple[Path, ...] = ()
     """Every reconstructions page written."""
+    samples: Path | None = None
+    """Cells decoded from random latents."""
+    scale: IntensityScale | None = None
+    """The display range per channel of every figure: the input cells'."""
+    notes: tuple[str, ...] = ()
+    """One line each on what was not drawn and why."""
 
 
 @dataclass(frozen=True)
@@ -85,10 +103,14 @@ class _Screen:
     device: torch.device
     channels: tuple[str, ...]
     cells: pd.DataFrame
-    rows: dict[str, np.ndarray]  # treatment -> its store rows; control first
+    rows: dict[str, np.ndarray]  # treatment -> its store rows, control first; or plate -> rows
     moa: dict[str, str]  # treatment -> MOA ("" when unknown)
     method: str  # the checkpoint's crop scaling
     pct: dict[str, np.ndarray] | None
+    control: str | None
+    """The control's treatment; None when the cells name no compound (groups are plates)."""
+    unlabelled: str = ""
+    """Without compounds: why, and what the treatment figures need (one line)."""
 
     @property
     def order(self) -> list[str]:
@@ -112,38 +134,6 @@ def interpolate_latents(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
     return ((1.0 - t) * a + t * b).astype(np.float32)
 
 
-def _split(label: str) -> tuple[str, float]:
-    """"taxol@0.3" -> ("taxol", 0.3); a label without a number -> (label, nan)."""
-    compound, at, conc = label.rpartition("@")
-    try:
-        return (compound, float(conc)) if at else (label, np.nan)
-    except ValueError:
-        return label, np.nan
-
-
-def choose_treatment(means: Mapping[str, np.ndarray], control: str, wanted: str | None) -> str:
-    """The interpolation target among the keys of ``means`` (treatment -> mean latent).
-
-    ``wanted`` is "compound@conc" (concentration compared as a number), a compound name (its
-    highest concentration), or None for the treatment farthest from ``control`` (Euclidean).
-    """
-    others = [t for t in means if t != control]
-    if not others:
-        raise InputError(f"only control ({control}) cells: no treatment to compare with")
-    if wanted is None:
-        return max(others, key=lambda t: float(np.linalg.norm(means[t] - means[control])))
-    if wanted == control:
-        raise InputError(f"--treatment {wanted!r} is the control; name a treatment")
-    compound, conc = _split(wanted)
-    hits = [t for t in others if _split(t)[0] == compound and
-            ("@" not in wanted or np.isclose(_split(t)[1], conc, rtol=1e-6, atol=0.0))]
-    if not hits:
-        raise InputError(f"--treatment {wanted!r}: no such treatment (compound@concentration or "
-                         f"compound); available: {', '.join(others[:8])}"
-                         f"{f', ... ({len(others)} in all)' if len(others) > 8 else ''}")
-    return max(hits, key=lambda t: np.nan_to_num(_split(t)[1], nan=-np.inf))
-
-
 def _open(checkpoint: str | Path, crops: str | Path, config: ShowConfig) -> _Screen:
     device = setup(config.device).device
     model, ckpt = load_encoder(checkpoint, device)
@@ -151,40 +141,11 @@ def _open(checkpoint: str | Path, crops: str | Path, config: ShowConfig) -> _Scr
     check_fits(ckpt, info.channels, info.crop_size, crops)
     cells = use_compound_column(store.read_cells(crops), config.compound_column,
                                 f"{crops}: the crop store's cells")
-    if COMPOUND not in cells.columns or (cells[COMPOUND].astype(str) == "").all():
-        raise InputError(f"{crops}: no compound metadata ({COMPOUND}), so treatments cannot be "
-                         "told apart; name the compound column with --compound-column, or "
-                         "crop from an image table naming each well's compound and "
-                         "concentration")
-    compound = cells[COMPOUND].astype(str).to_numpy()
-    controls = control_rows(cells, config.control, config.control_query,
-                            f"{crops}: the crop store's cells")
-    if not controls.any():
-        names = sorted(set(compound))
-        raise InputError(f"{crops}: no cells of the control {config.control!r} in {COMPOUND}; "
-                         f"name the control compound with --control or choose the controls "
-                         f"with --control-query (compounds here: "
-                         f"{', '.join(names[:8])}{', ...' if len(names) > 8 else ''})")
-    # the controls are pooled under their compound's name, or "control" when a query
-    # chose cells of several compounds
-    named = set(compound[controls])
-    control = named.pop() if len(named) == 1 else "control"
-    has_conc = CONCENTRATION in cells.columns
-    conc = pd.to_numeric(cells[CONCENTRATION], errors="coerce").to_numpy(np.float64) \
-        if has_conc else np.full(len(cells), np.nan)
-    kinds = pd.DataFrame({
-        "label": [control if k else f"{c}@{x:g}" if has_conc else c
-                  for c, x, k in zip(compound, conc, controls)],
-        "rest": ~controls, "compound": compound, "conc": conc,
-        "moa": cells[MOA].astype(str).to_numpy() if MOA in cells.columns else ""})
-    order = kinds.sort_values(["rest", "compound", "conc"], kind="stable")["label"].unique()
-    rows = kinds.groupby("label").indices
-    known = kinds[kinds["moa"] != ""].groupby("label")["moa"].first()
+    groups = group_cells(cells, crops, config)
     method = DataConfig.from_dict(ckpt["data_config"]).crop_scaling
     pct = plate_percentiles(crops, info.channels) if method == "percentile" else None
-    return _Screen(Path(crops), model, ckpt, device, info.channels, cells,
-                   {t: np.asarray(rows[t]) for t in order},
-                   {t: str(known.get(t, "")) for t in order}, method, pct)
+    return _Screen(Path(crops), model, ckpt, device, info.channels, cells, groups.rows,
+                   groups.moa, method, pct, groups.control, groups.unlabelled)
 
 
 def _pick(s: _Screen, treatment: str, n: int, seed: int, purpose: int) -> np.ndarray:
@@ -269,74 +230,118 @@ def treatment_means(checkpoint: str | Path, crops: str | Path, *,
 
     With ``profiles`` (a ``cellprof embed`` file of ``crops`` made with ``checkpoint``) the
     means are over every cell; without, over at most ``config.mean_cells`` cells each.
+    :class:`InputError` when the cells name no compound.
     """
-    return _means(_open(checkpoint, crops, config), profiles, config)
+    s = _open(checkpoint, crops, config)
+    if s.control is None:
+        raise InputError(s.unlabelled)
+    return _means(s, profiles, config)
 
 
 def _display(s: _Screen, treatment: str) -> str:
     moa = s.moa[treatment]
-    if treatment == s.order[0]:
+    if treatment == s.control:
         return f"{treatment} (control)"
     return f"{treatment} ({moa})" if moa and moa != treatment else treatment
 
 
 @torch.no_grad()
-def _reconstruction_pages(s: _Screen, out_dir: Path, config: ShowConfig) -> list[Path]:
+def _reconstruct(s: _Screen, config: ShowConfig
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Random cells of each group, as model input ``x`` and reconstructions ``rec`` (both
+    ``(N, C, H, W)``), and each group's positions in them."""
     picked = {t: _pick(s, t, config.cells_per_treatment, config.seed, 0) for t in s.order}
     idx = np.unique(np.concatenate(list(picked.values())))
     shape = (len(idx), len(s.channels)) + (s.model.config.image_size,) * 2
     x, rec = np.empty(shape, np.float32), np.empty(shape, np.float32)
     for pos, batch in _scaled(s, idx):
         x[pos], rec[pos] = batch, _decode(s, _encode(s, batch))
+    return {t: np.searchsorted(idx, rows) for t, rows in picked.items()}, x, rec
+
+
+def _pages(s: _Screen) -> list[list[str]]:
+    """The groups of each reconstructions page: 8 a page, each led by the control."""
+    if s.control is None:
+        return [s.order[i:i + PAGE_TREATMENTS] for i in range(0, len(s.order), PAGE_TREATMENTS)]
     control, rest = s.order[0], s.order[1:]
     per = PAGE_TREATMENTS if len(s.order) <= PAGE_TREATMENTS else PAGE_TREATMENTS - 1
-    pages = [[control, *rest[i:i + per]] for i in range(0, max(len(rest), 1), per)]
-    paths = []
+    return [[control, *rest[i:i + per]] for i in range(0, max(len(rest), 1), per)]
+
+
+def _reconstruction_pages(s: _Screen, out_dir: Path, where: dict[str, np.ndarray],
+                          x: np.ndarray, rec: np.ndarray, scale: IntensityScale) -> list[Path]:
+    pages, paths = _pages(s), []
     for i, page in enumerate(pages, start=1):
-        where = [np.searchsorted(idx, picked[t]) for t in page]
         name = "reconstructions.png" if len(pages) == 1 else f"reconstructions_{i:02d}.png"
         paths.append(save_grid(
-            out_dir / name, [a for w in where for a in (x[w], rec[w])], s.channels,
-            row_labels=[a for t in page for a in (_display(s, t), "reconstruction")],
+            out_dir / name, [a for t in page for a in (x[where[t]], rec[where[t]])],
+            s.channels, row_labels=[a for t in page for a in (_display(s, t), "reconstruction")],
             title="Cells (model input) and their reconstructions decode(mu)"
-                  + (f", page {i} of {len(pages)}" if len(pages) > 1 else "")))
+                  + (f", page {i} of {len(pages)}" if len(pages) > 1 else ""), scale=scale))
     for old in out_dir.glob("reconstructions*.png"):  # pages left by an earlier, larger run
         if re.fullmatch(r"reconstructions(_\d+)?\.png", old.name) and old not in paths:
             old.unlink()
     return paths
 
 
-def _typical_cells(s: _Screen, typical: dict[str, np.ndarray], path: Path) -> Path:
+@torch.no_grad()
+def _samples(s: _Screen, seed: int, scale: IntensityScale, path: Path) -> Path:
+    """Cells decoded from random latents: what the model has learnt a cell is."""
+    gen = torch.Generator(device=s.device).manual_seed(seed)
+    z = torch.randn(SAMPLES, s.model.config.latent_dim, generator=gen, device=s.device)
+    cells = _decode(s, z)
+    half = SAMPLES // 2
+    return save_grid(path, [cells[:half], cells[half:]], s.channels, scale=scale,
+                     title="Cells decoded from random latents z ~ N(0, I)")
+
+
+def _typical_cells(s: _Screen, typical: dict[str, np.ndarray], path: Path,
+                   scale: IntensityScale) -> Path:
     """One row per compound: the control's typical cell, then the compound's, low to high."""
     control = s.order[0]
     compounds: dict[str, list[str]] = {}
     for t in s.order[1:]:
-        compounds.setdefault(_split(t)[0], []).append(t)
+        compounds.setdefault(split_treatment(t)[0], []).append(t)
     rows = [np.stack([typical[control]] + [typical[t] for t in ts]) for ts in compounds.values()]
     widest = max(len(ts) for ts in compounds.values())
     cols = [f"{control} (control)"] + (["treatment"] if widest == 1 else
                                        [f"conc. {k}" for k in range(1, widest + 1)])
-    labels = [f"{c}{f' ({s.moa[ts[0]]})' if s.moa[ts[0]] else ''}"
-              f"{' @ ' + ', '.join(t.rpartition('@')[2] for t in ts) if '@' in ts[0] else ''}"
+    labels = [f"{c}{f' ({s.moa[ts[0]]})' if s.moa[ts[0]] else ''}{concentrations(ts)}"
               for c, ts in compounds.items()]
-    return save_grid(path, rows, s.channels, row_labels=labels, col_labels=cols,
+    return save_grid(path, rows, s.channels, row_labels=labels, col_labels=cols, scale=scale,
                      title="Typical cell (decoded mean latent): the control, then each "
                            "compound, concentrations low to high")
 
 
+@torch.no_grad()
+def _treatment_figures(s: _Screen, means: dict[str, np.ndarray], target: str, out_dir: Path,
+                       config: ShowConfig, scale: IntensityScale) -> tuple[Path, Path]:
+    """typical_cells.png and interpolation.png."""
+    control = s.order[0]
+    typical = dict(zip(s.order, _decode(s, np.stack([means[t] for t in s.order]))))
+    frames = _decode(s, interpolate_latents(means[control], means[target], config.steps))
+    return _typical_cells(s, typical, out_dir / "typical_cells.png", scale), save_strip(
+        out_dir / "interpolation.png", frames, s.channels, scale=scale,
+        labels=[f"t={v:.2f}" for v in np.linspace(0.0, 1.0, config.steps)],
+        title=f"{control} (t=0) to {_display(s, target)} (t=1): "
+              "decoded (1-t) mean_control + t mean_treatment")
+
+
 def show(checkpoint: str | Path, crops: str | Path, out_dir: str | Path, *,
          profiles: str | Path | None = None, config: ShowConfig = ShowConfig()) -> ShowResult:
-    """Write the three figures of the module docstring for ``crops`` into ``out_dir``.
+    """Write the figures of the module docstring for ``crops`` into ``out_dir``.
 
     ``checkpoint`` is a trained model (``model.pt``, a checkpoint or the run folder), ``crops``
     the crop store whose cells are shown, ``out_dir`` the folder for the PNGs (figures of an
     earlier run there are replaced). ``profiles``, a ``cellprof embed`` output of ``crops``
     with ``checkpoint``, gives the treatment means over every cell instead of encoding.
+    Cells without compounds get the reconstructions (by plate) and the samples only, and
+    the result's ``notes`` say what the others need.
 
     Raises
     ------
     InputError
-        No compound metadata, no control cells, or an unknown ``config.treatment``.
+        No control cells among the compounds, or an unknown ``config.treatment``.
     CheckpointError
         The checkpoint is unreadable or was trained on other channels or crop size.
     StoreError
@@ -348,18 +353,18 @@ def show(checkpoint: str | Path, crops: str | Path, out_dir: str | Path, *,
     """
     out_dir = Path(out_dir)
     s = _open(checkpoint, crops, config)
-    means = _means(s, profiles, config)
-    control = s.order[0]
-    target = choose_treatment(means, control, config.treatment)
+    means = _means(s, profiles, config) if s.control is not None else {}
+    target = choose_treatment(means, s.order[0], config.treatment) if means else ""
     out_dir.mkdir(parents=True, exist_ok=True)
-    pages = _reconstruction_pages(s, out_dir, config)
-    with torch.no_grad():
-        typical = dict(zip(s.order, _decode(s, np.stack([means[t] for t in s.order]))))
-        frames = _decode(s, interpolate_latents(means[control], means[target], config.steps))
-    typical_path = _typical_cells(s, typical, out_dir / "typical_cells.png")
-    interp_path = save_strip(
-        out_dir / "interpolation.png", frames, s.channels,
-        labels=[f"t={v:.2f}" for v in np.linspace(0.0, 1.0, config.steps)],
-        title=f"{control} (t=0) to {_display(s, target)} (t=1): "
-              "decoded (1-t) mean_control + t mean_treatment")
-    return ShowResult(out_dir, pages[0], typical_path, interp_path, s.order, tuple(pages))
+    where, x, rec = _reconstruct(s, config)
+    scale = intensity_scale(x, what="input cells of the reconstructions (model input)")
+    pages = _reconstruction_pages(s, out_dir, where, x, rec, scale)
+    samples = _samples(s, config.seed, scale, out_dir / "samples.png")
+    if not means:  # no treatments: figures of an earlier, labelled run would mislead
+        for name in _TREATMENT_FIGURES:
+            (out_dir / name).unlink(missing_ok=True)
+        return ShowResult(out_dir, pages[0], None, None, [], tuple(pages), samples, scale,
+                          (s.unlabelled,))
+    typical, interp = _treatment_figures(s, means, target, out_dir, config, scale)
+    return ShowResult(out_dir, pages[0], typical, interp, s.order, tuple(pages), samples,
+                      scale)
