@@ -150,30 +150,25 @@ PROTOCOLS = {"dmso-mean": (zscore_on_dmso, "mean"), "dmso-median": (zscore_on_dm
 (pycytominer's DMSO z-score, then means), the others are compared with ``--protocols``."""
 
 
-def equal_variance(blocks: list[np.ndarray]) -> tuple[np.ndarray, list[float]]:
-    """Blocks of features of the same cells, each scaled so its total variance (the sum of
-    its features' variances) is 1, concatenated; and each block's weight (the factor)."""
-    weights = [1.0 / float(np.sqrt(max(b.var(axis=0, ddof=1).sum(), 1e-12))) for b in blocks]
-    return np.concatenate([b * w for b, w in zip(blocks, weights)], axis=1), weights
-
-
 def moa_metrics(cells: pd.DataFrame, feats: np.ndarray | list[np.ndarray],
                 protocol: str = "dmso-mean") -> dict[str, float]:
     """NSC, NSCB (per treatment and per compound) and mAP of cell features (see module),
     and each over the queries of either compound half (:func:`compound_halves`).
 
     ``feats`` a list: blocks of features of the same cells (e.g. learned and hand-crafted),
-    each scaled by the protocol on its own, then weighted to equal total variance
-    (:func:`equal_variance`) and concatenated: a combined profile."""
+    each scaled by the protocol on its own and concatenated, then weighed as ``cellprof
+    match`` weighs a combined profile's blocks (:mod:`cellprof.profile.blocks`: equal total
+    variance across the treatment profiles)."""
     scale, aggregate = PROTOCOLS[protocol]
-    if isinstance(feats, list):
-        z, _ = equal_variance([scale(cells, f) for f in feats])
-    else:
-        z = scale(cells, feats)
+    parts = feats if isinstance(feats, list) else [feats]
+    z = np.concatenate([scale(cells, f) for f in parts], axis=1)
     names = [f"F_{i:04d}" for i in range(z.shape[1])]
+    edges = np.cumsum([0] + [f.shape[1] for f in parts])
+    blocks = {f"block{b}": names[edges[b]:edges[b + 1]] for b in range(len(parts))} \
+        if len(parts) > 1 else None
     meta = cells[[c for c in cells.columns if c.startswith("Metadata_")]].reset_index(drop=True)
     table = pd.concat([meta, pd.DataFrame(z, columns=names)], axis=1)
-    treat, _ = prepare(table, MatchConfig(normalize="none", aggregate=aggregate))
+    treat, _ = prepare(table, MatchConfig(normalize="none", aggregate=aggregate), blocks)
     res = retrieve(treat, "cosine")
     nsc, nsc_c = accuracy(res, "nsc_correct")
     nscb, nscb_c = accuracy(res, "nscb_correct")
