@@ -39,7 +39,7 @@ _T, _D, _M, _E = defaults(TrainConfig), defaults(DataConfig), defaults(ModelConf
 _MODEL, _DECODER, _DATA = "Model (kept on --resume)", "Decoder and feature matching (kept " \
     "on --resume)", "Data (kept on --resume)"
 _OPT, _HARDWARE, _LOG = "Optimisation", "Hardware", "Logging"
-_DEVICE_HELP = "auto, cpu, cuda or cuda:N."
+_DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps."
 _PRECISION_HELP = "auto: bf16 where supported."
 _Precision = Annotated[Literal[PRECISIONS], typer.Option(help=_PRECISION_HELP)]
 _Device = Annotated[str, typer.Option(help=_DEVICE_HELP)]
@@ -125,7 +125,7 @@ def train(
 ) -> None:
     """Train the adversarial progressive VAE on a crop store.
 
-    On CUDA when present, else the CPU. Several GPUs or nodes: the same command under
+    On CUDA when present, then Apple's GPU, else the CPU. Several GPUs or nodes: the same command under
     `torchrun --nproc-per-node N cellprof train ...`. Ctrl-C saves a checkpoint; --resume
     continues exactly, keeping the model, the data, --seed and --batch-size.
     Details: docs/cli.md#train.
@@ -192,7 +192,7 @@ def embed(
     out: Annotated[Path, typer.Option("--out", "-o", help="Profiles file to write (.h5).")] = ...,
     batch_size: Annotated[int, typer.Option(help="Crops per forward pass.")] = _E["batch_size"],
     tta: Annotated[Literal[TTAS], typer.Option(
-        help="Views averaged (dihedral: 8x).")] = _E["tta"],
+        help="Views (dihedral: 8x).")] = _E["tta"],
     logvar: Annotated[bool, typer.Option(
         "--logvar", help="Also keep each cell's log-variance.")] = _E["logvar"],
     device: _Device = _E["device"],

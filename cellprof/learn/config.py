@@ -227,7 +227,7 @@ class TrainConfig:
     """Conv kernels are multiplied by (1 - weight_decay) after every step, as in the reference."""
     seed: int = 0
     device: str = "auto"
-    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``."""
+    """``auto`` (CUDA, then MPS, then the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
     precision: str = "auto"
     """``auto``, ``fp32`` or ``bf16`` (see :mod:`cellprof.learn.device`): auto is bf16 autocast
     with channels-last on CUDA and on CPUs with native bf16, fp32 elsewhere. Losses and
@@ -339,7 +339,7 @@ class EmbedConfig:
     logvar: bool = False
     """Also store each cell's posterior log-variance (its uncertainty)."""
     device: str = "auto"
-    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``."""
+    """``auto`` (CUDA, then MPS, then the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
     precision: str = "auto"
     """``auto`` (bf16 where the hardware has it), ``fp32`` or ``bf16``; see
     :mod:`cellprof.learn.device`."""

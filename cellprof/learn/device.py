@@ -44,23 +44,52 @@ class Dist:
         return self.rank == 0
 
 
+def mps_available() -> bool:
+    """True where torch was built with Apple's Metal backend and a GPU answers."""
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def pick_device(requested: str, *, cuda: bool, mps: bool, world: int = 1,
+                local_rank: int = 0) -> str:
+    """The device ``--device requested`` means on a machine that has CUDA (``cuda``) and
+    Apple's GPU (``mps``) or not: ``auto`` is CUDA, then MPS, then the CPU. A pure function
+    of what the machine has, so every machine's choice is tested on any machine.
+
+    >>> pick_device("auto", cuda=False, mps=True)
+    'mps'
+    >>> pick_device("auto", cuda=True, mps=False, world=2, local_rank=1)
+    'cuda:1'
+    """
+    if requested not in ("auto", "cpu", "mps") and not requested.startswith("cuda"):
+        raise InputError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {requested!r}")
+    if requested.startswith("cuda") and not cuda:
+        raise InputError(f"--device {requested}: no CUDA device is available here")
+    if requested == "mps" and not mps:
+        raise InputError("--device mps: Apple's GPU (MPS) is not available in this torch")
+    if requested == "auto":
+        requested = "cuda" if cuda else "mps" if mps and world == 1 else "cpu"
+    if requested == "mps" and world > 1:
+        raise InputError("--device mps: several processes (torchrun) cannot share Apple's "
+                         "GPU; train in one process, or with --device cpu")
+    if requested == "cuda":
+        return f"cuda:{local_rank if world > 1 else 0}"
+    return requested
+
+
 def setup(device: str) -> Dist:
-    """Rank, world size and device from torchrun's environment (one process without it)."""
+    """Rank, world size and device from torchrun's environment (one process without it);
+    the device as :func:`pick_device` chooses it."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    cuda = torch.cuda.is_available() and device != "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: no CUDA device is available here")
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise InputError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    dev = torch.device(pick_device(device, cuda=torch.cuda.is_available(),
+                                   mps=mps_available(), world=world, local_rank=local))
+    cuda = dev.type == "cuda"
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     if cuda:
-        dev = torch.device(device if ":" in device else f"cuda:{local if world > 1 else 0}")
         torch.cuda.set_device(dev)
-    else:
-        dev = torch.device("cpu")
     host = dist.new_group(backend="gloo") if world > 1 and cuda else None
     return Dist(rank, world, dev, host)
 
@@ -86,6 +115,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    # MPS: fp32 (its bf16 autocast is recent and unmeasured here; ask --precision bf16)
     return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
 
 
