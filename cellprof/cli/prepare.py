@@ -61,7 +61,8 @@ def synth(
 @app.command()
 def crop(
     image_table: Annotated[Optional[Path], typer.Argument(
-        help="Image table, SQLite or CytoTable file.", show_default=False)] = None,
+        help="Image table, SQLite or CytoTable file, or a folder of images.",
+        show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Crop store to write (.h5).")] = ...,
     workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
     strict: Annotated[bool, typer.Option(
@@ -74,6 +75,9 @@ def crop(
     tables: Annotated[Optional[str], typer.Option(
         help="SQLite: IMAGE,OBJECTS table names.", show_default=False,
         rich_help_panel=_INPUTS)] = _C["tables"],
+    pattern: Annotated[Optional[str], typer.Option(
+        help="Folder input: names, e.g. {well}_s{site}_{channel}.tif.",
+        show_default=False, rich_help_panel=_INPUTS)] = _C["pattern"],
     segment: Annotated[bool, typer.Option(
         "--segment", help="No object table: find nuclei.", rich_help_panel=_INPUTS)] = False,
     singlecell: Annotated[Optional[Path], typer.Option(
@@ -101,8 +105,9 @@ def crop(
     channels: Annotated[Optional[str], typer.Option(
         help="Channels to keep, in order, e.g. DNA,Tubulin,Actin.", show_default=False,
         rich_help_panel=_CROPS)] = _C["channels"],
-    size: Annotated[int, typer.Option(
-        help="Crop side in pixels.", rich_help_panel=_CROPS)] = _C["size"],
+    size: Annotated[str, typer.Option(
+        help="Crop side in pixels, or auto (with --segment).", rich_help_panel=_CROPS)
+    ] = _C["size"],
     edge: Annotated[Literal[EDGES], typer.Option(
         help="Cells whose crop leaves the image.", rich_help_panel=_CROPS)] = _C["edge"],
     illumination: Annotated[bool, typer.Option(
@@ -111,7 +116,8 @@ def crop(
     compression: Annotated[Literal[tuple(COMPRESSIONS)], typer.Option(
         help="How OUT keeps its crops.", rich_help_panel=_CROPS)] = _C["compression"],
     nucleus_channel: Annotated[Optional[str], typer.Option(
-        help="Channel holding nuclei \\[default: the first].", show_default=False,
+        help="Channel holding nuclei \\[default: the one named DNA, DAPI …].",
+        show_default=False,
         rich_help_panel=_SEGMENT)] = _C["nucleus_channel"],
     min_area: Annotated[int, typer.Option(
         help="Smallest nucleus, px.", rich_help_panel=_SEGMENT)] = _SEG["min_area"],
@@ -124,6 +130,7 @@ def crop(
       cellprof crop screen.sqlite --out crops.h5          (ExportToDatabase)
       cellprof crop cytotable.parquet --out crops.h5      (single-cell table)
       cellprof crop Image.csv --segment --out crops.h5
+      cellprof crop images/ --pattern "{well}_s{site}_{channel}.tif" --segment --out crops.h5
       cellprof crop --singlecell DIR [--metadata meta.csv] --out crops.h5
 
     Writes OUT (crops (N, C, H, W), per-cell metadata, per-field statistics) and
@@ -144,13 +151,17 @@ def crop(
         if image_table is None:
             raise CellprofError("give an IMAGE_TABLE (or --singlecell DIR --metadata TABLE)")
         for given in (image_table, objects, moa):
-            if given is not None and not given.is_file():
+            if given is not None and not given.is_file() and not (
+                    given is image_table and given.is_dir()):
                 raise CellprofError(f"{given}: no such file")
         try:
             ox, oy = (float(v) for v in offset.split(","))
         except ValueError:
             raise CellprofError(f"--offset must be X,Y numbers, got {offset!r}") from None
-        cfg = CropConfig(size=size, channels=_split(channels), edge=edge,
+        if size != "auto" and not size.isdigit():
+            raise CellprofError(f"--size must be a number of pixels or auto, got {size!r}")
+        cfg = CropConfig(size=size if size == "auto" else int(size),
+                         channels=_split(channels), edge=edge, pattern=pattern,
                          illumination=illumination, offset=(ox, oy), object_name=object_name,
                          segment=SegmentConfig(min_area=min_area) if segment else None,
                          nucleus_channel=nucleus_channel, plates=_split(plates),

@@ -150,7 +150,7 @@ def show(
     compound_column: Annotated[str, typer.Option(help=_COMPOUND_HELP)] = _SC["compound_column"],
     steps: Annotated[int, typer.Option(help="Frames of the interpolation.")] = _SC["steps"],
     seed: Annotated[int, typer.Option(help="Seed of the sample cells.")] = _SC["seed"],
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = _SC["device"],
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = _SC["device"],
 ) -> None:
     """See what differs: reconstructions, a typical cell per treatment, an interpolation.
 
@@ -187,7 +187,7 @@ def demo(
         "--force", help="Replace OUTDIR if it holds earlier results.")] = False,
     steps: Annotated[int, typer.Option(
         help="Training steps (a few minutes on a CPU).")] = _DC["steps"],
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = _DC["device"],
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = _DC["device"],
     workers: Annotated[int, typer.Option(
         help="Parallel worker processes for cropping.")] = _DC["workers"],
     seed: Annotated[int, typer.Option(help="Seed of the synthetic screen.")

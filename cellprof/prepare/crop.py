@@ -40,7 +40,9 @@ from cellprof.prepare.fieldwork import (
     issue,
     process_field,
 )
+from cellprof.prepare.folder import table_input
 from cellprof.prepare.illumination import IlluminationAccumulator
+from cellprof.prepare.nuclei import fit_to_nuclei
 from cellprof.prepare.runner import Progress, commit_results, ordered_map, worker_count
 from cellprof.prepare.segment import SegmentConfig
 from cellprof.prepare.sources import (
@@ -71,8 +73,10 @@ EDGES = ("skip", "pad")
 class CropConfig:
     """Settings of a crop run; a resumed run must use the same ones."""
 
-    size: int = 68
-    """Crop side in pixels (the paper's 68)."""
+    size: int | str = 68
+    """Crop side in pixels (the paper's 68, for nuclei about 33 px across), or ``"auto"``
+    with ``segment``: twice the median nucleus diameter of a few fields, to a multiple of 4
+    (:mod:`cellprof.prepare.nuclei`)."""
     channels: tuple[str, ...] | None = None
     """Channel names to keep, in this order; None keeps all ``FileName_`` channels."""
     edge: str = "skip"
@@ -88,7 +92,12 @@ class CropConfig:
     segment: SegmentConfig | None = None
     """Find nuclei with scikit-image instead of reading an object table."""
     nucleus_channel: str | None = None
-    """Channel to segment nuclei in (default: the first channel)."""
+    """Channel to segment nuclei in (default: the one channel named like a DNA stain, e.g.
+    DNA, DAPI, Hoechst; refused when none or several are)."""
+    pattern: str | None = None
+    """A folder of images as input: which parts of the file names are the plate, well,
+    site and channel, e.g. ``"{well}_s{site}_{channel}.tif"`` (default: found;
+    :mod:`cellprof.prepare.folder`)."""
     plates: tuple[str, ...] | None = None
     """Only these plates (a shard of the screen, e.g. one cluster job per plate)."""
     tables: tuple[str, ...] | None = None
@@ -101,8 +110,9 @@ class CropConfig:
     :data:`cellprof.formats.store.COMPRESSIONS` and docs/benchmarks.md)."""
 
     def __post_init__(self) -> None:
-        if not 8 <= self.size <= 1024:
-            raise InputError(f"--size must be between 8 and 1024 pixels, got {self.size}")
+        if self.size != "auto" and not (isinstance(self.size, int) and 8 <= self.size <= 1024):
+            raise InputError(f"--size must be between 8 and 1024 pixels, or auto, got "
+                             f"{self.size}")
         if self.tables is not None and (len(self.tables) != 2 or not all(self.tables)):
             n = len([t for t in self.tables if t])
             raise InputError(f"--tables takes IMAGE,OBJECTS: two table names, image table "
@@ -372,6 +382,8 @@ def crop_screen(
     ----------
     image_table, objects
         CellProfiler image and object tables (CSV, CSV.gz or Parquet; either naming style).
+        ``image_table`` may be a folder of images, read by ``config.pattern``
+        (:func:`cellprof.prepare.folder.table_input`; the table is written beside ``out``).
     out
         The ``.h5`` file to write; ``<out>.partial`` until complete.
     workers
@@ -388,14 +400,16 @@ def crop_screen(
     if out.exists() and not overwrite:
         raise InputError(f"{out}: exists; pass --overwrite to replace it")
     notes: list[str] = []
+    # A folder of images becomes the image table it implies, written beside the store.
+    image_table, folder_issues = table_input(image_table, out, config.pattern, overwrite, notes,
+                                             [("--objects", objects), ("--moa", moa)])
     tasks, channels, plan_issues = plan(image_table, objects, config, root, moa, notes)
+    plan_issues = folder_issues + plan_issues
     workers = worker_count(workers, len(tasks))
     if strict and plan_issues:
         raise InputError(_describe(plan_issues[0]))
-    if config.nucleus_channel and config.nucleus_channel not in channels:
-        raise InputError(f"--nucleus-channel {config.nucleus_channel!r} is not a channel of "
-                         f"the image table (channels: {', '.join(channels)})")
-    nucleus = channels.index(config.nucleus_channel) if config.nucleus_channel else 0
+    nucleus, size = fit_to_nuclei(tasks, channels, config.nucleus_channel, config.segment,
+                                  config.size, notes)
     settings = {"mode": "table", "image_table": str(Path(image_table).resolve()),
                 "objects": str(Path(objects).resolve()) if objects else None,
                 "moa": str(Path(moa).resolve()) if moa else None,
@@ -408,7 +422,7 @@ def crop_screen(
     inputs = fingerprint({"image table": image_table, "object table": objects,
                           "moa table": moa})
     inputs["image files"] = image_fingerprint(images, Path(root or Path(image_table).parent))
-    writer = CropStoreWriter(out, channels=channels, crop_size=config.size, dtype=dtype,
+    writer = CropStoreWriter(out, channels=channels, crop_size=size, dtype=dtype,
                              cell_columns=_with_object_columns(cell_cols, tasks),
                              field_columns=field_cols, config=settings, resume=not overwrite,
                              compression=config.compression, inputs=inputs)
@@ -419,7 +433,7 @@ def crop_screen(
         if config.illumination:
             _attach_illumination(tasks, writer, workers, progress)
         todo = [t for t in tasks if t.key not in done]
-        work = _FieldJob(config.size, config.edge == "pad", dtype, channels, config.segment,
+        work = _FieldJob(size, config.edge == "pad", dtype, channels, config.segment,
                          nucleus, source)
         commit_results(ordered_map(work, todo, workers), writer,
                        strict=strict, total=len(tasks), done=len(done), progress=progress)
