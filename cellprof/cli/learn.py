@@ -125,9 +125,9 @@ def train(
 ) -> None:
     """Train the adversarial progressive VAE on a crop store.
 
-    On CUDA when present, then Apple's GPU, else the CPU. Several GPUs or nodes: the same command under
-    `torchrun --nproc-per-node N cellprof train ...`. Ctrl-C saves a checkpoint; --resume
-    continues exactly, keeping the model, the data, --seed and --batch-size.
+    On CUDA when present, then Apple's GPU, else the CPU. Several GPUs or nodes: the same
+    command under `torchrun --nproc-per-node N cellprof train ...`. Ctrl-C saves a checkpoint;
+    --resume continues exactly, keeping the model, the data, --seed and --batch-size.
     Details: docs/cli.md#train.
     """
     from cellprof.learn.train import saved_train_config, scaled_schedule

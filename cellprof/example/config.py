@@ -26,6 +26,7 @@ class DemoConfig:
     normalize: str = "zscore"
     """How ``match`` normalises profiles against the DMSO wells."""
     device: str = "auto"
-    """``auto`` (CUDA, then MPS, then the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, for train, embed, show."""
+    """``auto`` (CUDA, then MPS, then the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, for
+    train, embed, show."""
     workers: int = 1
     """Parallel worker processes for cropping."""

@@ -34,7 +34,8 @@ class ShowConfig:
     mean_cells: int = 2000
     """Without profiles: at most this many random cells per treatment are encoded for its mean."""
     device: str = "auto"
-    """``auto`` (CUDA, then MPS, then the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; always float32."""
+    """``auto`` (CUDA, then MPS, then the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``;
+    always float32."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "control",
