@@ -23,6 +23,8 @@ class DemoConfig:
     """Crops per training step."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The network: the paper's full model."""
+    train_seed: int = 0
+    """Seed of the training (weights, batches, augmentation); the screen has its own."""
     normalize: str = "zscore"
     """How ``match`` normalises profiles against the DMSO wells."""
     device: str = "auto"
