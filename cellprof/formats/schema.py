@@ -15,7 +15,10 @@ cellprof imports them from here instead of spelling them out.
 
     Field_Key, ImageNumber, <the same Metadata_*>, Status, Height, Width,
     Count_Objects, Count_Cropped, Count_EdgeSkipped, Count_Rejected,
-    PathName_<ch>, FileName_<ch>, Intensity_<stat>_<ch>
+    PathName_<ch>, FileName_<ch>, Intensity_<stat>_<ch>, Threshold_Nuclei_<ch>
+
+``Threshold_Nuclei_<ch>`` is the level ``crop --segment`` cut the smoothed channel at to find
+the field's nuclei (empty for the other channels, and without ``--segment``).
 """
 
 from __future__ import annotations
@@ -49,6 +52,13 @@ INTENSITY_STATS = ("MeanIntensity", "StdIntensity", "MinIntensity", "MaxIntensit
                    "Percentile01", "MedianIntensity", "Percentile99")
 
 
+def threshold_column(channel: str) -> str:
+    """The ``/fields`` column of the threshold nuclei were found at in ``channel``: with it
+    ``measure`` cuts each crop's nucleus at the edge ``crop --segment`` found, where a
+    threshold of the crop alone drifts with the brightness of the nuclei in view."""
+    return f"Threshold_Nuclei_{channel}"
+
+
 def store_columns(meta: pd.DataFrame, channels: Iterable[str]
                   ) -> tuple[dict[str, str], dict[str, str]]:
     """Column kinds of ``/cells`` and ``/fields``, fixed before the first field is written.
@@ -71,6 +81,8 @@ def store_columns(meta: pd.DataFrame, channels: Iterable[str]
     for ch in channels:
         for stat in INTENSITY_STATS:
             fields[f"Intensity_{stat}_{ch}"] = "float"
+    for ch in channels:
+        fields[threshold_column(ch)] = "float"
     return cells, fields
 
 

@@ -21,9 +21,17 @@ from cellprof.formats.images import (
     read_planes,
     single_plane_tiff,
 )
-from cellprof.formats.schema import CENTER_X, CENTER_Y, PLATE, Columns, cell_rows, field_row
+from cellprof.formats.schema import (
+    CENTER_X,
+    CENTER_Y,
+    PLATE,
+    Columns,
+    cell_rows,
+    field_row,
+    threshold_column,
+)
 from cellprof.prepare.illumination import correct
-from cellprof.prepare.segment import SegmentConfig, find_nuclei
+from cellprof.prepare.segment import THRESHOLD, SegmentConfig, find_nuclei
 
 
 @dataclass
@@ -242,6 +250,7 @@ def process_field(task: FieldTask, size: int, pad: bool, dtype: str,
 
     if task.centres is None:
         found = find_nuclei(stack[nucleus_channel], segment or SegmentConfig())
+        record[threshold_column(channels[nucleus_channel])] = found.attrs.get(THRESHOLD)
         centres = found[[CENTER_X, CENTER_Y]].to_numpy(dtype=np.float64)
         numbers = found["ObjectNumber"].to_numpy()
         rows = np.full(len(found), -1)

@@ -24,6 +24,8 @@ from skimage.segmentation import watershed
 
 COLUMNS = ["ObjectNumber", "Location_Center_X", "Location_Center_Y", "AreaShape_Area"]
 """Output columns, named as CellProfiler's ``Nuclei`` table names them."""
+THRESHOLD = "threshold"
+"""Key of the output's ``attrs`` holding the threshold the nuclei were found at."""
 
 _THRESHOLDS = {"otsu": threshold_otsu, "li": threshold_li}
 
@@ -107,6 +109,20 @@ def _split(mask: np.ndarray, components: np.ndarray, min_distance: int) -> np.nd
     return watershed(-distance, markers, mask=mask)
 
 
+def split_nuclei(mask: np.ndarray, min_distance: int = SegmentConfig.min_distance
+                 ) -> np.ndarray:
+    """Label a 2-D foreground ``mask`` with touching nuclei cut apart as :func:`find_nuclei`
+    cuts them: ``(H, W)`` bool -> ``(H, W)`` int32 labels, 0 the background.
+
+    ``cellprof measure`` splits each crop's nucleus with it, so it measures the nucleus
+    the crop was cut for, not the clump of neighbours it touches.
+    """
+    components, n = ndi.label(mask)
+    if n == 0:
+        return np.zeros(mask.shape, np.int32)
+    return _split(mask, components, min_distance)
+
+
 def find_nuclei(dna: np.ndarray, config: SegmentConfig = SegmentConfig()) -> pd.DataFrame:
     """Find nuclei in a DNA-stain image and return one row per nucleus.
 
@@ -132,7 +148,10 @@ def find_nuclei(dna: np.ndarray, config: SegmentConfig = SegmentConfig()) -> pd.
         seeds), ``Location_Center_X`` and ``Location_Center_Y`` (float, 0-based centroid
         of the object's pixels in px; X is the column, Y the row, as in CellProfiler)
         and ``AreaShape_Area`` (int, px). A constant image, or one where nothing
-        survives the area limits, gives an empty frame with these columns.
+        survives the area limits, gives an empty frame with these columns. Its
+        ``attrs["threshold"]`` (:data:`THRESHOLD`) is the level the smoothed image was cut
+        at, in the image's units, when a nucleus was found: the crop store keeps it, so
+        ``cellprof measure`` finds the same nucleus edges in the crops.
 
     Raises
     ------
@@ -186,7 +205,7 @@ def find_nuclei(dna: np.ndarray, config: SegmentConfig = SegmentConfig()) -> pd.
     sum_y = np.bincount(labels.ravel(), weights=rows.ravel(), minlength=len(area))
     sum_x = np.bincount(labels.ravel(), weights=cols.ravel(), minlength=len(area))
     ids = np.flatnonzero(keep)
-    return pd.DataFrame(
+    found = pd.DataFrame(
         {
             "ObjectNumber": np.arange(1, len(ids) + 1, dtype=np.int64),
             "Location_Center_X": sum_x[ids] / area[ids],
@@ -194,3 +213,5 @@ def find_nuclei(dna: np.ndarray, config: SegmentConfig = SegmentConfig()) -> pd.
             "AreaShape_Area": area[ids].astype(np.int64),
         }
     )
+    found.attrs[THRESHOLD] = float(level)
+    return found
