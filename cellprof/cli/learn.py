@@ -237,7 +237,7 @@ def measure(
     crops: Annotated[Path, typer.Argument(help="Crop store from `cellprof crop`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Profiles file to write (.h5).")] = ...,
     nucleus_channel: Annotated[Optional[str], typer.Option(
-        help="Nucleus channel \\[default: the one crop segmented].",
+        help="Nucleus channel \\[default: as crop].",
         show_default=False)] = _MC["nucleus_channel"],
     batch_size: Annotated[int, typer.Option(help="Crops measured at once.")] = _MC["batch_size"],
     format: _TableFormat = None,
