@@ -14,7 +14,8 @@ pipeline stage (docs/architecture.md says which folder owns what)::
   profile of blocks), :func:`run_match` (treatment profiles, NSC / NSCB / mAP),
   :func:`aggregate` and :func:`export` (pycytominer tables)
 - report: :func:`show` (reconstructions, typical cells, interpolations),
-  :func:`save_match_figures`, :func:`save_training_images`
+  :func:`save_match_figures`, :func:`save_training_images`, :func:`match_report` and
+  :func:`write_report` (one self-contained HTML page per analysis)
 - formats: :func:`read_cells`, :func:`read_crops`, :func:`read_profiles`,
   :func:`load_checkpoint`
 - example: :func:`synthesize` (a small synthetic screen), :func:`run_demo`
@@ -47,7 +48,8 @@ _API = {
     "cellprof.profile.match": ("run_match", "MatchConfig"),
     "cellprof.profile.aggregate": ("aggregate", "export"),
     "cellprof.report.show": ("show",),
-    "cellprof.report.config": ("ShowConfig",),
+    "cellprof.report.config": ("ShowConfig", "ReportConfig"),
+    "cellprof.report.page": ("match_report", "write_report"),
     "cellprof.report.plots": ("save_match_figures", "save_training_images"),
     "cellprof.formats.store": ("read_cells", "read_crops"),
     "cellprof.formats.profiles": ("read_profiles",),

@@ -33,7 +33,7 @@ from cellprof.profile.aggregate import FORMATS, LEVELS, export_table
 from cellprof.profile.match import AGGREGATES, METRICS, NONFINITE, NORMALIZE_AT, MatchConfig
 from cellprof.profile.measure import MeasureConfig
 from cellprof.profile.normalize import METHODS, SCOPES
-from cellprof.report.config import ShowConfig
+from cellprof.report.config import ReportConfig, ShowConfig
 
 COMMANDS = typer.main.get_command(app).commands
 
@@ -42,12 +42,13 @@ COMMANDS = typer.main.get_command(app).commands
 CONFIGS = {
     "synth": [SynthConfig], "crop": [CropConfig, SegmentConfig], "merge": [],
     "train": [ModelConfig, TrainConfig, DataConfig], "embed": [EmbedConfig],
-    "measure": [MeasureConfig], "combine": [], "match": [MatchConfig], "show": [ShowConfig],
+    "measure": [MeasureConfig], "combine": [], "match": [MatchConfig, ReportConfig],
+    "show": [ShowConfig],
     "demo": [DemoConfig, SynthConfig], "export": [MatchConfig],
 }
 ALIAS = {("train", "model"): "variant", ("train", "filters"): "enc_filters",
          ("train", "memory_limit"): "memory_limit_gb", ("train", "compile_"): "compile",
-         ("show", "cells"): "cells_per_treatment"}
+         ("show", "cells"): "cells_per_treatment", ("match", "cells"): "cells_per_treatment"}
 KEYWORDS = {"embed": export_table, "measure": export_table, "export": export_table}
 """Options that map onto a library function's keyword (the table's ``level``) instead."""
 NOT_SETTINGS = {
@@ -59,7 +60,8 @@ NOT_SETTINGS = {
     "embed": {"checkpoint", "crops", "out", "format", "overwrite"},
     "measure": {"crops", "out", "format", "overwrite"},
     "combine": {"profiles", "out", "names", "overwrite"},
-    "match": {"profiles", "out", "image_table", "moa"},
+    "match": {"profiles", "out", "image_table", "moa", "html", "crops", "model", "run",
+              "compare"},
     "show": {"checkpoint", "crops", "out", "profiles"},
     "demo": {"outdir", "force"},
     "export": {"profiles", "format", "out", "overwrite"},

@@ -15,11 +15,13 @@ from cellprof.cli._defaults import defaults
 from cellprof.example.config import DemoConfig
 from cellprof.profile.match import AGGREGATES, METRICS, NONFINITE, NORMALIZE_AT, MatchConfig
 from cellprof.profile.normalize import ALIASES, METHODS, SCOPES
-from cellprof.report.config import ShowConfig
+from cellprof.report.config import ReportConfig, ShowConfig
 
 # --help shows the library's own defaults (cellprof.cli._defaults).
 _MC, _SC, _DC = defaults(MatchConfig), defaults(ShowConfig), defaults(DemoConfig)
+_RC = defaults(ReportConfig)
 _NORMALISE, _TREATMENTS, _MATCHING = "Normalisation", "Treatments", "Matching"
+_PAGE = "Report page (--html; a path here implies it)"
 # How commands that compare treatments are told the compound and the controls (match, show).
 _CONTROL_HELP = "Negative control compound \\[default: DMSO]."
 _QUERY_HELP = "Controls as a pandas query instead."
@@ -95,13 +97,31 @@ def match(
         help="Shuffles per mAP p-value.", rich_help_panel=_MATCHING)] = _MC["permutations"],
     seed: Annotated[int, typer.Option(
         help="Seed of the shuffles.", rich_help_panel=_MATCHING)] = _MC["seed"],
+    html: Annotated[bool, typer.Option(
+        "--html", help="Also write OUT/report.html: one page.", rich_help_panel=_PAGE)
+    ] = False,
+    crops: Annotated[Optional[Path], typer.Option(
+        help="Crop store: each treatment's cells.", show_default=False,
+        rich_help_panel=_PAGE)] = None,
+    model: Annotated[Optional[Path], typer.Option(
+        help="model.pt or run folder: reconstructions, typical cells.", show_default=False,
+        rich_help_panel=_PAGE)] = None,
+    run: Annotated[Optional[Path], typer.Option(
+        help="Run folder of the training curves \\[default: the model's].",
+        show_default=False, rich_help_panel=_PAGE)] = None,
+    compare: Annotated[Optional[list[Path]], typer.Option(
+        metavar="<path>", help="Other profiles of these cells to set beside (e.g. measure's).",
+        show_default=False, rich_help_panel=_PAGE)] = None,
+    cells: Annotated[int, typer.Option(
+        help="Cells shown per treatment.", rich_help_panel=_PAGE)] = _RC["cells_per_treatment"],
 ) -> None:
     """Match treatments by mechanism of action: NSC, NSCB and mAP.
 
     Aggregates cells -> wells -> treatments, normalises against the control wells of each
     plate (--scope), and finds each treatment's nearest neighbour among other compounds
     (NSC) and other batches too (NSCB). Writes OUT/metrics.json, treatments.csv,
-    map_per_moa.csv, treatment_profiles.parquet and confusion_nsc.png.
+    map_per_moa.csv, treatment_profiles.parquet and confusion_nsc.png; with --html (or any
+    option of its panel) also OUT/report.html, one page to open first.
     Details: docs/cli.md#match.
     """
     from cellprof.profile.match import moa_rows, run_match, summary_rows
@@ -113,9 +133,24 @@ def match(
                       concentration_column=concentration_column, normalize_at=normalize_at,
                       nonfinite=nonfinite, allow_single_compound_moa=allow_single_compound_moa,
                       permutations=permutations, seed=seed)
-    res = run_match(profiles[0] if len(profiles) == 1 else profiles, out, cfg,
-                    image_table=image_table, moa=moa)
+    page = None
+    if html or crops or model or run or compare:
+        from cellprof.report.page import match_report
+
+        page = match_report(profiles, out, cfg, image_table=image_table, moa=moa, crops=crops,
+                            model=model, run=run, compare=compare or (),
+                            config=ReportConfig(cells_per_treatment=cells))
+        res = page.match
+    else:
+        res = run_match(profiles[0] if len(profiles) == 1 else profiles, out, cfg,
+                        image_table=image_table, moa=moa)
+        if (stale := out / "report.html").exists():  # its numbers were just replaced
+            stale.unlink()
+            console.print(f"[yellow]note:[/] removed {stale} of an earlier run (its figures "
+                          "are no longer these); add --html for a new one", soft_wrap=True)
     save_match_figures(res)
+    if page is not None and page.compare is not None:
+        save_match_figures(page.compare)
     table = Table(title=f"cellprof match ({cfg.normalize}, {scope}, {metric})",
                   show_header=False)
     for label, value in summary_rows(res):
@@ -126,6 +161,11 @@ def match(
     for row in moa_rows(res):
         per_moa.add_row(*row)
     console.print(per_moa)
+    if page is not None:
+        for note in page.notes:
+            console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+        console.print(f"open first: [bold]{page.path}[/] ({page.size / 1e6:.1f} MB, one "
+                      "self-contained page)", soft_wrap=True)
 
 
 @app.command()
