@@ -24,7 +24,8 @@ def read_planes(path: str | Path) -> np.ndarray:
 
     TIFFs (any compression tifffile/imagecodecs decode: LZW, deflate, zstd, packbits …)
     may hold one plane, several pages, a ``(P, H, W)`` stack or interleaved samples
-    ``(H, W, S)``; other formats go through scikit-image.
+    ``(H, W, S)``; 16-bit PNGs go through imagecodecs (:func:`_png16`), other formats
+    through scikit-image.
 
     Raises
     ------
@@ -45,13 +46,31 @@ def read_planes(path: str | Path) -> np.ndarray:
                     data = np.stack([s.asarray() for s in tif.series])
                     axes = "I" + axes
         else:
-            from skimage.io import imread
+            data = _png16(path)
+            if data is None:
+                from skimage.io import imread
 
-            data = imread(path)
+                data = imread(path)
             axes = "YXS" if data.ndim == 3 and data.shape[-1] in (3, 4) else ""
     except Exception as exc:  # decoders raise many types; the user needs the file and why
         raise ImageError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
     return _as_planes(np.asarray(data), axes, path)
+
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _png16(path: Path) -> np.ndarray | None:
+    """A 16-bit PNG's pixels as stored, through imagecodecs' libpng; None for any other
+    file. scikit-image reads PNGs with Pillow, which reads a 16-bit RGB(A) PNG as 8-bit
+    (5000 becomes 19): crops stored that way would lose their scale without a word."""
+    with open(path, "rb") as fh:
+        head = fh.read(26)  # signature, IHDR length and type, width, height, bit depth
+    if len(head) < 25 or not head.startswith(_PNG_MAGIC) or head[24] != 16:
+        return None
+    import imagecodecs
+
+    return imagecodecs.png_decode(path.read_bytes())
 
 
 @contextmanager

@@ -11,8 +11,9 @@ What the table crop guarantees holds here too: one pixel scale per store (the fi
 bit depth; a crop of another one stops the import, naming both files, since an 8-bit crop
 among 16-bit ones, or the reverse, would be stored on a 256 times different scale or
 wrapped modulo 256), crops with NaN or infinite pixels rejected and reported, a crop listed
-twice refused, and a resume that starts over when the metadata or MOA table, or any crop
-file's size or modification time, changed since the interrupted run.
+twice or with an empty plate, well or site refused, and a resume that starts over when the
+metadata or MOA table, or any crop file's size or modification time, changed since the
+interrupted run.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from cellprof.prepare.tables import (
     join_moa,
     read_moa_table,
     read_table,
+    refuse_empty_field_keys,
     site_from_filename,
 )
 
@@ -242,7 +244,7 @@ def _crop_table(folder: Path, metadata: Path | None) -> tuple[pd.DataFrame, str,
     came from (the table, or ``folder`` when it is searched)."""
     if metadata is None:
         return _folder_table(folder), "crop_path", folder
-    table = canonical_columns(read_table(metadata))
+    table = canonical_columns(read_table(metadata), source=metadata)
     path_col = next((c for c in _PATH_COLUMNS if c in table.columns), None)
     if path_col is None:
         raise InputError(f"{metadata}: missing column crop_path (the crop file, relative "
@@ -255,6 +257,9 @@ def _crop_table(folder: Path, metadata: Path | None) -> tuple[pd.DataFrame, str,
         rows = ", ".join(str(i + 2) for i in empty[:5]) + (" …" if len(empty) > 5 else "")
         raise InputError(f"{metadata}: {path_col} is empty in row{'s' if len(empty) > 1 else ''} "
                          f"{rows}: give each crop's file, or remove the row")
+    # An empty site used to drop its crop from every field without a word (pandas groups
+    # leave NaN keys out); an empty well made a well "nan".
+    refuse_empty_field_keys(table, metadata)
     _refuse_repeated_crops(table[path_col], metadata)
     return table, path_col, metadata
 

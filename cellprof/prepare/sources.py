@@ -30,7 +30,13 @@ import pandas as pd
 
 from cellprof.errors import InputError
 from cellprof.formats.schema import IMAGE_NUMBER, OBJECT_NUMBER, PLATE, SITE, TABLE_NUMBER, WELL
-from cellprof.prepare.tables import is_metadata_alias, read_table
+from cellprof.prepare.tables import (
+    canonical_columns,
+    is_metadata_alias,
+    read_table,
+    refuse_empty_field_keys,
+    whole_numbers,
+)
 
 #: Metadata that identifies a field, in the order a join names them.
 FIELD_KEYS = ("Metadata_Source", "Metadata_Batch", PLATE, WELL, SITE)
@@ -146,8 +152,31 @@ def read_sources(image_table: str | Path, objects: str | Path | None, *,
     ``objects`` may be None when ``image_table`` holds the objects too (a SQLite file, or a
     single-cell table); ``tables`` names the SQLite image and object tables, which are
     otherwise found by name (``*Per_Image``; ``*Per_<object_name>``, else ``*Per_Object``).
+
+    Raises
+    ------
+    InputError
+        Besides what each step refuses: when a column is held in both naming styles and
+        the two disagree, or a field's plate, well or site is empty
+        (:func:`cellprof.prepare.tables.refuse_empty_field_keys`).
     """
     image_table = Path(image_table)
+    src = _read_sources(image_table, objects, object_name, tables, need_objects)
+    single_cell = src.object_name == str(image_table)
+    canonical_columns(src.images, source=src.image_name)  # refuses disagreeing twins
+    if src.objects is not None and not single_cell:
+        canonical_columns(src.objects, source=src.object_name)
+    images = canonical_columns(src.images)
+    if single_cell and IMAGE_NUMBER in images.columns:  # its rows are images, not lines
+        refuse_empty_field_keys(images, src.image_name, images[IMAGE_NUMBER], IMAGE_NUMBER)
+    else:
+        refuse_empty_field_keys(images, src.image_name)
+    return src
+
+
+def _read_sources(image_table: Path, objects: str | Path | None, object_name: str,
+                  tables: tuple[str, ...] | None, need_objects: bool) -> Sources:
+    """:func:`read_sources` before the tables' columns and field keys are checked."""
     obj_path = Path(objects) if objects is not None else None
     notes: list[str] = []
     for path in (image_table, obj_path):
@@ -171,8 +200,9 @@ def read_sources(image_table: str | Path, objects: str | Path | None, *,
     if obj_path is None or (obj_path.resolve() == image_table.resolve()
                             and not is_sqlite(obj_path)):
         if not _has_centres(images):
-            raise InputError(f"{image_table}: has no object centres; give an object table "
-                             "(--objects) or ask for segmentation (--segment)")
+            raise InputError(f"{image_table}: has no object centres (no {object_name}_"
+                             "Location_Center_X or Location_Center_X column); give an object "
+                             "table (--objects) or ask for segmentation (--segment)")
         obj, images = images, _image_rows(images, image_table)
         notes.append(f"{image_table.name} is a single-cell table: {len(images)} images and "
                      f"{len(obj)} objects read from it")
@@ -244,8 +274,11 @@ def _image_rows(table: pd.DataFrame, source: Path) -> pd.DataFrame:
         wells or sites), as when images are numbered per plate without ``TableNumber``.
     """
     image_cols = [c for c in table.columns if re.sub(r"^Image_", "", c).startswith(
-        _IMAGE_PREFIXES) or c in (IMAGE_NUMBER, TABLE_NUMBER) or is_metadata_alias(c)]
+        _IMAGE_PREFIXES) or c in (IMAGE_NUMBER, TABLE_NUMBER) or is_metadata_alias(_bare(c))]
     numbers = [c for c in (TABLE_NUMBER, IMAGE_NUMBER) if c in table.columns]
+    # 3, "3" and "3.0" are one image (numbers held as text, written two ways); an empty or
+    # broken one is named by its row in the file, not by a row of the image rows built here
+    table = table.assign(**{k: whole_numbers(table[k], k, source) for k in numbers})
     files = [c for c in image_cols if _bare(c).startswith(("FileName_", "PathName_", "URL_"))]
     keys = numbers or files
     if not keys:
@@ -288,6 +321,9 @@ def _several_images(source: Path, repeated: pd.DataFrame, keys: list[str], ident
         fix = ("images are numbered per plate (or per input table), and the file has no "
                "TableNumber to tell them apart: keep CytoTable's Metadata_TableNumber column, "
                "or add a TableNumber column (one value per plate)")
+    elif numbers == [TABLE_NUMBER]:
+        fix = ("the file has TableNumber but no ImageNumber to tell its images apart: keep "
+               "CytoTable's Metadata_ImageNumber column (or ImageNumber)")
     else:
         fix = f"{' + '.join(keys)} must identify one image"
     return f"{source}: {key} stands for rows of several images ({_bare(col)} {values}): {fix}"
@@ -418,9 +454,17 @@ def pair_objects(images: pd.DataFrame, image_had_numbers: bool, objects: pd.Data
     dup = key_text.duplicated(keep=False)
     if dup.any():
         example = ", ".join(f"{k}={v}" for k, v in key_text[dup].iloc[0].items())
+        # Keys the objects lack help only if the image table's rows differ in them.
+        full = [k for k in FIELD_KEYS if k in images.columns]
+        lacking = [k for k in full if k not in objects.columns]
+        full_text = pd.DataFrame({k: _key_text(images[k]) for k in full})[dup]
+        fix = (f"{object_name} has no {', '.join(lacking)}, which {image_name} has: add "
+               f"{'it' if len(lacking) == 1 else 'them'} to the object table, or add "
+               "ImageNumber to both tables"
+               if lacking and not full_text.duplicated(keep=False).all()
+               else "list each image once, or add ImageNumber to both tables")
         raise InputError(f"{image_name}: {int(dup.sum())} rows share {example}: the keys both "
-                         f"tables have ({', '.join(shared)}) do not identify one image; "
-                         "add ImageNumber to both tables")
+                         f"tables have ({', '.join(shared)}) do not identify one image; {fix}")
     notes.append(f"objects of {object_name} paired with images of {image_name} on "
                  f"{', '.join(shared)}")
     obj_keys = pd.DataFrame({k: _key_text(objects[k]) for k in shared}, index=objects.index)

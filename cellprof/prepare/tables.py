@@ -42,8 +42,15 @@ _ALIASES = {
 
 
 def is_metadata_alias(name: str) -> bool:
-    """Whether a bare column name (``plate``, ``Compound`` …) stands for canonical metadata."""
-    return str(name).lower() in _ALIASES
+    """Whether a bare column name (``plate``, ``Compound`` …) stands for canonical metadata;
+    so does one whose ``Metadata_`` prefix lost its case (``metadata_compound``)."""
+    return _metadata_bare(name).lower() in _ALIASES
+
+
+def _metadata_bare(name: str) -> str:
+    """A column's name without its ``Metadata_`` prefix, whatever its case."""
+    name = str(name)
+    return name[len("Metadata_"):] if name.lower().startswith("metadata_") else name
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -59,26 +66,62 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise InputError(f"{path}: table not found")
     with open(path, "rb") as fh:
         magic = fh.read(4)
+    compression = "gzip" if magic[:2] == b"\x1f\x8b" else None
     try:
         if magic == b"PAR1":
             return pd.read_parquet(path)
-        return pd.read_csv(path, compression="gzip" if magic[:2] == b"\x1f\x8b" else None,
-                           low_memory=False)
+        table = pd.read_csv(path, compression=compression, low_memory=False)
+        header = pd.read_csv(path, compression=compression, header=None, nrows=1, dtype=str)
     except (EOFError, zlib.error) as exc:  # a .csv.gz cut short (a copy or download stopped)
         raise InputError(f"{path}: cannot be read: the compressed file is truncated or damaged "
                          f"({exc}); copy it again") from None
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise InputError(f"{path}: cannot be read as a CSV or Parquet table ({exc})") from None
+    return _one_column_per_name(table, header.iloc[0].tolist(), path)
 
 
-def canonical_columns(table: pd.DataFrame, prefix: str = "Image_") -> pd.DataFrame:
+def _one_column_per_name(table: pd.DataFrame, header: list[object], path: Path) -> pd.DataFrame:
+    """A CSV whose header names a column twice: pandas reads the copies as ``X`` and
+    ``X.1``, and only ``X`` would be used. Copies that agree are one column; copies that
+    differ are refused, since which one holds the truth cannot be told."""
+    if len(header) != table.shape[1]:
+        return table
+    names = pd.Series([str(h) for h in header])
+    drop = []
+    for name, where in names[names.duplicated(keep=False)].groupby(names, sort=False):
+        first = table.iloc[:, where.index[0]]
+        for i in where.index[1:]:
+            other = table.iloc[:, i]
+            same = (first == other) | (first.isna() & other.isna()) | (
+                first.astype(str) == other.astype(str))
+            if not same.all():
+                row = int(np.flatnonzero(~same.to_numpy())[0])
+                raise InputError(
+                    f"{path}: column {name} appears {len(where)} times and the copies differ "
+                    f"(row {row + 2}: {_plain(first.iloc[row])!r} and "
+                    f"{_plain(other.iloc[row])!r}); keep one")
+            drop.append(table.columns[i])
+    return table.drop(columns=drop)
+
+
+def canonical_columns(table: pd.DataFrame, prefix: str = "Image_",
+                      source: str | Path | None = None) -> pd.DataFrame:
     """Rename database-style and bare metadata columns to spreadsheet-style names.
 
     ``Image_FileName_DAPI`` becomes ``FileName_DAPI``; ``Image_Metadata_Plate_DAPI``
     becomes ``Metadata_Plate`` (a trailing channel name is dropped when the bare name is
-    free); ``moa``/``compound``/``Metadata_moa`` become ``Metadata_MOA``/``Metadata_Compound``.
+    free); ``moa``/``compound``/``Metadata_moa``/``metadata_compound`` become
+    ``Metadata_MOA``/``Metadata_Compound``. A column held in both styles
+    (``Image_Metadata_Well`` beside ``Metadata_Well``) is kept once when the two agree.
+
+    Raises
+    ------
+    InputError
+        When the two styles of one column disagree, naming ``source``, both columns and a
+        row's values: which one holds the truth cannot be told.
     """
     renamed = {c: c[len(prefix):] if prefix and c.startswith(prefix) else c for c in table.columns}
+    table, renamed = _without_twins(table, renamed, source)
     channels = {m.group(1) for c in renamed.values() if (m := re.match(r"FileName_(.+)$", c))}
     taken = set(renamed.values())
     for old, new in list(renamed.items()):
@@ -87,12 +130,32 @@ def canonical_columns(table: pd.DataFrame, prefix: str = "Image_") -> pd.DataFra
             renamed[old] = m.group(1)
             taken.add(m.group(1))
     for old, new in list(renamed.items()):
-        bare = new[len("Metadata_"):] if new.startswith("Metadata_") else new
-        canon = _ALIASES.get(bare.lower())
+        canon = _ALIASES.get(_metadata_bare(new).lower())
         if canon and canon not in taken:
             renamed[old] = canon
             taken.add(canon)
     return table.rename(columns=renamed)
+
+
+def _without_twins(table: pd.DataFrame, renamed: dict[str, str], source: str | Path | None
+                   ) -> tuple[pd.DataFrame, dict[str, str]]:
+    """``table`` without the prefixed copy of a column it also holds bare (``renamed`` maps
+    both to one name: pandas would keep two columns of that name, and each later step
+    would read one or the other), or :class:`InputError` when the copies differ."""
+    twins = [(old, new) for old, new in renamed.items() if old != new and new in table.columns]
+    for old, new in twins:
+        bare, prefixed = table[new], table[old]
+        same = (bare == prefixed) | (bare.isna() & prefixed.isna()) | (
+            bare.astype(str) == prefixed.astype(str))
+        if not same.all():
+            i = int(np.flatnonzero(~same.to_numpy())[0])
+            where = f"{source}: " if source is not None else ""
+            raise InputError(
+                f"{where}columns {old} and {new} are one column in two naming styles and "
+                f"differ in {int((~same).sum())} row(s) (e.g. {_plain(prefixed.iloc[i])!r} "
+                f"and {_plain(bare.iloc[i])!r}); keep one of them")
+        del renamed[old]
+    return table.drop(columns=[old for old, _ in twins]), renamed
 
 
 def channels_of(table: pd.DataFrame) -> list[str]:
@@ -112,14 +175,48 @@ def whole_numbers(values: pd.Series, column: str, source: str | Path) -> pd.Seri
     """``values`` as int64, or :class:`InputError` naming the first row (1-based line of
     the file, after its header) that is empty or not a whole number."""
     nums = pd.to_numeric(values, errors="coerce")
-    bad = nums.isna() | (nums != nums.round())
+    bad = nums.isna() | ~np.isfinite(nums) | (nums != nums.round())  # inf rounds to inf
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         value = values.iloc[i]
+        value = value.item() if isinstance(value, np.generic) else value
         what = "is empty" if pd.isna(value) or str(value).strip() == "" else \
             f"is {value!r}, not a whole number"
         raise InputError(f"{source}, row {i + 2}: {column} {what}")
     return nums.astype(np.int64)
+
+
+def refuse_empty_field_keys(table: pd.DataFrame, source: str | Path,
+                            numbers: pd.Series | None = None, unit: str = "row") -> None:
+    """Raise :class:`InputError` for a row whose plate or well is empty, or whose site is
+    empty or a number that is not whole (``inf``, ``1.5``), where ``table`` (canonical
+    names) has the column: its cells would be profiled in a well named "nan", or none.
+    The message names the rows by ``unit`` and ``numbers`` (default: each row's line in
+    the file, after its header: ``row 5``)."""
+    if numbers is None:
+        numbers = pd.Series(np.arange(len(table)) + 2, index=table.index)
+    for col in (PLATE, WELL, SITE):
+        if col not in table.columns:
+            continue
+        values = table[col]
+        bad = (values.isna() | (values.astype(str).str.strip() == "")).to_numpy()
+        if col == SITE:
+            nums = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
+            bad = bad | ~np.isnan(nums) & ~(np.isfinite(nums) & (nums == np.round(nums)))
+        if bad.any():
+            named = numbers.to_numpy()[bad]
+            listed = ", ".join(map(str, named[:5])) + (" …" if len(named) > 5 else "")
+            plural = "s" if len(named) > 1 and unit == "row" else ""
+            first = values.to_numpy()[bad][0]
+            what = "empty" if pd.isna(first) or str(first).strip() == "" else \
+                f"{_plain(first)!r}, not a whole number,"
+            noun = col[len("Metadata_"):].lower()
+            raise InputError(f"{source}: {col} is {what} in {unit}{plural} {listed}: its cells "
+                             f"would belong to no {noun}; fill it in, or remove those rows")
+
+
+def _plain(value: object) -> object:
+    return value.item() if isinstance(value, np.generic) else value
 
 
 DEFAULT_OBJECT = "Nuclei"
@@ -252,6 +349,10 @@ def complete_metadata(table: pd.DataFrame, first_channel: str) -> pd.DataFrame:
         sites = table[f"FileName_{first_channel}"].map(site_from_filename)
         if sites.isna().any():
             sites = table.groupby([PLATE, WELL]).cumcount() + 1
+        table[SITE] = sites.astype(np.int64)
+    sites = pd.to_numeric(table[SITE], errors="coerce")
+    if not pd.api.types.is_integer_dtype(table[SITE]) and np.isfinite(sites).all() and \
+            (sites == sites.round()).all():  # 1, "1" and 1.0 are site 1, as an integer
         table[SITE] = sites.astype(np.int64)
     if CONCENTRATION in table.columns:
         table[CONCENTRATION] = pd.to_numeric(table[CONCENTRATION], errors="coerce")
