@@ -36,6 +36,20 @@ class MissingChannel(ImageError):
     kind = "missing_channel"
 
 
+class ChannelOrder(ImageError):
+    """A multi-channel file whose own channel names put a channel on another plane than
+    the image table's ``Frame_`` column says."""
+
+    kind = "channel_order"
+
+
+class MixedBitDepth(ImageError):
+    """One field's channels stored at different bit depths (an 8-bit plane beside 16-bit
+    ones would be stacked as 16-bit, 256 times too dark)."""
+
+    kind = "mixed_bit_depth"
+
+
 class StoreError(CellprofError):
     """An HDF5 file is not a (complete, compatible) cellprof file."""
 

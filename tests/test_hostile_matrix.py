@@ -470,17 +470,7 @@ DAMAGES: dict[str, tuple[Callable[[Format, Tables, Truth], Expect], tuple[str, .
     "kill_edit_images_rerun": (kill_edit_images_rerun, ALL),
     "concurrent_run": (concurrent_run, ALL),
 }
-_LOAD_FIELD = ("cellprof.prepare.fieldwork.load_field: {}; the fix belongs there "
-               "(another session's file)")
-KNOWN: dict[tuple[str, str], str] = {
-    ("pages", "swapped_planes_unsaid"): _LOAD_FIELD.format(
-        "takes a plane by the table's Frame_ column without looking at the file's own OME "
-        "channel names, which say that plane is another channel"),
-    **{(f, "eight_bit_channel"): _LOAD_FIELD.format(
-        "np.stack turns one channel's 8-bit plane into 16-bit beside the field's 16-bit "
-        "ones, so the field passes the screen's bit-depth check with that channel 256 times "
-        "too dark") for f in ("cp_csv", "jump", "sqlite", "parquet")},
-}
+KNOWN: dict[tuple[str, str], str] = {}
 """(format, damage) cases that fail for a bug outside the files this suite may fix."""
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from cellprof.errors import ImageError, WrongSize
+from cellprof.errors import ChannelOrder, ImageError, MixedBitDepth, WrongSize
 from cellprof.formats.images import (
     channel_names,
     intensity_stats,
@@ -156,6 +156,10 @@ def load_field(task: FieldTask, buffer: FieldBuffer | None = None) -> np.ndarray
             if path not in names:
                 names[path] = channel_names(path)
             plane = ome_plane(path, plane, stack.shape[0], names[path])
+        elif plane is not None and stack.shape[0] > 1:  # Frame_: does the file agree?
+            if path not in names:
+                names[path] = channel_names(path)
+            _check_frame(path, channel, plane, names[path])
         if plane is None:
             if stack.shape[0] != 1:
                 raise ImageError(f"{path}: holds {stack.shape[0]} planes but the image table "
@@ -174,7 +178,25 @@ def load_field(task: FieldTask, buffer: FieldBuffer | None = None) -> np.ndarray
         h, w = task.expected_shape
         raise WrongSize(f"{task.files[0][1]}: image is {planes[0].shape[1]}x"
                          f"{planes[0].shape[0]} px, the image table says {w}x{h}")
+    if len({p.dtype for p in planes}) > 1:  # np.stack would widen the narrower silently
+        kinds = ", ".join(f"{c} {p.dtype} ({path.name})" for (c, path, _), p in
+                          zip(task.files, planes, strict=True))
+        raise MixedBitDepth(f"{task.files[0][1].parent}: the field's channels have different "
+                            f"pixel types ({kinds}); convert them to one bit depth")
     return np.stack(planes)
+
+
+def _check_frame(path: Path, channel: str, plane: int, names: list[str] | None) -> None:
+    """Refuse a ``Frame_`` plane that the file's own OME channel names give to another
+    channel: the table and the file disagree, and taking either silently could swap two
+    channels of this field."""
+    if not names or channel not in names or names.index(channel) == plane:
+        return
+    said = names[plane] if 0 <= plane < len(names) else "no channel"
+    raise ChannelOrder(f"{path}: the image table's Frame_{channel} is plane {plane}, but the "
+                       f"file's own OME names call that plane {said} and put {channel} on "
+                       f"plane {names.index(channel)} (names: {', '.join(names)}); fix the "
+                       f"Frame_ column, or drop the Frame_ columns to read planes by name")
 
 
 def cut(stack: np.ndarray, x: float, y: float, size: int, pad: bool
