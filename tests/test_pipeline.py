@@ -33,6 +33,9 @@ def test_synth_crop_train_embed_match_show_beats_chance(tmp_path: Path) -> None:
                 res.report.paths["confusion"]):
         assert png.stat().st_size > 5_000
     assert (res.outdir / "run" / "model.pt").exists()
+    assert res.page == res.report.out_dir / "report.html" and res.page.stat().st_size > 50_000
+    page = res.page.read_text()
+    assert f"{metrics['nsc']:.3f}"[:4] in page or f"{metrics['nsc']:.0%}" in page
 
 
 def test_demo_refuses_to_overwrite(tmp_path: Path) -> None:

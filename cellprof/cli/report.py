@@ -268,7 +268,7 @@ def demo(
                               f"{res.profiles.out}")
     table.add_row("NSC / NSCB", f"{r.nsc:.0%} / {r.nscb:.0%} (chance about "
                                 f"{res.chance_nsc:.0%}); mAP {r.map:.2f}")
-    table.add_row("report", str(r.out_dir))
-    table.add_row("open first", f"{res.figures.typical_cells}, then {r.paths['confusion']} "
-                                f"and {res.training.out / 'images'}")
+    table.add_row("report", f"{r.out_dir} (metrics.json, CSVs, confusion_nsc.png)")
+    table.add_row("figures", f"{res.figures.typical_cells.parent}")
+    table.add_row("open first", f"{res.page}: the whole analysis on one page, offline")
     console.print(table)

@@ -1,9 +1,10 @@
 """``cellprof demo``: the whole pipeline on a small built-in synthetic screen.
 
 It is the README's first command, so a new user sees every stage run and learns where its
-output is: synth -> crop -> train -> embed -> match -> show, each stage the same library
-call the CLI makes, into one folder. Training is sized for a few minutes on a laptop CPU
-(the paper's architecture, fewer steps, the progressive schedule scaled to them).
+output is: synth -> crop -> train -> embed -> match (with its report page) -> show, each
+stage the same library call the CLI makes, into one folder; it ends on
+``report/report.html``. Training is sized for a few minutes on a laptop CPU (the paper's
+architecture, fewer steps, the progressive schedule scaled to them).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from cellprof.learn.embed import EmbedConfig, EmbedResult, embed
 from cellprof.learn.train import TrainConfig, TrainResult, scaled_schedule, train
 from cellprof.prepare.crop import CropConfig, CropSummary, crop_screen
 from cellprof.prepare.runner import Progress
-from cellprof.profile.match import MatchConfig, MatchResult, run_match
+from cellprof.profile.match import MatchConfig, MatchResult
+from cellprof.report.config import ReportConfig
+from cellprof.report.page import match_report
 from cellprof.report.plots import save_match_figures, save_training_images
 from cellprof.report.show import ShowConfig, ShowResult, show
 
@@ -58,6 +61,8 @@ class DemoResult:
     profiles: EmbedResult
     report: MatchResult
     figures: ShowResult
+    page: Path
+    """report/report.html: the one page to open first (``cellprof match --html``)."""
 
     @property
     def chance_nsc(self) -> float:
@@ -117,8 +122,11 @@ def run_demo(outdir: str | Path = "cellprof-demo", *, force: bool = False,
         raise DemoInterrupted(training, config.steps, crops.out)
     profiles = embed(training.checkpoint, crops.out, outdir / "profiles.h5",
                      config=EmbedConfig(device=config.device), progress=progress)
-    report = run_match(profiles.out, outdir / "report", MatchConfig(normalize=config.normalize))
+    page = match_report(profiles.out, outdir / "report", MatchConfig(normalize=config.normalize),
+                        crops=crops.out, model=training.checkpoint, run=training.out,
+                        config=ReportConfig(device=config.device))
+    report = page.match
     save_match_figures(report)
     figures = show(training.checkpoint, crops.out, outdir / "figures", profiles=profiles.out,
                    config=ShowConfig(device=config.device))
-    return DemoResult(outdir, screen, crops, training, profiles, report, figures)
+    return DemoResult(outdir, screen, crops, training, profiles, report, figures, page.path)
