@@ -25,6 +25,9 @@ class DemoConfig:
     """The network: the paper's full model."""
     train_seed: int = 0
     """Seed of the training (weights, batches, augmentation); the screen has its own."""
+    precision: str = "auto"
+    """``auto`` (bf16 where the hardware has it), ``fp32`` or ``bf16``, for train and embed:
+    ``fp32`` times the demo as a CPU without bf16 units runs it."""
     normalize: str = "zscore"
     """How ``match`` normalises profiles against the DMSO wells."""
     device: str = "auto"

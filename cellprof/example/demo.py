@@ -113,6 +113,7 @@ def run_demo(outdir: str | Path = "cellprof-demo", *, force: bool = False,
                      model_config=scaled_schedule(config.steps, config.model),
                      config=TrainConfig(steps=config.steps, batch_size=config.batch_size,
                                         seed=config.train_seed, device=config.device,
+                                        precision=config.precision,
                                         val_every=max(1, config.steps // 4),
                                         image_every=config.steps,
                                         checkpoint_every=max(1, config.steps // 4)),
@@ -121,7 +122,8 @@ def run_demo(outdir: str | Path = "cellprof-demo", *, force: bool = False,
     if training.status == "interrupted":
         raise DemoInterrupted(training, config.steps, crops.out)
     profiles = embed(training.checkpoint, crops.out, outdir / "profiles.h5",
-                     config=EmbedConfig(device=config.device), progress=progress)
+                     config=EmbedConfig(device=config.device, precision=config.precision),
+                     progress=progress)
     page = match_report(profiles.out, outdir / "report", MatchConfig(normalize=config.normalize),
                         crops=crops.out, model=training.checkpoint, run=training.out,
                         config=ReportConfig(device=config.device))
