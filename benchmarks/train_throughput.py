@@ -82,7 +82,7 @@ def step_alone(data: CropData, variant: str, batch: int, steps: int, precision: 
         opt.step()
         if dopt is not None:
             dopt.step()
-        float(losses["total"])  # the step is done when its loss is
+        float(losses["total"].detach())  # the step is done when its loss is
         times.append(time.perf_counter() - t0)
     return batch / float(np.median(times[3:])), times
 
@@ -115,6 +115,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--models", default="vae-gan-progressive,vae")
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="step alone, then the command, this many times (medians of ratios)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -132,12 +134,18 @@ def main() -> None:
         print(f"{'model':>20} {'step alone':>11} {'command':>8} {'ratio':>6} "
               f"{'first-last':>11} {'wall':>6} {'wall s':>7}  (cells/s)")
         for variant in args.models.split(","):
-            alone, _ = step_alone(data, variant, args.batch_size, args.steps, args.precision)
-            got = whole_command(store, tmp / f"run-{variant}", variant, args.batch_size,
-                                args.steps, args.precision)
-            print(f"{variant:>20} {alone:>11.1f} {got['median']:>8.1f} "
-                  f"{got['median'] / alone:>6.2f} {got['span']:>11.1f} {got['wall']:>6.1f} "
-                  f"{got['wall_s']:>7.1f}", flush=True)
+            ratios = []
+            for r in range(args.rounds):  # A B A B: this VM's speed drifts by ~10%
+                alone, _ = step_alone(data, variant, args.batch_size, args.steps,
+                                      args.precision)
+                got = whole_command(store, tmp / f"run-{variant}", variant, args.batch_size,
+                                    args.steps, args.precision)
+                ratios.append(got["median"] / alone)
+                print(f"{variant + f' #{r + 1}':>20} {alone:>11.1f} {got['median']:>8.1f} "
+                      f"{ratios[-1]:>6.2f} {got['span']:>11.1f} {got['wall']:>6.1f} "
+                      f"{got['wall_s']:>7.1f}", flush=True)
+            print(f"{variant:>20} median ratio over {args.rounds} rounds: "
+                  f"{float(np.median(ratios)):.2f}", flush=True)
 
 
 if __name__ == "__main__":

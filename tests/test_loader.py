@@ -251,3 +251,15 @@ def test_every_batch_stays_as_it_was_yielded(synthetic_store: Path, ahead: int) 
         np.testing.assert_array_equal(xr.numpy(), reference(fresh, fresh.disc_step(step, 8), 8))
     pointers = {t.data_ptr() for _, x, xr in held for t in (x, xr)}
     assert len(pointers) == 2 * len(held)
+
+
+def test_batches_are_made_ahead_on_a_gpu_and_on_the_loop_thread_on_the_cpu(
+        synthetic_store: Path) -> None:
+    """On the CPU a second thread's OpenMP team slowed the plain VAE's steps by a quarter on
+    2 cores for batches that take a millisecond; on a GPU the host would idle without it."""
+    from cellprof.learn.loader import CPU_AHEAD
+
+    data = CropData(synthetic_store, DataConfig())
+    assert Loader(data, 8, range(0, 2), CPU, disc=False).ahead == CPU_AHEAD == 0
+    gpu = Loader(data, 8, range(0, 2), torch.device("cuda"), disc=False, resident=False)
+    assert gpu.ahead == 1

@@ -1,4 +1,5 @@
-"""Training batches prepared on a thread one step ahead of the loop, on the training device.
+"""Training batches prepared on a thread one step ahead of the loop, on the training device
+(on a GPU; on the CPU, on the loop's own thread: see :data:`CPU_AHEAD`).
 
 A background thread draws each step's cells (:meth:`cellprof.learn.data.CropData.raw_batch`,
 a pure function of seed, step and rank), gathers their raw crops, copies them to the device
@@ -25,6 +26,13 @@ from torch import Tensor
 
 from cellprof.learn.data import CropData, as_tensor
 
+CPU_AHEAD = 0
+"""Batches made ahead when training on the CPU: none. A CPU batch takes about 1 ms against
+a step of 80 ms or more, so there is nothing to hide, and a second thread's torch calls
+start a second OpenMP team whose spinning threads compete with the step's for the cores:
+on 2 cores the plain VAE's whole command ran at 0.74 of its step alone with the thread
+and 0.97 without it (benchmarks/train_throughput.py, docs/benchmarks.md)."""
+
 RESIDENT_SHARE = 0.5
 """Keep the store in GPU memory when it takes at most this share of the free memory."""
 
@@ -49,7 +57,8 @@ class Loader:
         Also deliver the discriminator's real batch (``x_real``), else ``None``.
     ahead
         Batches queued in advance (besides the one the thread is making); 0 makes every
-        batch on the calling thread (the same batches, for tests and debugging).
+        batch on the calling thread (the same batches). None: 1 on a GPU, where the host
+        would otherwise idle while the device computes, :data:`CPU_AHEAD` on the CPU.
     resident
         Hold an in-memory store as one tensor on ``device`` and gather batches there;
         None: on CUDA when it fits (:data:`RESIDENT_SHARE`). True on the CPU runs the same
@@ -57,8 +66,10 @@ class Loader:
     """
 
     def __init__(self, data: CropData, batch_size: int, steps: range, device: torch.device, *,
-                 disc: bool, ahead: int = 1, resident: bool | None = None) -> None:
+                 disc: bool, ahead: int | None = None, resident: bool | None = None) -> None:
         self.data, self.batch_size, self.steps, self.device = data, batch_size, steps, device
+        if ahead is None:
+            ahead = CPU_AHEAD if device.type == "cpu" else 1
         self.disc, self.ahead = disc, ahead
         self.wait_s = 0.0
         """Seconds the consumer spent waiting for batches."""

@@ -1,8 +1,9 @@
 """``cellprof train``: the adversarial progressive VAE on a crop store.
 
 :func:`train` reads top to bottom: resume or start the run folder, build the data, model
-and optimisers, then one loop: take this step's batch (prepared ahead by
-:class:`cellprof.learn.loader.Loader`, a pure function of seed and step), one forward and one
+and optimisers, then one loop: take this step's batch (from
+:class:`cellprof.learn.loader.Loader`, a pure function of seed and step, made a step ahead
+on a GPU), one forward and one
 backward (:func:`cellprof.learn.losses.compute_losses` wires each network to its own loss), step
 both optimisers, decay conv kernels, then log, validate, draw and checkpoint at their
 intervals, the only steps at which the host reads the loss (on a GPU every read waits for
