@@ -30,11 +30,15 @@ Protocol (as in issue 8; unsupervised, as in the paper, which trains on the cell
 Prints a table (mean ± sd over seeds), writes ``curve.png`` and ``results.json`` into the work
 folder, and with ``--docs`` the table between ``<!-- bbbc021_moa:start/end -->``.
 
-Evidence modes (each prints a table and trains nothing): ``--protocols CKPT ...`` compares
-the ways of making treatment profiles (DMSO or all-cell z-scores, mean or median) on each
-half of the compounds, to choose on one half and report on the other; ``--mean-images``
-draws mean held-out cells beside mean reconstructions. ``--train-cells N`` trains on a
-random subset, for how NSC grows with the training set.
+Evidence modes (each prints a table and trains nothing): ``--variants RUN ...`` evaluates
+trained run folders as issue 19 asked — with and without test-time symmetry (``embed
+--tta``), alone and combined with hand-crafted features (``cellprof combine``'s equal-variance
+blocks), under every protocol, NSC/NSCB/mAP on both compound halves and overall, each setting
+chosen on half a (``results_variants.json``; ``--docs`` writes the table);
+``--protocols CKPT ...`` compares the ways of making treatment profiles (DMSO or all-cell
+z-scores, mean or median) on each half of the compounds, to choose on one half and report
+on the other; ``--mean-images`` draws mean held-out cells beside mean reconstructions.
+``--train-cells N`` trains on a random subset, for how NSC grows with the training set.
 """
 
 from __future__ import annotations
@@ -71,7 +75,6 @@ from cellprof.profile.retrieval import accuracy, retrieve
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "bbbc021"
 CHANNELS = ("DNA", "Tubulin", "Actin")
-START, END = "<!-- bbbc021_moa:start -->", "<!-- bbbc021_moa:end -->"
 
 
 # --- data ------------------------------------------------------------------------------
@@ -402,7 +405,10 @@ def variants(work: Path, runs: list[Path], ttas: tuple[str, ...], docs: Path | N
     text = variants_tables(rows)
     print(text)
     if docs is not None:
-        _write_block(docs, "bbbc021_variants", text)
+        _write_block(docs, "bbbc021_variants", (
+            f"Measured {date.today()} on {_cpu_model()} ({os.cpu_count()} cores), torch "
+            f"{torch.__version__}; the runs of {', '.join(sorted({r.name for r in runs}))}; "
+            "mean ± sd over seeds (n = runs).\n\n" + text))
 
 
 def _cpu_model() -> str:
@@ -713,19 +719,12 @@ def report(specs: list[str], out: Path, docs: Path | None, at_step: int | None) 
         meta = metas[-1]
         # results written before the default became auto trained at fp32 unless asked
         precision = meta.get("precision") or _asked_precision(meta.get("set", []), "fp32")
-        block = "\n".join([
-            START,
+        _write_block(docs, "bbbc021_moa", "\n".join([
             f"Measured {meta['date']} on {meta['cpus']} CPU cores ({meta['machine'] or 'x86_64'}), "
             f"torch {meta['torch']}, {precision}; {at_step or meta['steps']} steps x batch "
             f"{meta['batch_size']} "
             f"per run; seeds {', '.join(map(str, seeds_of(results)))}; "
-            "mean ± sd over seeds (n = runs).", "", text, "", END])
-        doc = docs.read_text()
-        if START in doc and END in doc:
-            doc = doc[:doc.index(START)] + block + doc[doc.index(END) + len(END):]
-        else:
-            doc = doc.rstrip() + "\n\n" + block + "\n"
-        docs.write_text(doc)
+            "mean ± sd over seeds (n = runs).", "", text, ""]))
 
 
 def mean_images(train_store: Path, specs: list[str], path: Path, seed: int = 0,
