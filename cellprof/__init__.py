@@ -14,6 +14,7 @@ pipeline stage (docs/architecture.md says which folder owns what)::
   profile of blocks), :func:`run_match` (treatment profiles, NSC / NSCB / mAP),
   :func:`aggregate` and :func:`export` (pycytominer tables)
 - report: :func:`show` (reconstructions, typical cells, interpolations),
+  :func:`save_segmentation` (what ``crop --segment`` found, on a few fields),
   :func:`save_match_figures`, :func:`save_training_images`, :func:`match_report` and
   :func:`write_report` (one self-contained HTML page per analysis)
 - formats: :func:`read_cells`, :func:`read_crops`, :func:`read_profiles`,
@@ -51,6 +52,7 @@ _API = {
     "cellprof.report.config": ("ShowConfig", "ReportConfig"),
     "cellprof.report.page": ("match_report", "write_report"),
     "cellprof.report.plots": ("save_match_figures", "save_training_images"),
+    "cellprof.report.segmentation": ("save_segmentation",),
     "cellprof.formats.store": ("read_cells", "read_crops"),
     "cellprof.formats.profiles": ("read_profiles",),
     "cellprof.formats.checkpoint": ("load_checkpoint",),

@@ -170,7 +170,12 @@ def crop(
             summary = crop_screen(image_table, out, objects=None if segment else objects,
                                   config=cfg, root=root, moa=moa, workers=workers,
                                   strict=strict, overwrite=overwrite, progress=bar)
-    _print_crop_summary(summary, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    picture = None
+    if singlecell is None and segment:  # the library crops; the report layer draws
+        from cellprof.report.segmentation import save_segmentation
+        picture = save_segmentation(summary.out) or "none (no field could be read)"
+    _print_crop_summary(summary, seconds, picture)
     if summary.n_cells == 0:
         raise CellprofError(_why_no_cells(summary))
 
@@ -190,7 +195,7 @@ def _why_no_cells(s: object) -> str:
     return f"no cells were cropped: {why}{log}"
 
 
-def _print_crop_summary(s: object, seconds: float) -> None:
+def _print_crop_summary(s: object, seconds: float, picture: object = None) -> None:
     table = Table(title=f"cellprof crop -> {s.out}", show_header=False)
     table.add_row("fields", f"{s.n_fields} ({s.n_fields_failed} failed, "
                             f"{s.resumed_fields} resumed)")
@@ -203,6 +208,8 @@ def _print_crop_summary(s: object, seconds: float) -> None:
         table.add_row(f"issue: {kind}", str(n))
     if s.issues_file:
         table.add_row("issue log", str(s.issues_file))
+    if picture is not None:
+        table.add_row("segmentation picture", str(picture))
     console.print(table)
 
 

@@ -395,6 +395,9 @@ def crop_screen(
         ``.partial`` one; otherwise an existing ``out`` is an error.
     progress
         Called as ``progress(stage, done, total)``.
+
+    With ``config.segment``, :func:`cellprof.report.segmentation.save_segmentation` then
+    draws what was found on a few fields (``cellprof crop`` does, beside ``out``).
     """
     out = Path(out)
     if out.exists() and not overwrite:

@@ -174,44 +174,59 @@ def find_nuclei(dna: np.ndarray, config: SegmentConfig = SegmentConfig()) -> pd.
     >>> nuclei[["Location_Center_X", "Location_Center_Y"]].round(1).values.tolist()
     [[40.0, 20.0]]
     """
-    image = _check(dna, config)
-    if image.size == 0 or image.min() == image.max():
+    labels, level = nucleus_labels(dna, config)
+    if level is None:
         return _empty()
+    # Sums of row and column indices per label give the unweighted centroid in one pass.
+    area = np.bincount(labels.ravel())
+    rows, cols = np.indices(labels.shape)
+    sum_y = np.bincount(labels.ravel(), weights=rows.ravel(), minlength=len(area))
+    sum_x = np.bincount(labels.ravel(), weights=cols.ravel(), minlength=len(area))
+    found = pd.DataFrame(
+        {
+            "ObjectNumber": np.arange(1, len(area), dtype=np.int64),
+            "Location_Center_X": sum_x[1:] / area[1:],
+            "Location_Center_Y": sum_y[1:] / area[1:],
+            "AreaShape_Area": area[1:].astype(np.int64),
+        }
+    )
+    found.attrs[THRESHOLD] = level
+    return found
 
+
+def nucleus_labels(dna: np.ndarray, config: SegmentConfig = SegmentConfig()
+                   ) -> tuple[np.ndarray, float | None]:
+    """The label image behind :func:`find_nuclei`: ``(H, W)`` int32, nucleus ``k`` (its
+    ``ObjectNumber``) labelled ``k``, 0 the background and the objects the area limits
+    dropped; and the threshold it was cut at, None when no nucleus was found.
+
+    The segmentation picture of ``cellprof crop --segment`` draws these outlines, so what
+    it shows is what the crops were cut for, not a second segmentation that could differ.
+    """
+    image = _check(dna, config)
+    nothing = np.zeros(image.shape, np.int32), None
+    if image.size == 0 or image.min() == image.max():
+        return nothing
     if config.smoothing_sigma > 0:
         image = ndi.gaussian_filter(image, config.smoothing_sigma)
     if image.min() == image.max():
-        return _empty()
+        return nothing
     level = _THRESHOLDS[config.threshold](image)
     mask = ndi.binary_fill_holes(image > level)
     components, n = ndi.label(mask)
     if n == 0:
-        return _empty()
-
+        return nothing
     if config.split_touching:
         labels = _split(mask, components, config.min_distance)
     else:
         labels = components
-
     area = np.bincount(labels.ravel())
     keep = area >= config.min_area
     if config.max_area is not None:
         keep &= area <= config.max_area
     keep[0] = False
     if not keep.any():
-        return _empty()
-    # Sums of row and column indices per label give the unweighted centroid in one pass.
-    rows, cols = np.indices(labels.shape)
-    sum_y = np.bincount(labels.ravel(), weights=rows.ravel(), minlength=len(area))
-    sum_x = np.bincount(labels.ravel(), weights=cols.ravel(), minlength=len(area))
-    ids = np.flatnonzero(keep)
-    found = pd.DataFrame(
-        {
-            "ObjectNumber": np.arange(1, len(ids) + 1, dtype=np.int64),
-            "Location_Center_X": sum_x[ids] / area[ids],
-            "Location_Center_Y": sum_y[ids] / area[ids],
-            "AreaShape_Area": area[ids].astype(np.int64),
-        }
-    )
-    found.attrs[THRESHOLD] = float(level)
-    return found
+        return nothing
+    number = np.zeros(len(area), np.int32)
+    number[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return number[labels], float(level)
