@@ -208,9 +208,9 @@ def _print_crop_summary(s: object, seconds: float, picture: object = None) -> No
         table.add_row(f"issue: {kind}", str(n))
     if s.issues_file:
         table.add_row("issue log", str(s.issues_file))
-    if picture is not None:
-        table.add_row("segmentation picture", str(picture))
     console.print(table)
+    if picture is not None:  # on a line of its own: a table would cut a long path short
+        console.print(f"segmentation picture: {picture}", soft_wrap=True, highlight=False)
 
 
 @app.command()
