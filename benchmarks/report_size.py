@@ -10,8 +10,9 @@ Run by hand on an idle machine, from the repository root::
 1. The profiles are made as a user makes them: ``cellprof embed MODEL CROPS`` (learned) and
    ``cellprof measure CROPS`` (hand-crafted), into ``--work`` (kept: a second run reuses
    them).
-2. ``match``: :func:`cellprof.profile.match.run_match` of the learned profiles with the
-   default settings, alone (the time the page adds to).
+2. ``match``: :func:`cellprof.profile.match.run_match` of the learned profiles (DMSO
+   z-scores of the whole screen's cells: its plates hold one DMSO well each), alone (the
+   time the page adds to).
 3. ``page``: what ``cellprof match --html`` does beyond it, on that folder: the inputs
    checked (:func:`cellprof.report.page.check_inputs`: the model loaded, the profiles'
    cells against the store's) and the page written (:func:`~cellprof.report.page.write_report`,
@@ -91,7 +92,9 @@ def main() -> None:
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     learned, classic = profiles(args.crops, args.model, args.work, args.device)
-    out, config = args.work / "results", MatchConfig()
+    # most BBBC021 plates hold one DMSO well: the controls of the whole screen, as the
+    # 12-MOA benchmark pools them
+    out, config = args.work / "results", MatchConfig(scope="screen", normalize_at="cell")
     t0 = time.perf_counter()
     run_match(learned, out, config)
     t_match = time.perf_counter() - t0
