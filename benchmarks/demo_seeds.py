@@ -55,12 +55,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a DemoConfig field (steps, batch_size, ...) for every run")
+    ap.add_argument("--synth", action="append", default=[], metavar="KEY=VALUE",
+                    help="a SynthConfig field of the demo's screen (effect_scale, ...)")
     ap.add_argument("--work", type=Path, default=Path("bench-demo"))
     args = ap.parse_args()
     base = DemoConfig()
     for item in args.set:
         key, _, value = item.partition("=")
         base = replace(base, **{key: json.loads(value)})
+    for item in args.synth:
+        key, _, value = item.partition("=")
+        base = replace(base, synth=replace(base.synth, **{key: json.loads(value)}))
     if args.steps:
         base = replace(base, steps=args.steps)
     seeds = [int(s) for s in args.seeds.split(",")]

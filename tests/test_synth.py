@@ -234,3 +234,16 @@ def test_non_square_fields(tmp_path: Path) -> None:
     result = synthesize(tmp_path / "wide", replace(TINY, field_size=(96, 160)))
     row = next(pd.read_csv(result.image_table).itertuples())
     assert _read(row, "Actin").shape == (96, 160) and (row.Height_DNA, row.Width_DNA) == (96, 160)
+
+
+def test_effect_scale_weakens_every_phenotype_in_proportion(tmp_path: Path) -> None:
+    """A harder screen for the demo: the same compounds, their phenotypes scaled."""
+    from cellprof.errors import InputError
+    from cellprof.example.synth import SynthConfig, synthesize, treatments
+
+    full, half = treatments(SynthConfig()), treatments(SynthConfig(effect_scale=0.5))
+    assert [t.compound for t in full] == [t.compound for t in half]
+    for a, b in zip(full[1:], half[1:]):
+        np.testing.assert_allclose(b.log_shift, 0.5 * a.log_shift)
+    with pytest.raises(InputError, match="effect_scale"):
+        synthesize(tmp_path / "screen", SynthConfig(effect_scale=0.0))

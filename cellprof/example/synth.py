@@ -107,6 +107,10 @@ class SynthConfig:
         Write one (3, H, W) TIFF per field instead of one 2-D TIFF per channel.
     compression : str or None
         TIFF compression: None, ``"zlib"`` or ``"lzw"``.
+    effect_scale : float
+        Multiplies every compound's phenotype (shifts, mitotic fraction, density change):
+        below 1 the mechanisms look more alike, and matching them needs more than random
+        features.
     """
 
     seed: int = 0
@@ -118,6 +122,7 @@ class SynthConfig:
     dmso_wells: int = 4
     multichannel: bool = False
     compression: str | None = "zlib"
+    effect_scale: float = 1.0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -185,7 +190,7 @@ def treatments(config: SynthConfig) -> list[Treatment]:
             own = effect * (1 + 0.15 * jitter) + 0.06 * off_target
             own_mitotic = mitotic * (1 + 0.15 * rng.standard_normal())
             for level, conc in enumerate(CONCENTRATIONS[k]):
-                s = STRENGTHS[level] * potency
+                s = STRENGTHS[level] * potency * config.effect_scale
                 out.append(Treatment(compound, conc, moa, (m + k) % config.batches, s * own,
                                      BASE_MITOTIC + s * own_mitotic, s * density))
     return out
@@ -239,6 +244,9 @@ def _validate(config: SynthConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             raise InputError(f"synth option {name} must be an integer in [{lo}, {hi}]{why}, "
                              f"got {getattr(config, name)!r}")
+    if not (isinstance(config.effect_scale, (int, float)) and 0 < config.effect_scale <= 4):
+        raise InputError(f"synth option effect_scale must be a number in (0, 4], "
+                         f"got {config.effect_scale!r}")
     if config.compression not in (None, "zlib", "lzw"):
         raise InputError(f"synth option compression must be None, 'zlib' or 'lzw', "
                          f"got {config.compression!r}")
