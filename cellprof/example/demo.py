@@ -26,6 +26,7 @@ from cellprof.profile.match import MatchConfig, MatchResult
 from cellprof.report.config import ReportConfig
 from cellprof.report.page import match_report
 from cellprof.report.plots import save_match_figures, save_training_images
+from cellprof.report.results import chance
 from cellprof.report.show import ShowConfig, ShowResult, show
 
 
@@ -66,17 +67,11 @@ class DemoResult:
 
     @property
     def chance_nsc(self) -> float:
-        """NSC of a random nearest neighbour: the share of a query's other-compound
-        candidates that share its MOA, averaged over queries."""
+        """NSC of a random nearest neighbour, as the report page gives it beside the
+        headline (:func:`cellprof.report.results.chance`)."""
         import pandas as pd
 
-        t = pd.read_csv(self.report.paths["treatments"])
-        t = t[t["nsc_correct"].notna()]
-        shares = []
-        for _, q in t.iterrows():
-            cands = t[t["Metadata_Compound"] != q["Metadata_Compound"]]
-            shares.append((cands["Metadata_MOA"] == q["Metadata_MOA"]).mean())
-        return float(sum(shares) / max(len(shares), 1))
+        return chance(pd.read_csv(self.report.paths["treatments"]))["nsc"]
 
 
 def run_demo(outdir: str | Path = "cellprof-demo", *, force: bool = False,
