@@ -90,14 +90,14 @@ class BalancedStream:
     def _round(self, c: int) -> np.ndarray:
         """The order of the groups in round ``c``."""
         if c not in self._rounds:
-            _remember(self._rounds, c, np.random.default_rng(
+            remember(self._rounds, c, np.random.default_rng(
                 [self.seed, BALANCE_SALT, c]).permutation(self.n_groups), 4)
         return self._rounds[c]
 
     def _members(self, g: int, r: int) -> np.ndarray:
         """Group ``g``'s cells in the order of its ``r``-th pass over them."""
         if (g, r) not in self._passes:
-            _remember(self._passes, (g, r), self.groups[g][np.random.default_rng(
+            remember(self._passes, (g, r), self.groups[g][np.random.default_rng(
                 [self.seed, BALANCE_SALT, g, r]).permutation(self.sizes[g])], 4096)
         return self._passes[(g, r)]
 
@@ -117,8 +117,9 @@ class BalancedStream:
         return out
 
 
-def _remember(cache: dict, key: object, value: object, size: int) -> None:
-    """Insert into a bounded cache, dropping the oldest entries beyond ``size``."""
+def remember(cache: dict, key: object, value: object, size: int = 2) -> None:
+    """Insert into a small cache, dropping the oldest entries beyond ``size`` (dicts keep
+    insertion order); the training stream's caches (:mod:`cellprof.learn.data`) use it too."""
     cache[key] = value
     while len(cache) > size:
         del cache[next(iter(cache))]

@@ -38,7 +38,7 @@ from torch import Tensor
 from cellprof.errors import InputError, StoreError
 from cellprof.formats import chunks, store
 from cellprof.formats.schema import IMAGE_NUMBER, PLATE, TABLE_NUMBER
-from cellprof.learn.balance import BalancedStream, balance_columns, group_codes
+from cellprof.learn.balance import BalancedStream, balance_columns, group_codes, remember
 from cellprof.learn.config import DataConfig
 from cellprof.learn.device import to_device
 
@@ -270,7 +270,7 @@ class CropData:
         if epoch not in self._epoch_cache:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self._blocks))
             per = len(order) if self.in_memory else max(1, self.config.group_blocks)
-            _remember(self._epoch_cache, epoch, [
+            remember(self._epoch_cache, epoch, [
                 np.concatenate([self._blocks[b] for b in order[i:i + per]])
                 for i in range(0, len(order), per)])
         return self._epoch_cache[epoch]
@@ -288,7 +288,7 @@ class CropData:
         else:
             want = np.sort(cells)
             group = (cells, self._read_sorted(want), np.searchsorted(want, cells))
-        _remember(self._group_cache, (epoch, g), group)
+        remember(self._group_cache, (epoch, g), group)
         return group
 
     def _read_sorted(self, idx: np.ndarray) -> np.ndarray:
@@ -388,10 +388,3 @@ class CropData:
         idx = self.val_indices()
         for i in range(0, len(idx), batch_size):
             yield self.scaled(idx[i:i + batch_size])
-
-
-def _remember(cache: dict, key: object, value: object, size: int = 2) -> None:
-    """Insert into a small cache, dropping the oldest entries beyond ``size``."""
-    cache[key] = value
-    while len(cache) > size:
-        del cache[next(iter(cache))]
