@@ -61,7 +61,7 @@ import torch
 from cellprof.formats.checkpoint import load_checkpoint
 from cellprof.formats.store import read_cells, read_crops
 from cellprof.learn.data import CropData, DataConfig, scale_crops
-from cellprof.learn.device import Compute
+from cellprof.learn.device import Compute, cpu_model
 from cellprof.learn.diagnostics import frame_report
 from cellprof.learn.embed import encode_views
 from cellprof.learn.model import ModelConfig, VAEPlus, model_config_of
@@ -399,27 +399,16 @@ def variants(work: Path, runs: list[Path], ttas: tuple[str, ...], docs: Path | N
                              "seed": seed, **moa_metrics(cells, [feats, hand], p)})
         print(f"{folder.name}: done", flush=True)
     out = work / "results_variants.json"
-    out.write_text(json.dumps({"date": str(date.today()), "machine": _cpu_model(),
+    out.write_text(json.dumps({"date": str(date.today()), "machine": cpu_model(),
                                "cpus": os.cpu_count(), "runs": [str(r) for r in runs],
                                "rows": rows}, indent=1, default=str))
     text = variants_tables(rows)
     print(text)
     if docs is not None:
         _write_block(docs, "bbbc021_variants", (
-            f"Measured {date.today()} on {_cpu_model()} ({os.cpu_count()} cores), torch "
+            f"Measured {date.today()} on {cpu_model()} ({os.cpu_count()} cores), torch "
             f"{torch.__version__}; the runs of {', '.join(sorted({r.name for r in runs}))}; "
             "mean ± sd over seeds (n = runs).\n\n" + text))
-
-
-def _cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), for the record beside every figure."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _mean_sd(rows: list[dict], key: str) -> str:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from datetime import date
@@ -50,6 +49,7 @@ import torch
 from cellprof.formats.profiles import read_profiles
 from cellprof.formats.store import read_cells, read_crops, read_info
 from cellprof.learn.data import DataConfig
+from cellprof.learn.device import cpu_model
 from cellprof.learn.embed import EmbedConfig, embed
 from cellprof.learn.model import VARIANTS, ModelConfig
 from cellprof.learn.train import TrainConfig, initial_checkpoint, scaled_schedule, train
@@ -191,14 +191,7 @@ def train_and_score(variant: str, plate: str, stores: tuple[Path, Path], args: a
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads), "
             f"{device}, torch {torch.__version__}")

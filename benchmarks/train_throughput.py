@@ -41,18 +41,11 @@ import torch
 
 from cellprof.example.synth import SynthConfig, synthesize
 from cellprof.learn.data import CropData, DataConfig
-from cellprof.learn.device import Compute
+from cellprof.learn.device import Compute, cpu_model
 from cellprof.learn.losses import compute_losses
 from cellprof.learn.model import ModelConfig, VAEPlus
 from cellprof.learn.train import TrainConfig
 from cellprof.prepare.crop import CropConfig, crop_screen
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def step_alone(data: CropData, variant: str, batch: int, steps: int, precision: str

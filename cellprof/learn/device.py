@@ -14,6 +14,7 @@ exactly the computation cellprof always did on the CPU: NCHW, no autocast.
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -105,6 +106,19 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_model() -> str:
+    """This CPU's model name (``/proc/cpuinfo``; else what :mod:`platform` knows): benchmarks
+    print it beside every figure, since these machines change CPU between sessions."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
