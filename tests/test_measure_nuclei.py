@@ -143,8 +143,7 @@ def test_measure_splits_with_the_settings_the_store_was_segmented_with(touching)
     assert store_segment(imported) == SegmentConfig()
 
 
-def test_measure_defaults_to_the_channel_crop_segmented_or_named_like_dna(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_measure_defaults_to_the_channel_crop_segmented_or_named_like_dna() -> None:
     """A store whose first channel is a cell stain: measure segments the DNA channel that
     crop segmented (its threshold is stored), else the one named like a DNA stain."""
     from cellprof.profile.measure import default_nucleus
@@ -152,8 +151,6 @@ def test_measure_defaults_to_the_channel_crop_segmented_or_named_like_dna(
     fields = pd.DataFrame({"Metadata_Plate": ["P"], "ImageNumber": [1],
                            threshold_column("Actin"): [np.nan],
                            threshold_column("Tubulin"): [120.0]})
-    monkeypatch.setattr(store, "read_fields", lambda _: fields)
-    assert default_nucleus(tmp_path, ("Actin", "Tubulin")) == "Tubulin"
-    monkeypatch.setattr(store, "read_fields", lambda _: fields.iloc[:, :2])
-    assert default_nucleus(tmp_path, ("Actin", "Hoechst33342")) == "Hoechst33342"
-    assert default_nucleus(tmp_path, ("A", "B")) == "A"
+    assert default_nucleus(fields, ("Actin", "Tubulin")) == "Tubulin"
+    assert default_nucleus(fields.iloc[:, :2], ("Actin", "Hoechst33342")) == "Hoechst33342"
+    assert default_nucleus(fields.iloc[:, :2], ("A", "B")) == "A"

@@ -90,12 +90,12 @@ def measured_channels(channels: tuple[str, ...], nucleus: str | None) -> list[in
     return [first] + [k for k in range(len(channels)) if k != first]
 
 
-def default_nucleus(crops: str | Path, channels: tuple[str, ...]) -> str:
+def default_nucleus(fields: pd.DataFrame, channels: tuple[str, ...]) -> str:
     """The channel whose nucleus ``measure`` measures when none is asked: the one ``crop
     --segment`` segmented (its ``Threshold_Nuclei_<ch>`` column is filled), else the one
     channel named like a DNA stain (:func:`cellprof.prepare.nuclei.is_nuclear`), else the
-    first. So measure measures the object crop cut, whatever the channels' order."""
-    fields = store.read_fields(crops)
+    first, from the store's ``/fields`` table. So measure measures the object crop cut,
+    whatever the channels' order."""
     segmented = [c for c in channels if threshold_column(c) in fields.columns
                  and fields[threshold_column(c)].notna().any()]
     if len(segmented) == 1:
@@ -112,18 +112,18 @@ def store_segment(info: store.StoreInfo) -> SegmentConfig:
     return SegmentConfig(**{k: v for k, v in given.items() if k in known})
 
 
-def field_thresholds(crops: str | Path, cells: pd.DataFrame, channel: str
+def field_thresholds(fields: pd.DataFrame, cells: pd.DataFrame, channel: str
                      ) -> np.ndarray | None:
-    """Each cell's ``(N,)`` threshold of ``channel`` from its field's ``/fields`` row: the
-    level ``crop --segment`` found the nuclei at (NaN where its field has none); None when
-    no field has one (an object table, ``--singlecell``, another channel segmented).
+    """Each cell's ``(N,)`` threshold of ``channel`` from its field's row of ``fields`` (the
+    store's ``/fields``): the level ``crop --segment`` found the nuclei at (NaN where its
+    field has none); None when no field has one (an object table, ``--singlecell``, another
+    channel segmented).
 
     With it the crop's nucleus has the edge crop found: a threshold of the crop alone
     follows the brightness of the nuclei in view, and moved the edge of small nuclei
     (~100 px) enough to change 25-32% of their areas by over 10% (1% with this threshold;
     tests/test_measure_nuclei.py's screen).
     """
-    fields = store.read_fields(crops)
     column = threshold_column(channel)
     if column not in fields.columns or fields[column].isna().all():
         return None
@@ -147,9 +147,9 @@ def measure(crops: str | Path, out: str | Path, *, config: MeasureConfig = Measu
         raise InputError(f"{out}: exists; pass --overwrite to replace it")
     if config.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {config.batch_size}")
-    info = store.read_info(crops)
+    info, fields = store.read_info(crops), store.read_fields(crops)
     order = measured_channels(info.channels, config.nucleus_channel
-                              or default_nucleus(crops, info.channels))
+                              or default_nucleus(fields, info.channels))
     channels = [info.channels[k] for k in order]
     if info.crop_size <= 2 * TEXTURE_SCALE:
         raise InputError(f"{crops}: crops of {info.crop_size} px are too small to measure "
@@ -158,7 +158,7 @@ def measure(crops: str | Path, out: str | Path, *, config: MeasureConfig = Measu
                                     channels).columns)
     cells = store.read_cells(crops)
     segment = store_segment(info)
-    thresholds = field_thresholds(crops, cells, channels[0])
+    thresholds = field_thresholds(fields, cells, channels[0])
     attrs = {"profile_kind": PROFILE_KIND, "method": "cellprof.profile.classic",
              "store": str(Path(crops).resolve()), "channels": channels,
              "nucleus_channel": channels[0], "texture_levels": TEXTURE_LEVELS,
