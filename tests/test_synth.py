@@ -216,6 +216,8 @@ def test_single_cells_overlap_between_treatments(pheno_cells: pd.DataFrame) -> N
     ({"dmso_wells": 0}, "dmso_wells"),
     ({"compression": "jpeg"}, "compression"),
     ({"seed": -1}, "seed"),
+    ({"moas": 7}, "moas"),
+    ({"compounds_per_moa": 0}, "compounds_per_moa"),
 ])
 def test_bad_options_name_the_option_and_range(tmp_path: Path, change: dict, option: str) -> None:
     with pytest.raises(InputError, match=option) as info:
@@ -247,3 +249,45 @@ def test_effect_scale_weakens_every_phenotype_in_proportion(tmp_path: Path) -> N
         np.testing.assert_allclose(b.log_shift, 0.5 * a.log_shift)
     with pytest.raises(InputError, match="effect_scale"):
         synthesize(tmp_path / "screen", SynthConfig(effect_scale=0.0))
+
+
+def test_more_moas_and_compounds_extend_the_default_screen(tmp_path: Path) -> None:
+    """The demo's 36-treatment screen holds the default 16 treatments unchanged, adds two MOAs
+    and a third compound per MOA, and keeps every MOA's compounds in two batches (NSCB)."""
+    from cellprof.example.synth import treatments
+
+    small, big = treatments(SynthConfig()), treatments(SynthConfig(moas=6, compounds_per_moa=3))
+    assert len(small) == 1 + 16 and len(big) == 1 + 36
+    by_key = {(t.compound, t.concentration): t for t in big}
+    for t in small:
+        np.testing.assert_array_equal(by_key[t.compound, t.concentration].log_shift, t.log_shift)
+    result = synthesize(tmp_path / "screen", replace(TINY, moas=6, compounds_per_moa=3,
+                                                     plates_per_batch=1))
+    images, _ = _tables(result)
+    treated = pd.read_csv(result.moa_table).query("compound != 'DMSO'")
+    assert treated.moa.nunique() == 6 and (treated.groupby("moa").compound.nunique() == 3).all()
+    assert (treated.groupby("compound").concentration.nunique() == 2).all()
+    images["batch"] = images.Metadata_Plate.str.split("_").str[0]
+    drugs = images[images.compound != "DMSO"]
+    assert (drugs.groupby("moa").batch.nunique() == 2).all()
+    assert "6 mechanisms" in (tmp_path / "screen" / "README.txt").read_text()
+
+
+def test_twin_moas_share_their_look_alikes_largest_effect(tmp_path: Path) -> None:
+    """Measured from the pixels: destabilizers arrest mitosis as stabilizers do, Aurora kinase
+    inhibitors enlarge nuclei as DNA damage does; texture alone tells each pair apart."""
+    config = replace(PHENO, moas=6, batches=1)
+    result = synthesize(tmp_path / "twins", config)
+    images, nuclei = _tables(result)
+    cells = pd.concat([_measure(row, nuclei[nuclei.ImageNumber == row.ImageNumber])
+                       for row in images.itertuples()], ignore_index=True).merge(images,
+                                                                                 on="ImageNumber")
+    assert _ratio_to_dmso(cells, "Aurora kinase inhibitors", "area") > 1.2
+    assert _ratio_to_dmso(cells, "DNA damage", "area") > 1.2
+    bright = cells.groupby("Metadata_Plate").dna_centre.transform(
+        lambda v: v > 1.7 * v[cells.loc[v.index, "moa"] == "DMSO"].median())
+    cells = cells.assign(mitotic=bright & (cells.area < cells.area.median()))
+    top = cells[cells.concentration == cells.groupby("compound").concentration.transform("max")]
+    for moa in ("Microtubule stabilizers", "Microtubule destabilizers"):
+        assert top[top.moa == moa].mitotic.mean() > 0.2, moa
+    assert cells[cells.moa == "DMSO"].mitotic.mean() < 0.08

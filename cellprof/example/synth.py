@@ -74,9 +74,16 @@ MOAS: dict[str, tuple[dict[str, float], float, float]] = {
                           "cell_area": -0.35, "cell_irreg": 0.9, "nuc_area": -0.05}, 0.0, 0.0),
     "Protein synthesis": ({"cell_area": -0.35, "tub_int": -0.5, "act_int": -0.45, "nuc_area": -0.15,
                            "dna_int": -0.1, "nuc_texture": -0.3}, 0.0, -0.3),
+    # Two texture twins (only ``SynthConfig.moas`` > 4 uses them): each shifts sizes and
+    # intensities as one MOA above does, so its mean cell looks alike, and differs in texture
+    # and shape alone, as BBBC021's microtubule stabilizers and destabilizers differ.
+    "Microtubule destabilizers": ({"tub_int": 0.3, "tub_fibre": -0.9, "act_fibre": -0.2},
+                                  0.45, -0.15),
+    "Aurora kinase inhibitors": ({"nuc_area": 0.45, "nuc_elong": -0.4, "dna_int": -0.05,
+                                  "nuc_texture": -0.9, "cell_area": 0.45, "act_fibre": 0.3},
+                                 0.0, -0.35),
 }
-COMPOUNDS_PER_MOA = 2
-CONCENTRATIONS = ((0.3, 1.0), (1.0, 3.0))  # µM, low and high, for a MOA's 1st and 2nd compound
+CONCENTRATIONS = ((0.3, 1.0), (1.0, 3.0))  # µM, low and high, for a MOA's odd and even compounds
 STRENGTHS = (0.5, 1.0)  # effect strength at the low and the high concentration
 BASE_MITOTIC = 0.03
 WELLS = tuple(f"{row}{col:02d}" for row in "BCDEFG" for col in range(2, 12))  # inner 60 wells
@@ -111,6 +118,12 @@ class SynthConfig:
         Multiplies every compound's phenotype (shifts, mitotic fraction, density change):
         below 1 the mechanisms look more alike, and matching them needs more than random
         features.
+    moas : int
+        How many of the MOAs in ``MOAS`` the screen holds, in their order (1-6): the last
+        two are look-alikes of earlier ones.
+    compounds_per_moa : int
+        Compounds of each MOA (1-4), each at two concentrations: more of them makes finer
+        NSC steps (one query is 1 / (moas x compounds x 2) of the score).
     """
 
     seed: int = 0
@@ -123,6 +136,8 @@ class SynthConfig:
     multichannel: bool = False
     compression: str | None = "zlib"
     effect_scale: float = 1.0
+    moas: int = 4
+    compounds_per_moa: int = 2
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -178,18 +193,18 @@ def treatments(config: SynthConfig) -> list[Treatment]:
     compounds of a MOA in different batches and, for up to 5 batches, leaves none empty.
     """
     out = [Treatment("DMSO", 0.0, "DMSO", None, np.zeros(len(PARAMS)), BASE_MITOTIC, 0.0)]
-    for m, (moa, (shifts, mitotic, density)) in enumerate(MOAS.items()):
+    for m, (moa, (shifts, mitotic, density)) in enumerate(list(MOAS.items())[: config.moas]):
         effect = np.zeros(len(PARAMS))
         for name, value in shifts.items():
             effect[PARAM_INDEX[name]] = value
-        for k in range(COMPOUNDS_PER_MOA):
+        for k in range(config.compounds_per_moa):
             compound = f"synth{chr(ord('A') + m)}{k + 1}"
             rng = _rng(_TAG_COMPOUND, config.seed, compound)
             potency = rng.uniform(0.85, 1.15)
             jitter, off_target = rng.standard_normal((2, len(PARAMS)))
             own = effect * (1 + 0.15 * jitter) + 0.06 * off_target
             own_mitotic = mitotic * (1 + 0.15 * rng.standard_normal())
-            for level, conc in enumerate(CONCENTRATIONS[k]):
+            for level, conc in enumerate(CONCENTRATIONS[k % len(CONCENTRATIONS)]):
                 s = STRENGTHS[level] * potency * config.effect_scale
                 out.append(Treatment(compound, conc, moa, (m + k) % config.batches, s * own,
                                      BASE_MITOTIC + s * own_mitotic, s * density))
@@ -227,12 +242,14 @@ def _field_shape(config: SynthConfig) -> tuple[int, int]:
 def _validate(config: SynthConfig) -> None:
     """Raise InputError naming the first option outside its range, and the range."""
     h, w = _field_shape(config)
-    per_batch = len(MOAS) * COMPOUNDS_PER_MOA * len(STRENGTHS)  # all treatments in 1 batch
+    per_batch = config.moas * config.compounds_per_moa * len(STRENGTHS)  # all in 1 batch
     checks = [
         ("seed", config.seed, 0, 2**32 - 1, ""),
         ("batches", config.batches, 1, 5, " (so that every batch holds compounds)"),
         ("plates_per_batch", config.plates_per_batch, 1, 99, ""),
         ("sites", config.sites, 1, 99, ""),
+        ("moas", config.moas, 1, len(MOAS), ""),
+        ("compounds_per_moa", config.compounds_per_moa, 1, 4, ""),
         ("field_size", min(h, w), 64, 8192, " pixels per side"),
         ("field_size", max(h, w), 64, 8192, " pixels per side"),
         ("cells_per_field", config.cells_per_field, 1, max(1, h * w // 600),
@@ -361,13 +378,13 @@ def _write_tables(outdir: Path, config: SynthConfig, images: pd.DataFrame,
 
 
 def _readme(config: SynthConfig, n_fields: int, n_cells: int) -> str:
-    moas = ", ".join(MOAS)
+    moas = ", ".join(list(MOAS)[: config.moas])
     return (
         f"Synthetic image-based screen written by cellprof.example.synth (seed {config.seed}): "
         f"{n_fields} fields of {config.shape[0]}x{config.shape[1]} px, {n_cells} cells, channels "
         f"{', '.join(CHANNELS)} (w1-w3), laid out like BBBC021 exported by CellProfiler "
         "(Image.csv, Nuclei.csv with true nucleus centres, moa.csv). Ground truth: moa.csv maps "
-        f"each compound and concentration to one of {len(MOAS)} mechanisms ({moas}) or DMSO; "
+        f"each compound and concentration to one of {config.moas} mechanisms ({moas}) or DMSO; "
         "batch = plate-name prefix; the phenotypes are described in the docstring of "
         "cellprof/example/synth.py. Not real biology: use it to test pipelines, not to draw "
         "conclusions.\n"
