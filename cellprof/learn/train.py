@@ -423,3 +423,18 @@ def initial_checkpoint(path: str | Path, config: ModelConfig, channels: tuple[st
         "model_config": config.to_dict(), "train_config": {}, "data_config": asdict(DataConfig()),
         "data": {"channels": list(channels), "crop_size": config.image_size}, "step": 0,
         "status": "untrained", "model": model.state_dict()})
+
+
+def held_out_error(checkpoint: str | Path, store_path: str | Path, *, seed: int = 0,
+                   device: str = "auto", batch_size: int = 64) -> dict[str, float]:
+    """Held-out reconstruction error (``val_pixel``, ``val_mse``, as a run's log has them) of
+    any checkpoint on the fields a run of ``seed`` holds out of ``store_path``: the split is a
+    function of the store and the seed. The demo measures its untrained model with it, so what
+    training bought in reconstruction is a number beside the trained run's, not a claim."""
+    dev = setup(device).device
+    ckpt = load_checkpoint(checkpoint, map_location=dev)
+    data = CropData(store_path, DataConfig.from_dict(ckpt["data_config"]), seed=seed)
+    check_fits(ckpt, data.channels, data.info.crop_size, store_path)
+    model = VAEPlus(model_config_of(ckpt))
+    model.load_state_dict(ckpt["model"])
+    return validate(model.to(dev), data, dev, batch_size)
