@@ -7,9 +7,10 @@ Run by hand on an idle machine::
         [--steps N] [--set key=value ...] [--work DIR]
 
 Each run is the whole demo (:func:`cellprof.example.demo.run_demo`) on the default screen,
-changing only the training seed (and the model); the untrained rows embed the same crops
-with a model's initial weights (per seed) and match them the same way. Prints NSC, NSCB and
-mAP per run, mean ± sd per model, the spread (max - min) of NSC, and each run's minutes.
+changing only the training seed (and the model); the untrained rows are the demo's own
+baseline (the same crops embedded with the first model's initial weights of that seed,
+matched the same way). Prints NSC, NSCB and mAP per run, mean ± sd per model, the spread
+(max - min) of NSC, and each run's minutes.
 """
 
 from __future__ import annotations
@@ -25,22 +26,6 @@ import numpy as np
 from cellprof.example.config import DemoConfig
 from cellprof.example.demo import run_demo
 from cellprof.learn.config import ModelConfig
-from cellprof.learn.embed import EmbedConfig, embed
-from cellprof.learn.train import initial_checkpoint
-from cellprof.profile.match import MatchConfig, run_match
-
-
-def untrained(crops: Path, work: Path, seed: int, config: DemoConfig) -> dict[str, float]:
-    """The demo's matching on the profiles of a model with its initial weights."""
-    from cellprof.formats.store import read_info
-
-    ckpt = initial_checkpoint(work / f"untrained_{seed}.pt", config.model,
-                              read_info(crops).channels, seed)
-    prof = embed(ckpt, crops, work / f"untrained_{seed}.h5", config=EmbedConfig(),
-                 overwrite=True)
-    res = run_match(prof.out, work / f"untrained_{seed}_report",
-                    MatchConfig(normalize=config.normalize))
-    return {"nsc": res.nsc, "nscb": res.nscb, "map": res.map}
 
 
 def mean_sd(rows: list[dict], key: str) -> str:
@@ -69,27 +54,31 @@ def main() -> None:
     if args.steps:
         base = replace(base, steps=args.steps)
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = []
-    for model in args.models.split(","):
+    rows, baselines = [], []
+    for i, model in enumerate(args.models.split(",")):
         for seed in seeds:
-            config = replace(base, train_seed=seed, model=ModelConfig(variant=model))
+            config = replace(base, train_seed=seed, model=ModelConfig(variant=model),
+                             baseline=base.baseline and i == 0)
             t0 = time.perf_counter()
             res = run_demo(args.work / f"{model}_s{seed}", force=True, config=config)
             row = {"model": model, "seed": seed, "nsc": res.report.nsc, "nscb": res.report.nscb,
                    "map": res.report.map, "min": (time.perf_counter() - t0) / 60}
             print(json.dumps(row), flush=True)
             rows.append(row)
-    crops = args.work / f"{args.models.split(',')[0]}_s{seeds[0]}" / "crops.h5"
-    for seed in seeds:
-        row = {"model": "untrained", "seed": seed, **untrained(crops, args.work, seed, base)}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-    print(f"\ndemo: {base.steps} steps x {base.batch_size}; seeds {seeds}")
+            if res.baseline is not None:
+                baselines.append({"model": "untrained", "seed": seed, "nsc": res.baseline.nsc,
+                                  "nscb": res.baseline.nscb, "map": res.baseline.map})
+                print(json.dumps(baselines[-1]), flush=True)
+    rows += baselines
+    print(f"\ndemo: {base.steps} steps x {base.batch_size}, {base.crop_size}-px crops, "
+          f"{base.synth.moas} MOAs x {base.synth.compounds_per_moa} compounds x 2 doses; "
+          f"seeds {seeds}")
     print("| model | NSC | NSCB | mAP | NSC range | minutes |\n|---|---|---|---|---|---|")
     for model in dict.fromkeys(r["model"] for r in rows):
         got = [r for r in rows if r["model"] == model]
         nsc = [r["nsc"] for r in got]
-        mins = f"{np.mean([r['min'] for r in got]):.1f}" if "min" in got[0] else "–"
+        mins = (f"{min(r['min'] for r in got):.1f}–{max(r['min'] for r in got):.1f}"
+                if "min" in got[0] else "–")
         print(f"| {model} | {mean_sd(got, 'nsc')} | {mean_sd(got, 'nscb')} | "
               f"{mean_sd(got, 'map')} | "
               f"{min(nsc):.2f}–{max(nsc):.2f} | {mins} |")

@@ -113,7 +113,11 @@ def test_every_option_default_is_its_config_fields() -> None:
                 assert name in keywords, f"{command} --{param.name}: which setting is it?"
                 expected = keywords[name].default
             assert param.default == expected, (command, param.name)
-    assert _field_default(DemoConfig, "synth") == SynthConfig()  # demo --seed is its seed
+    # demo --seed is the seed of the demo's screen, whose other settings are DEMO_SCREEN's
+    from cellprof.example.config import DEMO_SCREEN
+
+    assert _field_default(DemoConfig, "synth") == DEMO_SCREEN
+    assert DEMO_SCREEN.seed == SynthConfig().seed
 
 
 def test_choices_are_typed_and_listed() -> None:

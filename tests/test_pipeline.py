@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from cellprof.errors import InputError
 from cellprof.example.demo import DemoConfig, run_demo
 from cellprof.example.synth import SynthConfig
+from cellprof.formats.store import read_info
 from cellprof.learn.model import ModelConfig
 
 SMALL = DemoConfig(synth=SynthConfig(field_size=224, cells_per_field=20, sites=1),
@@ -36,6 +38,31 @@ def test_synth_crop_train_embed_match_show_beats_chance(tmp_path: Path) -> None:
     assert res.page == res.report.out_dir / "report.html" and res.page.stat().st_size > 50_000
     page = res.page.read_text()
     assert f"{metrics['nsc']:.3f}"[:4] in page or f"{metrics['nsc']:.0%}" in page
+    # The untrained model's profiles, matched the same way, are what training is judged by.
+    base = json.loads((res.outdir / "baseline" / "report" / "metrics.json").read_text())
+    assert res.baseline is not None and base["nsc"] == pytest.approx(res.baseline.nsc)
+    assert base["n_treatments"] == 16
+    assert base["config"]["normalize_at"] == metrics["config"]["normalize_at"] == "cell"
+    untrained = torch.load(res.outdir / "baseline" / "untrained.pt", weights_only=True)
+    trained = torch.load(res.outdir / "run" / "model.pt", weights_only=True)
+    assert untrained["step"] == 0 and trained["step"] == SMALL.steps
+    assert untrained["model_config"]["image_size"] == SMALL.crop_size
+    # ... and its reconstructions of the run's held-out fields are worse than the trained ones.
+    assert res.baseline_error["val_mse"] > 2 * res.training.val["val_mse"] > 0
+
+
+def test_demo_crops_at_the_size_crop_size_auto_picks_for_its_screen(tmp_path: Path) -> None:
+    """The demo's 44 px are two nucleus diameters of its screen: what `crop --size auto`
+    measures, as 68 px are for BBBC021's nuclei."""
+    from cellprof.example.config import DEMO_SCREEN
+    from cellprof.example.synth import synthesize
+    from cellprof.prepare.crop import CropConfig, crop_screen
+    from cellprof.prepare.segment import SegmentConfig
+
+    screen = synthesize(tmp_path / "screen", replace(DEMO_SCREEN, plates_per_batch=1, sites=1))
+    crops = crop_screen(screen.image_table, tmp_path / "crops.h5",
+                        config=CropConfig(size="auto", segment=SegmentConfig()))
+    assert read_info(crops.out).crop_size == DemoConfig().crop_size == 44
 
 
 def test_demo_refuses_to_overwrite(tmp_path: Path) -> None:

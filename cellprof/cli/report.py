@@ -261,13 +261,21 @@ def demo(
                             f"{r.n_treatments} treatments of {r.n_moas} MOAs -> "
                             f"{res.screen.image_table.parent}")
     table.add_row("crops", f"{res.crops.n_cells} cells -> {res.crops.out}")
+    untrained = (f" (untrained: {res.baseline_error['val_mse']:.4f})"
+                 if res.baseline_error else "")
     table.add_row("training", f"{res.training.step} steps, held-out MSE "
-                              f"{res.training.val.get('val_mse', float('nan')):.4f} -> "
-                              f"{res.training.out}")
+                              f"{res.training.val.get('val_mse', float('nan')):.4f}{untrained} "
+                              f"-> {res.training.out}")
     table.add_row("profiles", f"{res.profiles.n_cells} x {res.profiles.n_features} -> "
                               f"{res.profiles.out}")
     table.add_row("NSC / NSCB", f"{r.nsc:.0%} / {r.nscb:.0%} (chance about "
                                 f"{res.chance_nsc:.0%}); mAP {r.map:.2f}")
+    if res.baseline is not None:
+        b = res.baseline
+        table.add_row("untrained model", f"{b.nsc:.0%} / {b.nscb:.0%}; mAP {b.map:.2f}: the "
+                                         "same pipeline on the model's initial weights, what "
+                                         "training is measured against -> "
+                                         f"{b.out_dir.parent}")
     table.add_row("report", f"{r.out_dir} (metrics.json, CSVs, confusion_nsc.png)")
     table.add_row("figures", f"{res.figures.typical_cells.parent}")
     table.add_row("open first", f"{res.page}: the whole analysis on one page, offline")

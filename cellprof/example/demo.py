@@ -3,7 +3,9 @@
 It is the README's first command, so a new user sees every stage run and learns where its
 output is: synth -> crop -> train -> embed -> match (with its report page) -> show, each
 stage the same library call the CLI makes, into one folder; it ends on
-``report/report.html``. Training is sized for a few minutes on a laptop CPU (the paper's
+``report/report.html``. It also matches the profiles of the model's untrained weights
+(``baseline/``), so the headline comes with what training bought on this screen.
+Training is sized for a few minutes on a laptop CPU (the paper's
 architecture, fewer steps, the progressive schedule scaled to them).
 """
 
@@ -11,18 +13,26 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cellprof.errors import CellprofError, InputError
 from cellprof.example.config import DemoConfig
 from cellprof.example.synth import SynthResult, synthesize
+from cellprof.formats.store import read_info
 from cellprof.learn.data import DataConfig
 from cellprof.learn.embed import EmbedConfig, EmbedResult, embed
-from cellprof.learn.train import TrainConfig, TrainResult, scaled_schedule, train
+from cellprof.learn.train import (
+    TrainConfig,
+    TrainResult,
+    held_out_error,
+    initial_checkpoint,
+    scaled_schedule,
+    train,
+)
 from cellprof.prepare.crop import CropConfig, CropSummary, crop_screen
 from cellprof.prepare.runner import Progress
-from cellprof.profile.match import MatchConfig, MatchResult
+from cellprof.profile.match import MatchConfig, MatchResult, run_match
 from cellprof.report.config import ReportConfig
 from cellprof.report.page import match_report
 from cellprof.report.plots import save_match_figures, save_training_images
@@ -33,7 +43,7 @@ from cellprof.report.show import ShowConfig, ShowResult, show
 class DemoInterrupted(CellprofError):
     """Ctrl-C or SIGTERM stopped the demo's training: nothing after it ran.
 
-    A partly trained model (16 of 400 steps) embeds and matches as noise; going on with it
+    A partly trained model (16 of 500 steps) embeds and matches as noise; going on with it
     printed NSC figures of that noise and exited 0. ``signal`` is the signal's number (the
     CLI exits 128 + it, as ``cellprof train`` does); ``training`` says where the run is.
     """
@@ -64,6 +74,12 @@ class DemoResult:
     figures: ShowResult
     page: Path
     """report/report.html: the one page to open first (``cellprof match --html``)."""
+    baseline: MatchResult | None = None
+    """The same matching on the profiles of the untrained model (``baseline/``), or None
+    when ``DemoConfig.baseline`` is off."""
+    baseline_error: dict[str, float] | None = None
+    """The untrained model's held-out reconstruction error on the run's held-out fields
+    (``val_pixel``, ``val_mse``), beside ``training.val``; None without the baseline."""
 
     @property
     def chance_nsc(self) -> float:
@@ -104,8 +120,10 @@ def run_demo(outdir: str | Path = "cellprof-demo", *, force: bool = False,
     crops = crop_screen(screen.image_table, outdir / "crops.h5", objects=screen.object_table,
                         moa=screen.moa_table, config=CropConfig(size=config.crop_size),
                         workers=config.workers, progress=progress)
-    training = train(crops.out, outdir / "run",
-                     model_config=scaled_schedule(config.steps, config.model),
+    channels = read_info(crops.out).channels
+    model_config = scaled_schedule(config.steps, replace(
+        config.model, in_channels=len(channels), image_size=config.crop_size))
+    training = train(crops.out, outdir / "run", model_config=model_config,
                      config=TrainConfig(steps=config.steps, batch_size=config.batch_size,
                                         seed=config.train_seed, device=config.device,
                                         precision=config.precision,
@@ -116,14 +134,25 @@ def run_demo(outdir: str | Path = "cellprof-demo", *, force: bool = False,
                      pictures=save_training_images)
     if training.status == "interrupted":
         raise DemoInterrupted(training, config.steps, crops.out)
-    profiles = embed(training.checkpoint, crops.out, outdir / "profiles.h5",
-                     config=EmbedConfig(device=config.device, precision=config.precision),
+    embedding = EmbedConfig(device=config.device, precision=config.precision)
+    profiles = embed(training.checkpoint, crops.out, outdir / "profiles.h5", config=embedding,
                      progress=progress)
-    page = match_report(profiles.out, outdir / "report", MatchConfig(normalize=config.normalize),
+    matching = MatchConfig(normalize=config.normalize, normalize_at=config.normalize_at)
+    baseline, baseline_error = None, None
+    if config.baseline:
+        untrained = initial_checkpoint(outdir / "baseline" / "untrained.pt", model_config,
+                                       channels, config.train_seed)
+        baseline_error = held_out_error(untrained, crops.out, seed=config.train_seed,
+                                        device=config.device)
+        baseline = run_match(embed(untrained, crops.out, outdir / "baseline" / "profiles.h5",
+                                   config=embedding).out,
+                             outdir / "baseline" / "report", replace(matching, permutations=0))
+    page = match_report(profiles.out, outdir / "report", matching,
                         crops=crops.out, model=training.checkpoint, run=training.out,
                         config=ReportConfig(device=config.device))
     report = page.match
     save_match_figures(report)
     figures = show(training.checkpoint, crops.out, outdir / "figures", profiles=profiles.out,
                    config=ShowConfig(device=config.device))
-    return DemoResult(outdir, screen, crops, training, profiles, report, figures, page.path)
+    return DemoResult(outdir, screen, crops, training, profiles, report, figures, page.path,
+                      baseline, baseline_error)
