@@ -366,11 +366,15 @@ def cached_features(checkpoint: Path, x: np.ndarray, tta: str) -> np.ndarray:
 
 def run_label(folder: Path) -> tuple[str, int]:
     """(profile name, seed) of a run folder ``<tag>_<model>_s<seed>``: the model and, for a
-    balanced run, ``balanced``."""
+    balanced run, ``balanced``; a folder whose model.pt is an untrained checkpoint
+    (:func:`initial_checkpoint`) is the untrained encoder, the floor every row must beat."""
     stem, _, seed = folder.name.rpartition("_s")
     tag, _, model = stem.partition("_")
     name = {"vae": "plain VAE", "vae-gan-progressive": "full model"}.get(model, model)
-    balance = load_checkpoint(folder / "model.pt")["data_config"].get("balance_by")
+    ckpt = load_checkpoint(folder / "model.pt")
+    if ckpt.get("status") == "untrained":
+        return "untrained encoder", int(seed)
+    balance = ckpt["data_config"].get("balance_by")
     return (f"{name}, balanced" if balance else name), int(seed)
 
 
