@@ -102,7 +102,12 @@ def test_header_only_object_table_exits_non_zero_with_the_reason(tiny: TinyScree
                                                                  tmp_path: Path) -> None:
     tiny.nuclei.iloc[:0].to_csv(tiny.objects, index=False)
     res = runner.invoke(app, crop_args(tiny, tmp_path / "c.h5"))
-    one_line_error(res, "no cells were cropped", "no objects")
+    one_line_error(res, "no cells were cropped", "no objects", "was not kept")
+    assert not (tmp_path / "c.h5").exists()
+    tiny.nuclei.to_csv(tiny.objects, index=False)  # the user fixes the table and reruns as is
+    res = runner.invoke(app, crop_args(tiny, tmp_path / "c.h5"))
+    assert res.exit_code == 0, res.output
+    assert store.read_info(tmp_path / "c.h5").n_cells > 0
 
 
 # --- item 7 (issue 10) and item 11: a crop with nothing to show fails ----------------------

@@ -177,7 +177,11 @@ def crop(
         picture = save_segmentation(summary.out) or "none (no field could be read)"
     _print_crop_summary(summary, seconds, picture)
     if summary.n_cells == 0:
-        raise CellprofError(_why_no_cells(summary))
+        # An empty store helps no one and stood in the way of the rerun (it had to be named
+        # with --overwrite); the issues file and the segmentation picture say what went wrong.
+        summary.out.unlink(missing_ok=True)
+        raise CellprofError(_why_no_cells(summary) + f"; {summary.out.name} was not kept, so "
+                            "the next run starts afresh")
 
 
 def _why_no_cells(s: object) -> str:
