@@ -44,6 +44,16 @@ META_KEYS = ("ImageNumber", "ObjectNumber", "TableNumber", "Location_Center_X",
              "Location_Center_Y", "Crop_Padded")
 
 
+def is_hdf5(path: str | Path) -> bool:
+    """Whether ``path`` is an HDF5 file (a profiles file rather than a CSV or Parquet table),
+    told by its first bytes: every reader of profiles asks before choosing how to open it."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"\x89HDF"
+
+
 def feature_columns(table: pd.DataFrame) -> list[str]:
     """Feature columns: everything but ``Metadata_*`` and CellProfiler's object keys."""
     return [c for c in table.columns if not str(c).startswith("Metadata_")

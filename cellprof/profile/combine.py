@@ -29,11 +29,11 @@ import numpy as np
 import pandas as pd
 
 from cellprof.errors import InputError
-from cellprof.formats.profiles import ProfileWriter, profile_attrs
+from cellprof.formats.profiles import ProfileWriter, is_hdf5, profile_attrs
 from cellprof.formats.safeio import fingerprint, refuse_inputs, refuse_repeats
 from cellprof.formats.schema import IMAGE_NUMBER, OBJECT_NUMBER, PLATE, TABLE_NUMBER
 from cellprof.prepare.tables import whole_numbers
-from cellprof.profile.match import feature_names, is_hdf5, load_profiles
+from cellprof.profile.match import feature_names, load_profiles
 
 PROFILE_KIND = "combined"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*$")

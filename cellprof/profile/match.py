@@ -26,6 +26,7 @@ import pandas as pd
 from cellprof.errors import InputError
 from cellprof.formats.profiles import (
     feature_columns,
+    is_hdf5,
     profile_blocks,
     profile_table,
     write_table,
@@ -214,15 +215,6 @@ def _join_image_table(table: pd.DataFrame, image_table: str | Path, source: str 
                          f"{table[PLATE].iloc[0]} {table[WELL].iloc[0]}, the image table "
                          f"{wells[PLATE].iloc[0]} {wells[WELL].iloc[0]})")
     return table
-
-
-def is_hdf5(path: str | Path) -> bool:
-    """Whether ``path`` is an HDF5 file (a profiles file), told by its first bytes."""
-    path = Path(path)
-    if not path.is_file():
-        return False
-    with open(path, "rb") as fh:
-        return fh.read(4) == b"\x89HDF"
 
 
 def blocks_of(paths: Sequence[str | Path]) -> dict[str, list[str]]:

@@ -20,9 +20,8 @@ import pandas as pd
 
 from cellprof.errors import InputError, StoreError
 from cellprof.formats import store
-from cellprof.formats.profiles import profile_attrs, read_profiles
+from cellprof.formats.profiles import is_hdf5, profile_attrs, read_profiles
 from cellprof.formats.schema import IMAGE_NUMBER, OBJECT_NUMBER, PLATE, WELL
-from cellprof.profile.match import is_hdf5
 
 CELL_KEYS = (PLATE, WELL, IMAGE_NUMBER, OBJECT_NUMBER)
 """What names one cell in a store and in the profiles made from it."""
