@@ -25,7 +25,7 @@ from PIL import Image
 from cellprof.formats import chunks, store
 from cellprof.profile.controls import use_compound_column
 from cellprof.report.config import ReportConfig, ShowConfig
-from cellprof.report.plots import IntensityScale, _channel_colors, composite, intensity_scale
+from cellprof.report.plots import IntensityScale, channel_colors, composite, intensity_scale
 from cellprof.report.sources import StoreSummary
 from cellprof.report.treatments import Groups, group_cells
 
@@ -114,7 +114,7 @@ def _wanted(groups: Groups, treatments: list[str]) -> tuple[list[str], tuple[str
 
 
 def _colours(channels: tuple[str, ...]) -> dict[str, str]:
-    return {c: to_hex(rgb) for c, rgb in _channel_colors(channels).items()}
+    return {c: to_hex(rgb) for c, rgb in channel_colors(channels).items()}
 
 
 def real_cells(crops: StoreSummary, treatments: list[str], match: dict,

@@ -46,8 +46,8 @@ _CROP_PX_PER_INCH = 68  # one paper-sized crop (68 px) per inch of figure, at 10
 _MAX_GRID_INCHES = (15.0, 9.0)
 
 
-def _channel_colors(channels: Sequence[str],
-                    colors: Mapping[str, str] | None = None) -> dict[str, tuple[float, ...]]:
+def channel_colors(channels: Sequence[str],
+                   colors: Mapping[str, str] | None = None) -> dict[str, tuple[float, ...]]:
     """RGB per channel: ``colors`` first, then naming conventions, then unused fallbacks."""
     colors = dict(colors or {})  # extra names (a project-wide palette) are ignored
     if len(channels) == 1 and not colors:
@@ -168,7 +168,7 @@ def composite(crops: np.ndarray, channels: Sequence[str],
     elif len(scale.low) != len(channels) or len(scale.high) != len(channels):
         raise ValueError(f"scale must give one range per channel ({len(channels)}), got "
                          f"{len(scale.low)}")
-    rgb_of = _channel_colors(channels, colors)
+    rgb_of = channel_colors(channels, colors)
     n, _, h, w = crops.shape
     out = np.zeros((n, h, w, 3), np.float32)
     for k, name in enumerate(channels):
@@ -262,7 +262,7 @@ def save_grid(path: str | os.PathLike, rows: Sequence[np.ndarray], channels: Seq
                   ha="left" if long else "center", rotation_mode="anchor")
     labels = scale.describe(channels) if scale is not None else channels
     handles = [Patch(facecolor=c, edgecolor="0.4", label=label) for c, label in
-               zip(_channel_colors(channels, colors).values(), labels)]
+               zip(channel_colors(channels, colors).values(), labels)]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
               ncol=min(len(handles), 6), frameon=False, fontsize=9, handlelength=1.2,
               title=f"display range per channel: {scale.source}"
