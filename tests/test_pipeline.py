@@ -38,8 +38,10 @@ def test_synth_crop_train_embed_match_show_beats_chance(tmp_path: Path) -> None:
     assert res.page == res.report.out_dir / "report.html" and res.page.stat().st_size > 50_000
     page = res.page.read_text()
     assert f"{metrics['nsc']:.3f}"[:4] in page or f"{metrics['nsc']:.0%}" in page
-    # The untrained model's profiles, matched the same way, are what training is judged by.
-    base = json.loads((res.outdir / "baseline" / "report" / "metrics.json").read_text())
+    # The untrained model's profiles, matched the same way, are what training is judged by,
+    # and the page sets them beside the trained model's.
+    assert "Learned against untrained model" in page
+    base = json.loads((res.report.out_dir / "compare" / "metrics.json").read_text())
     assert res.baseline is not None and base["nsc"] == pytest.approx(res.baseline.nsc)
     assert base["n_treatments"] == 16
     assert base["config"]["normalize_at"] == metrics["config"]["normalize_at"] == "cell"

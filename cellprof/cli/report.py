@@ -274,8 +274,8 @@ def demo(
         b = res.baseline
         table.add_row("untrained model", f"{b.nsc:.0%} / {b.nscb:.0%}; mAP {b.map:.2f}: the "
                                          "same pipeline on the model's initial weights, what "
-                                         "training is measured against -> "
-                                         f"{b.out_dir.parent}")
+                                         "training is measured against (on the page beside "
+                                         f"the trained model's) -> {b.out_dir}")
     table.add_row("report", f"{r.out_dir} (metrics.json, CSVs, confusion_nsc.png)")
     table.add_row("figures", f"{res.figures.typical_cells.parent}")
     table.add_row("open first", f"{res.page}: the whole analysis on one page, offline")

@@ -4,7 +4,8 @@ It is the README's first command, so a new user sees every stage run and learns 
 output is: synth -> crop -> train -> embed -> match (with its report page) -> show, each
 stage the same library call the CLI makes, into one folder; it ends on
 ``report/report.html``. It also matches the profiles of the model's untrained weights
-(``baseline/``), so the headline comes with what training bought on this screen.
+(``baseline/``) beside the trained ones, so the headline comes with what training bought on
+this screen.
 Training is sized for a few minutes on a laptop CPU (the paper's
 architecture, fewer steps, the progressive schedule scaled to them).
 """
@@ -32,7 +33,7 @@ from cellprof.learn.train import (
 )
 from cellprof.prepare.crop import CropConfig, CropSummary, crop_screen
 from cellprof.prepare.runner import Progress
-from cellprof.profile.match import MatchConfig, MatchResult, run_match
+from cellprof.profile.match import MatchConfig, MatchResult
 from cellprof.report.config import ReportConfig
 from cellprof.report.page import match_report
 from cellprof.report.plots import save_match_figures, save_training_images
@@ -75,7 +76,8 @@ class DemoResult:
     page: Path
     """report/report.html: the one page to open first (``cellprof match --html``)."""
     baseline: MatchResult | None = None
-    """The same matching on the profiles of the untrained model (``baseline/``), or None
+    """The same matching on the profiles of the untrained model (``baseline/profiles.h5``,
+    matched into ``report/compare`` and set beside the trained model's on the page), or None
     when ``DemoConfig.baseline`` is off."""
     baseline_error: dict[str, float] | None = None
     """The untrained model's held-out reconstruction error on the run's held-out fields
@@ -138,19 +140,18 @@ def run_demo(outdir: str | Path = "cellprof-demo", *, force: bool = False,
     profiles = embed(training.checkpoint, crops.out, outdir / "profiles.h5", config=embedding,
                      progress=progress)
     matching = MatchConfig(normalize=config.normalize, normalize_at=config.normalize_at)
-    baseline, baseline_error = None, None
-    if config.baseline:
+    compare, baseline_error = [], None
+    if config.baseline:  # matched beside the trained profiles on the page ("compare")
         untrained = initial_checkpoint(outdir / "baseline" / "untrained.pt", model_config,
                                        channels, config.train_seed)
         baseline_error = held_out_error(untrained, crops.out, seed=config.train_seed,
                                         device=config.device)
-        baseline = run_match(embed(untrained, crops.out, outdir / "baseline" / "profiles.h5",
-                                   config=embedding).out,
-                             outdir / "baseline" / "report", replace(matching, permutations=0))
+        compare = [embed(untrained, crops.out, outdir / "baseline" / "profiles.h5",
+                         config=embedding).out]
     page = match_report(profiles.out, outdir / "report", matching,
                         crops=crops.out, model=training.checkpoint, run=training.out,
-                        config=ReportConfig(device=config.device))
-    report = page.match
+                        compare=compare, config=ReportConfig(device=config.device))
+    report, baseline = page.match, page.compare
     save_match_figures(report)
     figures = show(training.checkpoint, crops.out, outdir / "figures", profiles=profiles.out,
                    config=ShowConfig(device=config.device))

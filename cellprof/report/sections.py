@@ -57,6 +57,15 @@ class Analysis:
     def kind(self) -> str:
         return kind_of(self.sources)
 
+    @property
+    def label(self) -> str:
+        """The kind as the page names it: learned profiles of a model's initial weights
+        (checkpoint step 0, as the demo's baseline) are the "untrained model"'s, so a page
+        comparing them with a trained model's does not read "learned against learned"."""
+        if self.kind == "learned" and all(s.get("checkpoint_step") == 0 for s in self.sources):
+            return "untrained model"
+        return self.kind
+
 
 def analysis(run: MatchRun, sources: list[ProfileSource], k: int) -> Analysis:
     return Analysis(run, sources, nearest(run.profiles, run.config.get("metric", "cosine"), k))
@@ -99,7 +108,7 @@ def glance(data: PageData) -> str:
                 f"chance {pct(luck[key]) if key != 'map' else h.num(luck[key]).html}"
                 if m.get(key) is not None else "none asked (see the headline)")
                for key, name in (("nsc", "NSC"), ("nscb", "NSCB"), ("map", "mAP"))]
-    return (f'<p class="sub">{h.esc(data.main.kind)} profiles of {m.get("n_treatments")} '
+    return (f'<p class="sub">{h.esc(data.main.label)} profiles of {m.get("n_treatments")} '
             f'treatments ({m.get("n_compounds")} compounds, {m.get("n_moas")} MOAs)'
             f'{", pictures by the model" if data.model else ""}</p>' + h.glance(figures))
 
@@ -204,8 +213,8 @@ def _per_compound_map(t: pd.DataFrame) -> float:
 
 
 def _headline_table(analyses: list[Analysis]) -> str:
-    head = ["", *[f"{a.kind}: per treatment" for a in analyses],
-            *[f"{a.kind}: per compound" for a in analyses], "chance (per treatment)",
+    head = ["", *[f"{a.label}: per treatment" for a in analyses],
+            *[f"{a.label}: per compound" for a in analyses], "chance (per treatment)",
             "chance (per compound)"]
     main = analyses[0]
     luck = chance(main.run.treatments)
@@ -367,7 +376,7 @@ def comparison(data: PageData) -> Section | None:
     ma = a.run.per_moa.set_index(MOA)["map"]
     mb = b.run.per_moa.set_index(MOA)["map"]
     moas = sorted(set(ma.index) | set(mb.index), key=lambda m: -np.nan_to_num(ma.get(m, 0)))
-    body += h.table(["MOA", f"mAP {a.kind}", f"mAP {b.kind}", "difference"],
+    body += h.table(["MOA", f"mAP {a.label}", f"mAP {b.label}", "difference"],
                     [[h.text(m), h.num(ma.get(m)), h.num(mb.get(m)),
                       h.num(ma.get(m, np.nan) - mb.get(m, np.nan), "+.3f")] for m in moas],
                     sortable=True, numeric=[1, 2, 3], caption="mAP per MOA")
@@ -379,10 +388,10 @@ def comparison(data: PageData) -> Section | None:
     count = {k: sum(1 for t in both if (hits["a"][t], hits["b"][t]) == k)
              for k in ((True, True), (True, False), (False, True), (False, False))}
     body += (f"<p>NSC, treatment by treatment ({len(both)} asked of both): both hit "
-             f"{count[(True, True)]}, only {h.esc(a.kind)} {count[(True, False)]}, only "
-             f"{h.esc(b.kind)} {count[(False, True)]}, neither {count[(False, False)]}.</p>")
+             f"{count[(True, True)]}, only {h.esc(a.label)} {count[(True, False)]}, only "
+             f"{h.esc(b.label)} {count[(False, True)]}, neither {count[(False, False)]}.</p>")
     colour_of = h.colours(sorted(a.run.profiles[MOA].astype(str).unique()))
     body += (f'<div class="side"><figure>{_map_svg(a, data, colour_of)}<figcaption>'
-             f"{h.esc(a.kind)}</figcaption></figure><figure>{_map_svg(b, data, colour_of)}"
-             f"<figcaption>{h.esc(b.kind)}</figcaption></figure></div>")
-    return Section("compare", f"{a.kind.capitalize()} against {b.kind}", body)
+             f"{h.esc(a.label)}</figcaption></figure><figure>{_map_svg(b, data, colour_of)}"
+             f"<figcaption>{h.esc(b.label)}</figcaption></figure></div>")
+    return Section("compare", f"{a.label.capitalize()} against {b.label}", body)
