@@ -245,6 +245,26 @@ def test_export_writes_through_a_temporary_file_of_its_own(profiles: Path,
                                                           "t.parquet.partial"]
 
 
+def test_export_removes_the_temporary_file_a_killed_export_left(profiles: Path,
+                                                                 tmp_path: Path) -> None:
+    """SIGKILL leaves an export's hidden temporary table (no cleanup runs); the next export of
+    the same table removes it, and leaves the temporary of a run still going."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "t.csv"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    left = tmp_path / f".{dead}-0123abcd.t.csv"
+    left.write_text("half a table")
+    alive = tmp_path / f".{os.getpid()}-89abcdef.t.csv"  # a run of this (live) process
+    alive.write_text("being written")
+    res = runner.invoke(app, ["export", str(profiles), "--format", "csv", "--out", str(out),
+                              "--level", "well"])
+    assert res.exit_code == 0, res.output
+    assert len(pd.read_csv(out)) == 2 and not left.exists() and alive.exists()
+
+
 # --- item 12: an interrupted demo stops as train does ----------------------------------------
 
 _TINY_DEMO = """

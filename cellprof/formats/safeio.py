@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,17 +77,45 @@ def private_atomic_path(path: str | Path) -> Iterator[Path]:
     place. Here the name is ``.<pid>-<random>.<name>`` beside ``path``: hidden, unique to
     the run, and ending as ``path`` does, so a writer that picks its format by suffix
     (``.csv.gz``, ``.parquet``) picks the same one. The last run to finish wins whole.
+
+    Another run's temporary file whose process no longer runs here is a leftover of a killed
+    run (no ``finally`` runs after SIGKILL or a power cut): it is removed, rather than left to
+    pile up beside the output. One of a live process is left alone.
     """
     import secrets
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in stale_temporaries(path):
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{os.getpid()}-{secrets.token_hex(4)}.{path.name}")
     try:
         yield tmp
         durable_replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def stale_temporaries(path: str | Path) -> list[Path]:
+    """The temporary files :func:`private_atomic_path` names for ``path`` (``.<pid>-<8 hex
+    digits>.<name>`` beside it) whose process no longer runs on this machine."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(r"\.(\d+)-[0-9a-f]{8}\." + re.escape(path.name))
+    found = ((p, pattern.fullmatch(p.name)) for p in path.parent.iterdir())
+    return sorted(p for p, m in found if m and not _running(int(m.group(1))))
+
+
+def _running(pid: int) -> bool:
+    """Whether a process of that id runs here (one of another user's counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid > 0
+    return True
 
 
 def durable_replace(tmp: str | Path, path: str | Path) -> None:
