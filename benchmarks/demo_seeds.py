@@ -9,8 +9,8 @@ Run by hand on an idle machine::
 Each run is the whole demo (:func:`cellprof.example.demo.run_demo`) on the default screen,
 changing only the training seed (and the model); the untrained rows are the demo's own
 baseline (the same crops embedded with the first model's initial weights of that seed,
-matched the same way). Prints NSC, NSCB and mAP per run, mean ± sd per model, the spread
-(max - min) of NSC, and each run's minutes.
+matched the same way). Prints NSC, NSCB, mAP and held-out reconstruction error per run,
+mean ± sd per model, the spread (max - min) of NSC, and each run's minutes.
 """
 
 from __future__ import annotations
@@ -62,18 +62,21 @@ def main() -> None:
             t0 = time.perf_counter()
             res = run_demo(args.work / f"{model}_s{seed}", force=True, config=config)
             row = {"model": model, "seed": seed, "nsc": res.report.nsc, "nscb": res.report.nscb,
-                   "map": res.report.map, "min": (time.perf_counter() - t0) / 60}
+                   "map": res.report.map, "val_mse": res.training.val.get("val_mse"),
+                   "min": (time.perf_counter() - t0) / 60}
             print(json.dumps(row), flush=True)
             rows.append(row)
             if res.baseline is not None:
                 baselines.append({"model": "untrained", "seed": seed, "nsc": res.baseline.nsc,
-                                  "nscb": res.baseline.nscb, "map": res.baseline.map})
+                                  "nscb": res.baseline.nscb, "map": res.baseline.map,
+                                  "val_mse": (res.baseline_error or {}).get("val_mse")})
                 print(json.dumps(baselines[-1]), flush=True)
     rows += baselines
     print(f"\ndemo: {base.steps} steps x {base.batch_size}, {base.crop_size}-px crops, "
           f"{base.synth.moas} MOAs x {base.synth.compounds_per_moa} compounds x 2 doses; "
           f"seeds {seeds}")
-    print("| model | NSC | NSCB | mAP | NSC range | minutes |\n|---|---|---|---|---|---|")
+    print("| model | NSC | NSCB | mAP | NSC range | held-out MSE | minutes |\n"
+          "|---|---|---|---|---|---|---|")
     for model in dict.fromkeys(r["model"] for r in rows):
         got = [r for r in rows if r["model"] == model]
         nsc = [r["nsc"] for r in got]
@@ -81,7 +84,7 @@ def main() -> None:
                 if "min" in got[0] else "–")
         print(f"| {model} | {mean_sd(got, 'nsc')} | {mean_sd(got, 'nscb')} | "
               f"{mean_sd(got, 'map')} | "
-              f"{min(nsc):.2f}–{max(nsc):.2f} | {mins} |")
+              f"{min(nsc):.2f}–{max(nsc):.2f} | {mean_sd(got, 'val_mse')} | {mins} |")
 
 
 if __name__ == "__main__":
