@@ -245,3 +245,41 @@ def test_a_crop_size_far_from_the_nuclei_is_said_and_auto_fits_them(tmp_path: Pa
     code, said = crop(str(tmp_path / "b.h5.Image.csv"), "--objects", str(tmp_path / "Nuclei.csv"),
                       "--size", "auto", "-o", str(tmp_path / "c.h5"))
     assert code == 1 and "--size auto measures the nuclei --segment finds" in said
+
+
+def test_an_object_table_of_nuclei_with_their_areas_sizes_the_crop(tmp_path: Path) -> None:
+    """CellProfiler's Nuclei.csv carries AreaShape_Area: a crop far from the nuclei is said
+    and --size auto fits them without segmenting; a table of cells is not taken for nuclei."""
+    truth = write_folder(tmp_path / "images", wells=("B02",), sites=2)
+    code, said = crop(str(tmp_path / "images"), "--pattern", PATTERN, "--segment",
+                      "-o", str(tmp_path / "a.h5"))
+    assert code == 0, said
+    table = str(tmp_path / "a.h5.Image.csv")
+    nuclei = pd.DataFrame({"ImageNumber": truth["site"], "ObjectNumber": 1 + np.arange(len(truth)),
+                           "Location_Center_X": truth["x"], "Location_Center_Y": truth["y"],
+                           "AreaShape_Area": np.pi * 5.0 ** 2})  # 10 px across
+    nuclei.to_csv(tmp_path / "Nuclei.csv", index=False)
+    code, said = crop(table, "--objects", str(tmp_path / "Nuclei.csv"), "-o",
+                      str(tmp_path / "b.h5"))
+    assert code == 0, said
+    assert "nuclei measure 10 px across (median equivalent diameter of the object table's" in said
+    assert re.search(r"--size 68 is 6\.8 times that, more than 4", said)
+    code, said = crop(table, "--objects", str(tmp_path / "Nuclei.csv"), "--size", "auto", "-o",
+                      str(tmp_path / "c.h5"))
+    assert code == 0 and "--size auto: 36 px crops" in said, said
+    assert store.read_crops(tmp_path / "c.h5").shape[2:] == (36, 36)
+    # The same columns, database-style (CytoTable, SQLite exports): the object's prefix.
+    nuclei.rename(columns=lambda c: c if c == "ImageNumber" else f"Nuclei_{c}").rename(
+        columns={"Nuclei_ObjectNumber": "ObjectNumber"}).to_csv(tmp_path / "Objects.csv",
+                                                                index=False)
+    code, said = crop(table, "--objects", str(tmp_path / "Objects.csv"), "--size", "auto",
+                      "-o", str(tmp_path / "d.h5"))
+    assert code == 0 and "--size auto: 36 px crops" in said, said
+    # A table of cells: its areas are not the nuclei's, so nothing is said or fitted.
+    nuclei.to_csv(tmp_path / "Cells.csv", index=False)
+    code, said = crop(table, "--objects", str(tmp_path / "Cells.csv"), "-o",
+                      str(tmp_path / "e.h5"))
+    assert code == 0 and "nuclei measure" not in said, said
+    code, said = crop(table, "--objects", str(tmp_path / "Cells.csv"), "--size", "auto",
+                      "-o", str(tmp_path / "f.h5"))
+    assert code == 1 and "AreaShape_Area from an object table of nuclei" in said

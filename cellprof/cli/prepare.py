@@ -106,7 +106,7 @@ def crop(
         help="Channels to keep, in order, e.g. DNA,Tubulin,Actin.", show_default=False,
         rich_help_panel=_CROPS)] = _C["channels"],
     size: Annotated[str, typer.Option(
-        help="Crop side in pixels, or auto (with --segment).", rich_help_panel=_CROPS)
+        help="Crop side in px, or auto: 2 nucleus diameters.", rich_help_panel=_CROPS)
     ] = _C["size"],
     edge: Annotated[Literal[EDGES], typer.Option(
         help="Cells whose crop leaves the image.", rich_help_panel=_CROPS)] = _C["edge"],

@@ -42,7 +42,7 @@ from cellprof.prepare.fieldwork import (
 )
 from cellprof.prepare.folder import table_input
 from cellprof.prepare.illumination import IlluminationAccumulator
-from cellprof.prepare.nuclei import fit_to_nuclei
+from cellprof.prepare.nuclei import fit_to_nuclei, nuclear_objects
 from cellprof.prepare.runner import Progress, commit_results, ordered_map, worker_count
 from cellprof.prepare.segment import SegmentConfig
 from cellprof.prepare.sources import (
@@ -54,6 +54,7 @@ from cellprof.prepare.sources import (
     read_sources,
 )
 from cellprof.prepare.tables import (
+    AREA,
     DEFAULT_OBJECT,
     PLATE,
     canonical_columns,
@@ -74,8 +75,9 @@ class CropConfig:
     """Settings of a crop run; a resumed run must use the same ones."""
 
     size: int | str = 68
-    """Crop side in pixels (the paper's 68, for nuclei about 33 px across), or ``"auto"``
-    with ``segment``: twice the median nucleus diameter of a few fields, to a multiple of 4
+    """Crop side in pixels (the paper's 68, for nuclei about 33 px across), or ``"auto"``:
+    twice the median nucleus diameter, measured on a few fields with ``segment`` or read from
+    an object table of nuclei's ``AreaShape_Area``, to a multiple of 4
     (:mod:`cellprof.prepare.nuclei`)."""
     channels: tuple[str, ...] | None = None
     """Channel names to keep, in this order; None keeps all ``FileName_`` channels."""
@@ -224,6 +226,7 @@ def plan(image_table: str | Path, objects: str | Path | None, config: CropConfig
             table_file=str(image_table), object_file=object_file,
             centres=None if config.segment is not None else obj.xy,
             object_numbers=obj.numbers, object_rows=obj.rows, object_meta=obj.meta,
+            nucleus_areas=obj.areas,
             expected_shape=_expected_shape(rec, channels[0]),
         ))
     if not tasks:
@@ -254,6 +257,8 @@ class _Objects:
     numbers: np.ndarray
     rows: np.ndarray
     meta: dict[str, np.ndarray] = field(default_factory=dict)
+    areas: np.ndarray | None = None
+    """The objects' ``AreaShape_Area`` when the table has it and they are nuclei."""
 
 
 _NO_OBJECTS = _Objects(np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0, np.int64))
@@ -269,6 +274,7 @@ def _object_centres(src: Sources, table: pd.DataFrame, had_numbers: bool, config
     own (CytoTable's ``Metadata_Cells_Parent_Nuclei``): kept per object, not per field."""
     obj = object_centres(canonical_columns(src.objects), src.object_name, config.object_name,
                          notes)
+    nuclear = nuclear_objects(src.object_name, obj.attrs.get("object", ""))
     obj[CENTER_X] += config.offset[0]
     obj[CENTER_Y] += config.offset[1]
     obj["_key"] = pair_objects(table, had_numbers, obj, src.image_name, src.object_name, notes)
@@ -301,8 +307,10 @@ def _object_centres(src: Sources, table: pd.DataFrame, had_numbers: bool, config
     numbers, rows = obj[OBJECT_NUMBER].to_numpy(np.int64), obj["_row"].to_numpy(np.int64)
     own = {c: obj[c].to_numpy() for c in obj.columns if str(c).startswith("Metadata_")
            and c not in table.columns and c not in (*FIELD_KEYS, *KEY_METADATA)}
+    areas = obj[AREA].to_numpy(np.float64) if AREA in obj.columns and nuclear else None
     return {key: _Objects(xy[i], numbers[i], rows[i],  # arrays, not a frame per field:
-                          {c: v[i] for c, v in own.items()})  # 1 ms a field otherwise
+                          {c: v[i] for c, v in own.items()},  # 1 ms a field otherwise
+                          None if areas is None else areas[i])
             for key, i in obj.groupby("_key").indices.items()}
 
 

@@ -50,6 +50,7 @@ class FieldTask:
     object_numbers: np.ndarray | None = None
     object_rows: np.ndarray | None = None      # 1-based lines of the object table
     object_meta: dict[str, np.ndarray] | None = None  # each object's own Metadata_* values
+    nucleus_areas: np.ndarray | None = None    # the objects' AreaShape_Area, when nuclei
     expected_shape: tuple[int, int] | None = None
     illum: np.ndarray | None = None            # (C, H, W) illumination function, or None
 

@@ -9,7 +9,8 @@ A crop size fits one magnification: the paper's 68 px crops hold one BBBC021 nuc
 median equivalent diameter is 33 px (:func:`cellprof.prepare.segment.find_nuclei` on 600 of
 its 68-px crops, ``../shared/data/bbbc021``; 10th-90th percentile 24-39 px), i.e. 2.1 times
 the nucleus. The same 68 px on 10-px nuclei holds about ten cells and loses a quarter of them
-at a 512-px field's edges. So the nuclei of a few fields are measured first; a crop size
+at a 512-px field's edges. So the nuclei of a few fields are measured first (or read from
+an object table of nuclei, CellProfiler's ``AreaShape_Area``); a crop size
 more than :data:`MOST` times, or less than :data:`LEAST` times, their median diameter is
 said, and ``size="auto"`` takes :data:`AUTO` times it.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -88,6 +90,15 @@ def nucleus_channel(channels: list[str], asked: str | None, segment: bool,
                      f"--nucleus-channel (channels: {', '.join(channels)})")
 
 
+def nuclear_objects(source: str | Path, prefix: str) -> bool:
+    """Whether the objects cropped at are nuclei, by name: the object of a database-style
+    table's centre columns (``Nuclei_Location_Center_X``), else the object table's file
+    (``Nuclei.csv``, ``MyExpt_Nuclei.csv``). Only nuclei's areas size a crop: a cell's
+    would make ``--size auto`` twice too large."""
+    name = prefix or Path(str(source)).stem
+    return is_nuclear(name)
+
+
 @dataclass(frozen=True)
 class NucleusSize:
     """The nuclei of the fields measured: median equivalent diameter (px), how many, and
@@ -96,9 +107,35 @@ class NucleusSize:
     diameter: float
     n_nuclei: int
     n_fields: int
-    field_shape: tuple[int, int]
+    field_shape: tuple[int, int] | None
+    """(height, width) of a field; None when the image table does not say."""
     per_px: float
-    """Nuclei per square pixel of field."""
+    """Nuclei per square pixel of field (NaN without the field's shape)."""
+    source: str = "segmented"
+    """``segmented`` (measured here) or ``table`` (the object table's AreaShape_Area)."""
+
+    @property
+    def said(self) -> str:
+        """Where the diameter comes from, for messages."""
+        if self.source == "table":
+            return (f"median equivalent diameter of the object table's {self.n_nuclei} nuclei "
+                    f"(AreaShape_Area) in {self.n_fields} fields")
+        return (f"median equivalent diameter of {self.n_nuclei} nuclei in {self.n_fields} "
+                "fields")
+
+
+def table_nuclei(tasks: list[FieldTask]) -> NucleusSize | None:
+    """The nuclei's size from the object table's ``AreaShape_Area`` (CellProfiler's
+    MeasureObjectSizeShape), as the tasks carry it; None when it does not have it."""
+    with_areas = [t for t in tasks if t.nucleus_areas is not None and len(t.nucleus_areas)]
+    every = np.concatenate([t.nucleus_areas for t in with_areas]) if with_areas else np.zeros(0)
+    every = every[np.isfinite(every) & (every > 0)]
+    if not len(every):
+        return None
+    shape = next((t.expected_shape for t in with_areas if t.expected_shape), None)
+    per_px = len(every) / (len(with_areas) * shape[0] * shape[1]) if shape else float("nan")
+    return NucleusSize(float(np.median(np.sqrt(4 * every / np.pi))), len(every),
+                       len(with_areas), shape, per_px, "table")
 
 
 def measure_nuclei(tasks: list[FieldTask], nucleus: int, segment: SegmentConfig,
@@ -138,11 +175,12 @@ def size_advice(size: int, nuclei: NucleusSize) -> str | None:
     ratio = size / nuclei.diameter
     if LEAST <= ratio <= MOST:
         return None
-    h, w = nuclei.field_shape
-    said = (f"nuclei measure {nuclei.diameter:.0f} px across (median equivalent diameter of "
-            f"{nuclei.n_nuclei} nuclei in {nuclei.n_fields} fields), and --size {size} is "
-            f"{ratio:.1f} times that")
-    if ratio > MOST:
+    said = (f"nuclei measure {nuclei.diameter:.0f} px across ({nuclei.said}), and --size "
+            f"{size} is {ratio:.1f} times that")
+    if ratio > MOST and nuclei.field_shape is None:
+        said += f", more than {MOST:g}: a crop holds several cells"
+    elif ratio > MOST:
+        h, w = nuclei.field_shape
         lost = 1 - max(0.0, 1 - size / h) * max(0.0, 1 - size / w)
         said += (f", more than {MOST:g}: a crop holds about {nuclei.per_px * size * size:.0f} "
                  f"nuclei, and about {lost:.0%} of cells lie too near a {w}x{h} field's edge "
@@ -168,11 +206,13 @@ def fit_to_nuclei(tasks: list[FieldTask], channels: list[str], asked: str | None
     """
     nucleus = nucleus_channel(channels, asked, segment is not None, notes)
     if segment is None:
-        if size == "auto":
-            raise InputError("--size auto measures the nuclei --segment finds: add --segment, "
+        nuclei = table_nuclei(tasks)
+        if size == "auto" and nuclei is None:
+            raise InputError("--size auto measures the nuclei --segment finds, or reads their "
+                             "AreaShape_Area from an object table of nuclei: add --segment, "
                              "or give --size in pixels")
-        return nucleus, int(size)
-    nuclei = measure_nuclei(tasks, nucleus, segment)
+    else:
+        nuclei = measure_nuclei(tasks, nucleus, segment)
     if size == "auto":
         if nuclei is None:
             raise InputError(f"--size auto: no nuclei found in channel {channels[nucleus]} "
@@ -180,8 +220,8 @@ def fit_to_nuclei(tasks: list[FieldTask], channels: list[str], asked: str | None
                              "--size in pixels")
         chosen = auto_size(nuclei.diameter)
         notes.append(f"--size auto: {chosen} px crops, {AUTO:g} times the nuclei's median "
-                     f"diameter of {nuclei.diameter:.1f} px ({nuclei.n_nuclei} nuclei in "
-                     f"{nuclei.n_fields} fields), to a multiple of 4, at least {SMALLEST}")
+                     f"diameter of {nuclei.diameter:.1f} px ({nuclei.said}), to a multiple of "
+                     f"4, at least {SMALLEST}")
         return nucleus, chosen
     advice = size_advice(int(size), nuclei) if nuclei is not None else None
     if advice:

@@ -71,7 +71,8 @@ def is_sqlite(path: str | Path) -> bool:
 def _wanted(column: str, object_name: str) -> bool:
     bare = re.sub(r"^(Image_|Metadata_(?=(Image|Object|Table)Number$))", "", column)
     return (bare.startswith(_IMAGE_PREFIXES) or bare in _IDS or is_metadata_alias(bare)
-            or column.endswith(("Location_Center_X", "Location_Center_Y", "Number_Object_Number"))
+            or column.endswith(("Location_Center_X", "Location_Center_Y", "Number_Object_Number",
+                                "AreaShape_Area"))
             or column.startswith(f"{object_name}_Metadata_"))
 
 

@@ -262,9 +262,14 @@ def centre_object(columns: list[str], source: str | Path, object_name: str | Non
                      "--object-name")
 
 
+AREA = "AreaShape_Area"
+"""CellProfiler's object area in px (MeasureObjectSizeShape), kept beside the centres."""
+
+
 def object_centres(table: pd.DataFrame, source: str | Path, object_name: str | None = None,
                    notes: list[str] | None = None) -> pd.DataFrame:
-    """``ObjectNumber, Location_Center_X/Y`` and the image keys of an object table.
+    """``ObjectNumber, Location_Center_X/Y`` (and ``AreaShape_Area`` when the table has the
+    object's) and the image keys of an object table.
 
     The keys are whichever of ``TableNumber``, ``ImageNumber`` and ``Metadata_*`` the table
     has (:func:`cellprof.prepare.sources.pair_objects` decides which pair objects with images);
@@ -290,11 +295,15 @@ def object_centres(table: pd.DataFrame, source: str | Path, object_name: str | N
         CENTER_X: pd.to_numeric(table[cols[CENTER_X]], errors="coerce"),
         CENTER_Y: pd.to_numeric(table[cols[CENTER_Y]], errors="coerce"),
     }, index=table.index)
+    area = f"{prefix}_{AREA}" if prefix else AREA  # what crop --size checks against
+    if area in table.columns:
+        out[AREA] = pd.to_numeric(table[area], errors="coerce")
     # Keys that can pair an object with its image: CellProfiler's numbers, field metadata.
     keys = [c for c in table.columns if c in (TABLE_NUMBER, IMAGE_NUMBER)
             or (str(c).startswith("Metadata_") and c not in out.columns)]
     out = pd.concat([table[keys].assign(**numbers), out], axis=1).reset_index(drop=True)
     out["_row"] = np.arange(len(table)) + 2  # 1-based line in the file, after the header
+    out.attrs["object"] = prefix
     return out
 
 
