@@ -410,6 +410,8 @@ def variants(work: Path, runs: list[Path], ttas: tuple[str, ...], docs: Path | N
                      **moa_metrics(cells, hand, p)})
         rows.append({"profile": PIXELS, "protocol": p, "seed": None,
                      **moa_metrics(cells, pixels, p)})
+        rows.append({"profile": PIXELS + " + hand-crafted", "protocol": p, "seed": None,
+                     **moa_metrics(cells, [pixels, hand], p)})
     for folder in runs:
         name, seed = run_label(folder)
         for tta in ttas:
