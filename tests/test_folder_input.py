@@ -19,8 +19,8 @@ from cellprof.errors import InputError
 from cellprof.formats import store
 from cellprof.prepare.crop import CropConfig, crop_screen
 from cellprof.prepare.folder import build_image_table
-from cellprof.prepare.nuclei import is_nuclear
 from cellprof.prepare.segment import SegmentConfig
+from cellprof.prepare.tables import is_nuclear
 
 SIDE = 256
 PATTERN = "{well}_s{site}_{channel}.tif"

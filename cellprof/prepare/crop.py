@@ -42,7 +42,7 @@ from cellprof.prepare.fieldwork import (
 )
 from cellprof.prepare.folder import table_input
 from cellprof.prepare.illumination import IlluminationAccumulator
-from cellprof.prepare.nuclei import fit_to_nuclei, nuclear_objects
+from cellprof.prepare.nuclei import fit_to_nuclei
 from cellprof.prepare.runner import Progress, commit_results, ordered_map, worker_count
 from cellprof.prepare.segment import SegmentConfig
 from cellprof.prepare.sources import (
@@ -274,7 +274,6 @@ def _object_centres(src: Sources, table: pd.DataFrame, had_numbers: bool, config
     own (CytoTable's ``Metadata_Cells_Parent_Nuclei``): kept per object, not per field."""
     obj = object_centres(canonical_columns(src.objects), src.object_name, config.object_name,
                          notes)
-    nuclear = nuclear_objects(src.object_name, obj.attrs.get("object", ""))
     obj[CENTER_X] += config.offset[0]
     obj[CENTER_Y] += config.offset[1]
     obj["_key"] = pair_objects(table, had_numbers, obj, src.image_name, src.object_name, notes)
@@ -307,7 +306,7 @@ def _object_centres(src: Sources, table: pd.DataFrame, had_numbers: bool, config
     numbers, rows = obj[OBJECT_NUMBER].to_numpy(np.int64), obj["_row"].to_numpy(np.int64)
     own = {c: obj[c].to_numpy() for c in obj.columns if str(c).startswith("Metadata_")
            and c not in table.columns and c not in (*FIELD_KEYS, *KEY_METADATA)}
-    areas = obj[AREA].to_numpy(np.float64) if AREA in obj.columns and nuclear else None
+    areas = obj[AREA].to_numpy(np.float64) if AREA in obj.columns else None
     return {key: _Objects(xy[i], numbers[i], rows[i],  # arrays, not a frame per field:
                           {c: v[i] for c, v in own.items()},  # 1 ms a field otherwise
                           None if areas is None else areas[i])

@@ -29,7 +29,7 @@ from cellprof.formats.images import TIFF_SUFFIXES
 from cellprof.formats.safeio import write_text
 from cellprof.formats.schema import PLATE, SITE, WELL
 from cellprof.prepare.fieldwork import issue
-from cellprof.prepare.nuclei import is_nuclear
+from cellprof.prepare.tables import is_nuclear
 
 IMAGE_SUFFIXES = frozenset(TIFF_SUFFIXES | {".png"})
 """Files of a folder that are read as images; anything else in it is ignored."""

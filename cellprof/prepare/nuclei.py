@@ -17,20 +17,15 @@ said, and ``size="auto"`` takes :data:`AUTO` times it.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
 from cellprof.errors import ImageError, InputError
 from cellprof.prepare.fieldwork import FieldTask, load_field
 from cellprof.prepare.segment import SegmentConfig, find_nuclei
+from cellprof.prepare.tables import NUCLEAR_STAINS, is_nuclear
 
-NUCLEAR_STAINS = ("DNA", "DAPI", "Hoechst", "H2B", "Histone", "Nuclei", "Nucleus", "Nuclear",
-                  "Nuc", "NucBlue", "DRAQ5", "DRAQ7")
-"""Words that name a nuclear stain in a channel name (any case; ``OrigDNA``, ``Hoechst33342``,
-``H2B-GFP`` and ``dapi_405`` match, ``DNAdamage`` and ``RNA`` do not)."""
 AUTO = 2.0
 """``size="auto"``: the crop side in median nucleus diameters (BBBC021's 68 px / 33 px)."""
 LEAST, MOST = 1.5, 4.0
@@ -43,20 +38,6 @@ SMALLEST = 36
 MEASURED_FIELDS = 8
 """Fields segmented to measure the nuclei, spread over the screen (about 50 ms each at
 512 x 512 px)."""
-
-
-def stain_words(channel: str) -> list[str]:
-    """A channel name's words: split at anything but letters and digits, and where a
-    lower-case letter meets a capital (``OrigDNA`` -> ``Orig``, ``DNA``)."""
-    return [w for part in re.split(r"[^A-Za-z0-9]+", channel)
-            for w in re.split(r"(?<=[a-z])(?=[A-Z])", part) if w]
-
-
-def is_nuclear(channel: str) -> bool:
-    """Whether a channel is named like a DNA stain: one of its words is one of
-    :data:`NUCLEAR_STAINS`, followed by digits at most (``Hoechst33342``)."""
-    words = "|".join(NUCLEAR_STAINS)
-    return any(re.fullmatch(rf"({words})\d*", w, re.IGNORECASE) for w in stain_words(channel))
 
 
 def nucleus_channel(channels: list[str], asked: str | None, segment: bool,
@@ -88,15 +69,6 @@ def nucleus_channel(channels: list[str], asked: str | None, segment: bool,
              else f"no channel is named like a DNA stain ({', '.join(NUCLEAR_STAINS[:5])} …)")
     raise InputError(f"--segment: {which}; name the channel holding the nuclei with "
                      f"--nucleus-channel (channels: {', '.join(channels)})")
-
-
-def nuclear_objects(source: str | Path, prefix: str) -> bool:
-    """Whether the objects cropped at are nuclei, by name: the object of a database-style
-    table's centre columns (``Nuclei_Location_Center_X``), else the object table's file
-    (``Nuclei.csv``, ``MyExpt_Nuclei.csv``). Only nuclei's areas size a crop: a cell's
-    would make ``--size auto`` twice too large."""
-    name = prefix or Path(str(source)).stem
-    return is_nuclear(name)
 
 
 @dataclass(frozen=True)

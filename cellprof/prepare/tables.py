@@ -263,13 +263,32 @@ def centre_object(columns: list[str], source: str | Path, object_name: str | Non
 
 
 AREA = "AreaShape_Area"
-"""CellProfiler's object area in px (MeasureObjectSizeShape), kept beside the centres."""
+"""CellProfiler's object area in px (MeasureObjectSizeShape), kept beside the centres of
+nuclei: crop sizes itself by them."""
+NUCLEAR_STAINS = ("DNA", "DAPI", "Hoechst", "H2B", "Histone", "Nuclei", "Nucleus", "Nuclear",
+                  "Nuc", "NucBlue", "DRAQ5", "DRAQ7")
+"""Words that name a nuclear stain in a channel name (any case; ``OrigDNA``, ``Hoechst33342``,
+``H2B-GFP`` and ``dapi_405`` match, ``DNAdamage`` and ``RNA`` do not)."""
+
+
+def stain_words(channel: str) -> list[str]:
+    """A channel name's words: split at anything but letters and digits, and where a
+    lower-case letter meets a capital (``OrigDNA`` -> ``Orig``, ``DNA``)."""
+    return [w for part in re.split(r"[^A-Za-z0-9]+", channel)
+            for w in re.split(r"(?<=[a-z])(?=[A-Z])", part) if w]
+
+
+def is_nuclear(channel: str) -> bool:
+    """Whether a channel (or an object) is named like a DNA stain or nuclei: one of its words
+    is one of :data:`NUCLEAR_STAINS`, followed by digits at most (``Hoechst33342``)."""
+    words = "|".join(NUCLEAR_STAINS)
+    return any(re.fullmatch(rf"({words})\d*", w, re.IGNORECASE) for w in stain_words(channel))
 
 
 def object_centres(table: pd.DataFrame, source: str | Path, object_name: str | None = None,
                    notes: list[str] | None = None) -> pd.DataFrame:
-    """``ObjectNumber, Location_Center_X/Y`` (and ``AreaShape_Area`` when the table has the
-    object's) and the image keys of an object table.
+    """``ObjectNumber, Location_Center_X/Y`` (and ``AreaShape_Area`` when the table has it
+    and the objects are nuclei by name) and the image keys of an object table.
 
     The keys are whichever of ``TableNumber``, ``ImageNumber`` and ``Metadata_*`` the table
     has (:func:`cellprof.prepare.sources.pair_objects` decides which pair objects with images);
@@ -295,15 +314,16 @@ def object_centres(table: pd.DataFrame, source: str | Path, object_name: str | N
         CENTER_X: pd.to_numeric(table[cols[CENTER_X]], errors="coerce"),
         CENTER_Y: pd.to_numeric(table[cols[CENTER_Y]], errors="coerce"),
     }, index=table.index)
-    area = f"{prefix}_{AREA}" if prefix else AREA  # what crop --size checks against
-    if area in table.columns:
+    # Nuclei's areas size the crop; a cell's would make --size auto twice too large. The
+    # object is named by its columns' prefix, else by its table's file (Nuclei.csv).
+    area = f"{prefix}_{AREA}" if prefix else AREA
+    if area in table.columns and is_nuclear(prefix or Path(str(source)).stem):
         out[AREA] = pd.to_numeric(table[area], errors="coerce")
     # Keys that can pair an object with its image: CellProfiler's numbers, field metadata.
     keys = [c for c in table.columns if c in (TABLE_NUMBER, IMAGE_NUMBER)
             or (str(c).startswith("Metadata_") and c not in out.columns)]
     out = pd.concat([table[keys].assign(**numbers), out], axis=1).reset_index(drop=True)
     out["_row"] = np.arange(len(table)) + 2  # 1-based line in the file, after the header
-    out.attrs["object"] = prefix
     return out
 
 

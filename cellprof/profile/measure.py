@@ -46,8 +46,8 @@ from cellprof.formats.schema import (
     WELL,
     threshold_column,
 )
-from cellprof.prepare.nuclei import is_nuclear
 from cellprof.prepare.segment import SegmentConfig
+from cellprof.prepare.tables import is_nuclear
 from cellprof.profile.classic import TEXTURE_LEVELS, TEXTURE_SCALE, classical_features
 
 PROFILE_KIND = "hand-crafted"
@@ -93,7 +93,7 @@ def measured_channels(channels: tuple[str, ...], nucleus: str | None) -> list[in
 def default_nucleus(fields: pd.DataFrame, channels: tuple[str, ...]) -> str:
     """The channel whose nucleus ``measure`` measures when none is asked: the one ``crop
     --segment`` segmented (its ``Threshold_Nuclei_<ch>`` column is filled), else the one
-    channel named like a DNA stain (:func:`cellprof.prepare.nuclei.is_nuclear`), else the
+    channel named like a DNA stain (:func:`cellprof.prepare.tables.is_nuclear`), else the
     first, from the store's ``/fields`` table. So measure measures the object crop cut,
     whatever the channels' order."""
     segmented = [c for c in channels if threshold_column(c) in fields.columns
