@@ -38,6 +38,7 @@ from cellprof.learn.device import (
     setup,
     try_compile,
 )
+from cellprof.learn.embed import load_encoder
 from cellprof.learn.loader import Loader
 from cellprof.learn.losses import compute_losses, layer_weights
 from cellprof.learn.model import ModelConfig, VAEPlus, model_config_of
@@ -432,9 +433,7 @@ def held_out_error(checkpoint: str | Path, store_path: str | Path, *, seed: int 
     function of the store and the seed. The demo measures its untrained model with it, so what
     training bought in reconstruction is a number beside the trained run's, not a claim."""
     dev = setup(device).device
-    ckpt = load_checkpoint(checkpoint, map_location=dev)
+    model, ckpt = load_encoder(checkpoint, dev)
     data = CropData(store_path, DataConfig.from_dict(ckpt["data_config"]), seed=seed)
     check_fits(ckpt, data.channels, data.info.crop_size, store_path)
-    model = VAEPlus(model_config_of(ckpt))
-    model.load_state_dict(ckpt["model"])
-    return validate(model.to(dev), data, dev, batch_size)
+    return validate(model, data, dev, batch_size)
