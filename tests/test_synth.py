@@ -275,7 +275,7 @@ def test_more_moas_and_compounds_extend_the_default_screen(tmp_path: Path) -> No
 
 def test_twin_moas_share_their_look_alikes_largest_effect(tmp_path: Path) -> None:
     """Measured from the pixels: destabilizers arrest mitosis as stabilizers do, Aurora kinase
-    inhibitors enlarge nuclei as DNA damage does; texture alone tells each pair apart."""
+    inhibitors enlarge nuclei as DNA damage does; texture and shape tell each pair apart."""
     config = replace(PHENO, moas=6, batches=1)
     result = synthesize(tmp_path / "twins", config)
     images, nuclei = _tables(result)

@@ -74,9 +74,10 @@ MOAS: dict[str, tuple[dict[str, float], float, float]] = {
                           "cell_area": -0.35, "cell_irreg": 0.9, "nuc_area": -0.05}, 0.0, 0.0),
     "Protein synthesis": ({"cell_area": -0.35, "tub_int": -0.5, "act_int": -0.45, "nuc_area": -0.15,
                            "dna_int": -0.1, "nuc_texture": -0.3}, 0.0, -0.3),
-    # Two texture twins (only ``SynthConfig.moas`` > 4 uses them): each shifts sizes and
-    # intensities as one MOA above does, so its mean cell looks alike, and differs in texture
-    # and shape alone, as BBBC021's microtubule stabilizers and destabilizers differ.
+    # Two look-alikes (only ``SynthConfig.moas`` > 4 uses them): each shares the largest
+    # effect of one MOA above (mitotic arrest; larger nuclei and cells) and differs in texture
+    # and shape, as BBBC021's microtubule stabilizers and destabilizers do. Their average cell
+    # images still differ enough to tell each pair apart (docs/benchmarks.md, the demo).
     "Microtubule destabilizers": ({"tub_int": 0.3, "tub_fibre": -0.9, "act_fibre": -0.2},
                                   0.45, -0.15),
     "Aurora kinase inhibitors": ({"nuc_area": 0.45, "nuc_elong": -0.4, "dna_int": -0.05,
