@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,6 +52,12 @@ def test_synth_crop_train_embed_match_show_beats_chance(tmp_path: Path) -> None:
     assert untrained["model_config"]["image_size"] == SMALL.crop_size
     # ... and its reconstructions of the run's held-out fields are worse than the trained ones.
     assert res.baseline_error["val_mse"] > 2 * res.training.val["val_mse"] > 0
+    # The page shows both models' reconstructions of those held-out cells, with the errors
+    # the demo prints.
+    part = page.split('<section id="compare">')[1].split("</section>")[0]
+    assert "The same held-out cells through both models" in part
+    assert [float(v) for v in re.findall(r"<b>([0-9.]+)</b>", part)] == pytest.approx(
+        [res.training.val["val_mse"], res.baseline_error["val_mse"]], abs=1e-4)
 
 
 def test_demo_crops_at_the_size_crop_size_auto_picks_for_its_screen(tmp_path: Path) -> None:

@@ -133,6 +133,7 @@ def test_page_with_a_model_has_every_section(with_model, screen: Screen) -> None
         assert re.search(rf'<h3>{re.escape(html.esc(label))} — ', text)
         assert f'href="#{anchor}"' in text.split("</nav>")[0]  # in the contents
     assert "learned (cellprof embed)" in text and "Learned against hand-crafted" in text
+    assert "The same held-out cells" not in text  # hand-crafted profiles have no model
     assert 'alt="training curves"' in text
     # every picture decodes: rows of 36-px crops 2 px apart (the 3 frames of each path
     # 3 * 36 + 2 * 2 px wide, DMSO's typical cell alone 36), and the training curves
@@ -178,6 +179,58 @@ def test_external_table_without_crops_reads(screen: Screen, tmp_path: Path) -> N
     assert not page.srcs and "external feature table" in text
     assert "No cell pictures: pass --crops" in text
     assert set(res.treatments.values()) <= set(page.ids) and len(res.treatments) == 16
+
+def _untrained(screen: Screen, folder: Path) -> tuple[Path, Path]:
+    """(checkpoint, profiles) of the tiny model's untrained weights, as the demo's baseline."""
+    from cellprof.formats.store import read_info
+    from cellprof.learn.model import ModelConfig
+    from cellprof.learn.train import initial_checkpoint
+
+    ckpt = load_checkpoint(screen.model)
+    untrained = initial_checkpoint(folder / "untrained.pt",
+                                   ModelConfig.from_dict(ckpt["model_config"]),
+                                   read_info(screen.crops).channels, seed=1)
+    profiles = embed(untrained, screen.crops, folder / "untrained.h5",
+                     config=EmbedConfig(precision="fp32", tta="none")).out
+    return untrained, profiles
+
+
+def test_two_models_reconstruct_the_same_held_out_cells(screen: Screen, tmp_path: Path) -> None:
+    """Learned against an untrained model's profiles: beside the scores, both models'
+    reconstructions of the same held-out cells and each one's error on them, the error the
+    demo prints (held_out_error on the fields the trained run held out)."""
+    from cellprof.learn.train import held_out_error
+
+    untrained, profiles = _untrained(screen, tmp_path)
+    res = match_report(screen.learned, tmp_path / "res", FAST, crops=screen.crops,
+                       model=screen.model, compare=[profiles], config=SMALL)
+    text = res.path.read_text(encoding="utf-8")
+    part = text.split('<section id="compare">')[1].split("</section>")[0]
+    assert "Learned against untrained model" in text and "The same held-out cells" in part
+    alts = re.findall(r'<img[^>]* alt="([^"]+)"', part)
+    assert alts == ["held-out cells (3)", "learned (step 3): reconstructions",
+                    "untrained model (step 0): reconstructions"]
+    rows = _pngs(part)
+    assert len(rows) == 3 and {im.size for im in rows} == {(3 * 36 + 2 * 2, 36)}
+    seed = load_checkpoint(screen.model)["train_config"]["seed"]
+    want = [held_out_error(m, screen.crops, seed=seed)["val_mse"]
+            for m in (screen.model, untrained)]
+    assert [float(v) for v in re.findall(r"<b>([0-9.]+)</b>", part)] == \
+        pytest.approx(want, abs=1e-4)
+    # the untrained model's reconstructions are not the trained one's
+    assert not np.array_equal(np.asarray(rows[1]), np.asarray(rows[2]))
+
+
+def test_compared_model_gone_leaves_the_scores_and_says_so(screen: Screen,
+                                                           tmp_path: Path) -> None:
+    untrained, profiles = _untrained(screen, tmp_path)
+    untrained.unlink()
+    res = match_report(screen.learned, tmp_path / "res", FAST, crops=screen.crops,
+                       model=screen.model, compare=[profiles], config=SMALL)
+    text = res.path.read_text(encoding="utf-8")
+    assert "compare" in res.sections and "The same held-out cells" not in text
+    assert any(f"{untrained.resolve()} is not at hand" in n for n in res.notes)
+
 
 
 def test_training_curves_come_from_the_learned_profiles_run(screen: Screen,

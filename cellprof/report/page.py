@@ -69,6 +69,9 @@ class ReportInputs:
     """The run folder whose losses.csv the page draws."""
     latents: Path | None = None
     """Profiles learned by ``model`` from these very cells: the typical cells' means."""
+    compare_model: Path | None = None
+    """The model the compared learned profiles were embedded with, when at hand: both
+    models' reconstructions of held-out cells are then set side by side."""
     notes: tuple[str, ...] = ()
 
 
@@ -136,8 +139,28 @@ def check_inputs(profiles: str | Path | Sequence[str | Path], *, crops: str | Pa
         if recorded and folder is None:
             notes.append(f"no run folder (losses.csv) beside {recorded}: no training curves; "
                          "pass --run with the folder `cellprof train --out` wrote")
+    other_model = _compared_model(others, summary, notes) if ckpt and summary else None
     return ReportInputs(sources, others, summary, Path(model) if model else None, ckpt,
-                        folder, latents, tuple(notes))
+                        folder, latents, other_model, tuple(notes))
+
+
+def _compared_model(others: list[ProfileSource], crops: StoreSummary,
+                    notes: list[str]) -> Path | None:
+    """The one model the compared profiles were learned with, checked to fit the store and
+    to be the model they were embedded with; None (with a note when it is recorded but
+    gone) when they are not learned ones or it is not at hand."""
+    recorded = {s.checkpoint for s in others}
+    if not others or any(s.kind != "learned" for s in others) or len(recorded) != 1:
+        return None
+    path = recorded.pop()
+    if path is None:
+        return None
+    if not path.is_file():
+        notes.append(f"the compared profiles' model {path} is not at hand: no reconstructions "
+                     "of both models side by side")
+        return None
+    check_profiles_model(others[0], _checkpoint(path, crops))
+    return path
 
 
 def write_report(match_dir: str | Path, inputs: ReportInputs, *,
@@ -159,8 +182,14 @@ def write_report(match_dir: str | Path, inputs: ReportInputs, *,
         from cellprof.report.curves import training_curves
 
         curves = training_curves(losses(inputs.run))
+    pair = None
+    if other is not None and inputs.model is not None and inputs.compare_model is not None:
+        from cellprof.report.models import model_pair
+
+        pair = model_pair((inputs.model, inputs.compare_model), (main.label, other.label),
+                          inputs.crops, run.config, config)
     data = sec.PageData(main, other, inputs.crops, inputs.checkpoint, inputs.run, curves,
-                        pictures, config, list(inputs.notes), anchors)
+                        pictures, config, list(inputs.notes), anchors, pair)
     found = [s for s in (sec.profiled(data), sec.headline(data), sec.per_moa(data),
                          sec.confusion(data), sec.profile_map_section(data),
                          sec.neighbours(data), sec.training(data), sec.comparison(data),

@@ -24,6 +24,7 @@ from cellprof.profile.retrieval import TREATMENT
 from cellprof.report import html as h
 from cellprof.report.cells import CellPictures
 from cellprof.report.config import ReportConfig
+from cellprof.report.models import ModelPair
 from cellprof.report.results import (
     MatchRun,
     Neighbour,
@@ -87,6 +88,8 @@ class PageData:
     notes: list[str] = field(default_factory=list)
     anchors: dict[str, str] = field(default_factory=dict)
     """Treatment -> the id of its section."""
+    pair: ModelPair | None = None
+    """Both models' reconstructions of the same held-out cells, when both are at hand."""
 
 
 def pct(x: float | None) -> str:
@@ -394,4 +397,35 @@ def comparison(data: PageData) -> Section | None:
     body += (f'<div class="side"><figure>{_map_svg(a, data, colour_of)}<figcaption>'
              f"{h.esc(a.label)}</figcaption></figure><figure>{_map_svg(b, data, colour_of)}"
              f"<figcaption>{h.esc(b.label)}</figcaption></figure></div>")
+    if data.pair is not None:
+        body += _pair(data.pair)
     return Section("compare", f"{a.label.capitalize()} against {b.label}", body)
+
+
+def _pair(p: ModelPair) -> str:
+    """The same held-out cells, then each model's reconstructions, and each one's error."""
+    zoom = 2.0  # as the treatments' pictures
+
+    def row(label: str, png: bytes, width: int) -> str:
+        return (f"<tr><th scope=row>{h.esc(label)}</th>"
+                f"<td>{h.png_img(png, label, width=width, zoom=zoom)}</td></tr>")
+
+    def name(v) -> str:
+        return v.label + (f" (step {v.step})" if v.step is not None else "")
+
+    rows = row(f"held-out cells ({p.cells.n})", p.cells.png, p.cells.width) + "".join(
+        row(f"{name(v)}: reconstructions", v.reconstructions.png, v.reconstructions.width)
+        for v in p.views)
+    a, b = p.views
+    times = f", {b.mse / a.mse:.1f} times as large" if b.mse > a.mse > 0 else ""
+    return ("<h3>The same held-out cells through both models</h3>"
+            f'<table class="pictures"><tbody>{rows}</tbody></table>'
+            "<p>Cells of the fields the first model's run held out of training (seed "
+            f"{p.seed}), so neither model trained on them. Reconstruction error (mean squared "
+            "error per pixel, crops scaled as each model sees them, over "
+            f"{p.measured} of the {p.held_out} held-out cells): {h.esc(name(a))} "
+            f"<b>{a.mse:.4f}</b>, {h.esc(name(b))} <b>{b.mse:.4f}</b>{times}. Two models can "
+            "match mechanisms equally well and still see cells very differently: where "
+            "mechanisms differ in their average cell image, random convolutional features "
+            "match them as well as trained ones, and what training bought shows here. "
+            f"Pictures on one scale per channel ({h.esc(p.scale)}).</p>")

@@ -1,0 +1,111 @@
+"""Two models on the same held-out cells: what each one draws, and how far from the cells.
+
+A page comparing the profiles of two models (the demo's trained model against its own
+untrained weights, a full model against a plain VAE) would otherwise judge them by profile
+scores alone, and those can hide what training bought: on a screen whose mechanisms differ
+in their average cell image, random convolutional features match them as well as trained
+ones (docs/benchmarks.md, "The demo across training seeds"). What a trained model has and
+an untrained one lacks shows in its reconstructions of cells it never trained on. So both
+models encode and decode the same cells of the fields the first model's run held out of
+training (its seed and ``val_fraction`` fix which: :func:`cellprof.learn.data.split_by_field`),
+and each one's reconstruction error is measured on them, as ``cellprof train`` measures its
+held-out error (``val_mse``, z = mu, float32, the model's own crop scaling).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cellprof.errors import InputError
+from cellprof.learn.data import DataConfig, split_by_field
+from cellprof.report.cells import Strip, show_config, strip
+from cellprof.report.config import ReportConfig
+from cellprof.report.plots import composite, intensity_scale
+from cellprof.report.sources import StoreSummary
+
+ERROR_CELLS = 2000
+"""Held-out cells measured at most (drawn at random, seeded), so a page of a screen of a
+million cells does not decode a hundred thousand twice; the demo's 437 are all measured."""
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """One model's side: its name on the page, its training step and what it drew."""
+
+    label: str
+    step: int | None
+    reconstructions: Strip
+    mse: float
+    """Mean squared error per pixel over the measured cells, crops scaled as it sees them."""
+
+
+@dataclass(frozen=True)
+class ModelPair:
+    """The same held-out cells through two models (:func:`model_pair`)."""
+
+    cells: Strip
+    """The shown cells as the first model sees them."""
+    views: tuple[ModelView, ModelView]
+    measured: int
+    """Cells the errors are over."""
+    held_out: int
+    """Cells in the fields the first model's run held out."""
+    seed: int
+    """The first model's training seed (which fields were held out)."""
+    scale: str
+    """What the shared intensity scale of the pictures is (its source and ranges)."""
+
+
+def _side(checkpoint: Path, crops: StoreSummary, rows: np.ndarray, shown: np.ndarray,
+          config: ReportConfig, match: dict) -> tuple[np.ndarray, np.ndarray, float, dict]:
+    """Model input and reconstructions of the ``shown`` rows, and the MSE per pixel over
+    ``rows`` (both sorted store rows; ``shown`` a subset of ``rows``)."""
+    import torch
+
+    from cellprof.report import show as sh
+
+    s = sh._open(checkpoint, crops.path, show_config(match, config))
+    sq, numel = 0.0, 0
+    keep = np.isin(rows, shown)
+    x_shown, rec_shown = [], []
+    with torch.no_grad():
+        for pos, x in sh._scaled(s, rows):
+            rec = sh._decode(s, sh._encode(s, x))
+            sq += float(((rec - x) ** 2).sum(dtype=np.float64))
+            numel += x.size
+            x_shown.append(x[keep[pos]])
+            rec_shown.append(rec[keep[pos]])
+    return (np.concatenate(x_shown), np.concatenate(rec_shown), sq / max(numel, 1), s.ckpt)
+
+
+def model_pair(models: tuple[Path, Path], labels: tuple[str, str], crops: StoreSummary,
+               match: dict, config: ReportConfig) -> ModelPair | None:
+    """The held-out cells of ``models[0]``'s run through both models; None when that run
+    held no fields out (``val_fraction`` 0, or a store of one field): there are then no
+    cells that neither model trained on, and cells it trained on would flatter it."""
+    from cellprof.formats.checkpoint import load_checkpoint
+
+    first = load_checkpoint(models[0])
+    seed = int((first.get("train_config") or {}).get("seed", 0))
+    data = DataConfig.from_dict(first.get("data_config") or {})
+    try:
+        _, held = split_by_field(crops.cells, data.val_fraction, seed)
+    except InputError:  # too few fields to hold any out
+        return None
+    if len(held) == 0:
+        return None
+    rng = np.random.default_rng([config.seed, 23])
+    rows = np.sort(rng.choice(held, min(len(held), ERROR_CELLS), replace=False))
+    shown = np.sort(rng.choice(rows, min(len(rows), config.cells_per_treatment),
+                               replace=False))
+    x, rec0, mse0, ck0 = _side(models[0], crops, rows, shown, config, match)
+    _, rec1, mse1, ck1 = _side(models[1], crops, rows, shown, config, match)
+    scale = intensity_scale(x, what="held-out cells shown (as the first model sees them)")
+    draw = lambda a: strip(composite(a, crops.channels, scale=scale))  # noqa: E731
+    views = (ModelView(labels[0], ck0.get("step"), draw(rec0), mse0),
+             ModelView(labels[1], ck1.get("step"), draw(rec1), mse1))
+    ranges = ", ".join(scale.describe(crops.channels))
+    return ModelPair(draw(x), views, len(rows), len(held), seed, f"{scale.source}: {ranges}")
