@@ -60,6 +60,16 @@ def test_synth_crop_train_embed_match_show_beats_chance(tmp_path: Path) -> None:
         [res.training.val["val_mse"], res.baseline_error["val_mse"]], abs=1e-4)
 
 
+def test_demo_without_baseline_has_no_untrained_model(tmp_path: Path) -> None:
+    """`cellprof demo --no-baseline`: no untrained model embedded, matched or on the page."""
+    torch.set_num_threads(2)
+    res = run_demo(tmp_path / "demo", config=replace(SMALL, steps=8, baseline=False))
+    assert res.baseline is None and res.baseline_error is None
+    assert not (res.outdir / "baseline").exists()
+    assert not (res.report.out_dir / "compare").exists()
+    assert "untrained" not in res.page.read_text()
+
+
 def test_demo_crops_at_the_size_crop_size_auto_picks_for_its_screen(tmp_path: Path) -> None:
     """The demo's 44 px are two nucleus diameters of its screen: what `crop --size auto`
     measures, as 68 px are for BBBC021's nuclei."""

@@ -232,6 +232,9 @@ def demo(
         help="Parallel worker processes for cropping.")] = _DC["workers"],
     seed: Annotated[int, typer.Option(help="Seed of the synthetic screen.")
     ] = _DC["synth"].seed,
+    baseline: Annotated[bool, typer.Option(
+        "--baseline/--no-baseline",
+        help="Match the untrained model too.")] = _DC["baseline"],
 ) -> None:
     """Run the whole pipeline on a small built-in synthetic screen.
 
@@ -244,7 +247,7 @@ def demo(
     from cellprof.example.demo import DemoInterrupted, run_demo
 
     cfg = DemoConfig(synth=replace(_DC["synth"], seed=seed), steps=steps, device=device,
-                     workers=workers)
+                     workers=workers, baseline=baseline)
     t0 = time.perf_counter()
     try:
         with _progress() as bar:
