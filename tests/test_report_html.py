@@ -5,6 +5,7 @@ written. What a browser makes of it is tests/test_report_browser.py's."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import itertools
 import json
@@ -219,6 +220,28 @@ def test_two_models_reconstruct_the_same_held_out_cells(screen: Screen, tmp_path
         pytest.approx(want, abs=1e-4)
     # the untrained model's reconstructions are not the trained one's
     assert not np.array_equal(np.asarray(rows[1]), np.asarray(rows[2]))
+
+
+def test_two_trained_models_are_named_by_what_differs(screen: Screen, tmp_path: Path) -> None:
+    """A full model against a plain VAE: not "learned against learned" but each model by its
+    name, in the title, the tables, the maps and the reconstructions."""
+    from cellprof.learn.model import ModelConfig
+    from cellprof.learn.train import TrainConfig, train
+
+    cfg = ModelConfig.from_dict(load_checkpoint(screen.model)["model_config"])
+    vae = train(screen.crops, tmp_path / "vae",
+                model_config=dataclasses.replace(cfg, variant="vae"),
+                config=TrainConfig(steps=2, batch_size=8, val_every=1000, image_every=1000))
+    profiles = embed(vae.checkpoint, screen.crops, tmp_path / "vae.h5",
+                     config=EmbedConfig(precision="fp32", tta="none")).out
+    res = match_report(screen.learned, tmp_path / "res", FAST, crops=screen.crops,
+                       model=screen.model, compare=[profiles], config=SMALL)
+    text = res.path.read_text(encoding="utf-8")
+    assert "<h2>Full model against plain VAE</h2>" in text
+    part = text.split('<section id="compare">')[1].split("</section>")[0]
+    assert "mAP full model" in part and "mAP plain VAE" in part
+    assert re.findall(r'<img[^>]* alt="([^"]+)"', part)[1:] == [
+        "full model (step 3): reconstructions", "plain VAE (step 2): reconstructions"]
 
 
 def test_compared_model_gone_leaves_the_scores_and_says_so(screen: Screen,

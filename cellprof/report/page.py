@@ -172,6 +172,8 @@ def write_report(match_dir: str | Path, inputs: ReportInputs, *,
     main = sec.analysis(run, inputs.sources, config.neighbours)
     other = sec.analysis(read_match(compare_dir), inputs.compare, config.neighbours) \
         if compare_dir is not None else None
+    if other is not None:
+        main, other = sec.distinct(main, other)
     labels = [str(t) for t in run.treatments["treatment"]]
     pictures = _pictures(inputs, labels, run.config, config)
     taken: set[str] = set()

@@ -10,7 +10,7 @@ read each one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from cellprof.profile.retrieval import TREATMENT
 from cellprof.report import html as h
 from cellprof.report.cells import CellPictures
 from cellprof.report.config import ReportConfig
-from cellprof.report.models import ModelPair
+from cellprof.report.models import ModelPair, ModelView
 from cellprof.report.results import (
     MatchRun,
     Neighbour,
@@ -53,6 +53,9 @@ class Analysis:
     run: MatchRun
     sources: list[ProfileSource]
     neighbours: dict[str, list[Neighbour]]
+    name: str | None = None
+    """What the page calls these profiles when their kind would not tell them apart from
+    the compared ones (:func:`distinct`)."""
 
     @property
     def kind(self) -> str:
@@ -63,13 +66,45 @@ class Analysis:
         """The kind as the page names it: learned profiles of a model's initial weights
         (checkpoint step 0, as the demo's baseline) are the "untrained model"'s, so a page
         comparing them with a trained model's does not read "learned against learned"."""
+        if self.name is not None:
+            return self.name
         if self.kind == "learned" and all(s.get("checkpoint_step") == 0 for s in self.sources):
             return "untrained model"
         return self.kind
 
 
+VARIANT_NAMES = {"vae": "plain VAE", "vae-gan": "VAE-GAN", "vae-gan-progressive": "full model"}
+"""How the page names a model by its ``variant`` (docs/method.md's names)."""
+
+
 def analysis(run: MatchRun, sources: list[ProfileSource], k: int) -> Analysis:
     return Analysis(run, sources, nearest(run.profiles, run.config.get("metric", "cosine"), k))
+
+
+def distinct(a: Analysis, b: Analysis) -> tuple[Analysis, Analysis]:
+    """``a`` and ``b`` named so a reader tells them apart: when both are, say, "learned" (a
+    full model against a plain VAE, or two checkpoints of one run), each is named by what
+    differs, its model's variant, else its checkpoint's step, else its file."""
+    if a.label != b.label:
+        return a, b
+
+    def first(x: Analysis, key: str) -> Any:
+        return x.sources[0].get(key) if x.sources else None
+
+    variant = [(first(x, "model_config") or {}).get("variant") for x in (a, b)]
+    step = [first(x, "checkpoint_step") for x in (a, b)]
+    path = [x.sources[0].path if x.sources else Path("?") for x in (a, b)]
+    if a.kind == b.kind == "learned" and variant[0] != variant[1]:
+        names = [VARIANT_NAMES.get(str(v), str(v)) for v in variant]
+    elif a.kind == b.kind == "learned" and step[0] != step[1]:
+        names = [f"{a.label}, step {s}" for s in step]
+    elif path[0].name != path[1].name:
+        names = [p.name for p in path]
+    elif f"{path[0].parent.name}/{path[0].name}" != f"{path[1].parent.name}/{path[1].name}":
+        names = [f"{p.parent.name}/{p.name}" for p in path]
+    else:
+        names = [str(p) for p in path]
+    return replace(a, name=names[0]), replace(b, name=names[1])
 
 
 @dataclass(frozen=True)
@@ -410,8 +445,9 @@ def _pair(p: ModelPair) -> str:
         return (f"<tr><th scope=row>{h.esc(label)}</th>"
                 f"<td>{h.png_img(png, label, width=width, zoom=zoom)}</td></tr>")
 
-    def name(v) -> str:
-        return v.label + (f" (step {v.step})" if v.step is not None else "")
+    def name(v: ModelView) -> str:
+        said = v.step is None or f"step {v.step}" in v.label
+        return v.label + ("" if said else f" (step {v.step})")
 
     rows = row(f"held-out cells ({p.cells.n})", p.cells.png, p.cells.width) + "".join(
         row(f"{name(v)}: reconstructions", v.reconstructions.png, v.reconstructions.width)
