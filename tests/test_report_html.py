@@ -244,6 +244,25 @@ def test_two_trained_models_are_named_by_what_differs(screen: Screen, tmp_path: 
         "full model (step 3): reconstructions", "plain VAE (step 2): reconstructions"]
 
 
+def test_cells_called_held_out_only_when_the_run_held_them_out(screen: Screen) -> None:
+    """The page says "held-out" only of the fields the model's own run held out of this very
+    store; a model trained on another store, or on every field, gets random cells and a
+    caveat saying why they need not be unseen."""
+    from cellprof.report.models import unseen
+    from cellprof.report.sources import store_summary
+
+    crops = store_summary(screen.crops)
+    ckpt = load_checkpoint(screen.model)
+    pool, caveat = unseen(ckpt, crops)
+    assert caveat is None and len(pool) == ckpt["data"]["n_val"] < len(crops.cells)
+    other = {**ckpt, "data": {**ckpt["data"], "store": "/elsewhere/crops.h5", "n_cells": 9}}
+    pool, caveat = unseen(other, crops)
+    assert len(pool) == len(crops.cells) and "/elsewhere/crops.h5 (9 cells)" in caveat
+    every = {**ckpt, "data_config": {**ckpt["data_config"], "val_fraction": 0.0}}
+    pool, caveat = unseen(every, crops)
+    assert len(pool) == len(crops.cells) and "held no fields" in caveat
+
+
 def test_compared_model_gone_leaves_the_scores_and_says_so(screen: Screen,
                                                            tmp_path: Path) -> None:
     untrained, profiles = _untrained(screen, tmp_path)

@@ -51,10 +51,13 @@ class ModelPair:
     views: tuple[ModelView, ModelView]
     measured: int
     """Cells the errors are over."""
-    held_out: int
-    """Cells in the fields the first model's run held out."""
+    pool: int
+    """Cells they were drawn from: the held-out ones, or the whole store (see ``caveat``)."""
     seed: int
     """The first model's training seed (which fields were held out)."""
+    caveat: str | None
+    """Why the cells need not be unseen by the first model (it trained on another store, or
+    held no fields out); None when they are the held-out fields of its run."""
     scale: str
     """What the shared intensity scale of the pictures is (its source and ranges)."""
 
@@ -81,31 +84,52 @@ def _side(checkpoint: Path, crops: StoreSummary, rows: np.ndarray, shown: np.nda
     return (np.concatenate(x_shown), np.concatenate(rec_shown), sq / max(numel, 1), s.ckpt)
 
 
-def model_pair(models: tuple[Path, Path], labels: tuple[str, str], crops: StoreSummary,
-               match: dict, config: ReportConfig) -> ModelPair | None:
-    """The held-out cells of ``models[0]``'s run through both models; None when that run
-    held no fields out (``val_fraction`` 0, or a store of one field): there are then no
-    cells that neither model trained on, and cells it trained on would flatter it."""
-    from cellprof.formats.checkpoint import load_checkpoint
-
-    first = load_checkpoint(models[0])
+def unseen(first: dict, crops: StoreSummary) -> tuple[np.ndarray, str | None]:
+    """Store rows the first model's run held out of training, and None; or, when that cannot
+    be said, every row and why: a run of another store (its checkpoint records the store's
+    cell count and held-out count), or one that held no fields out."""
+    recorded = first.get("data") or {}
+    everything = np.arange(len(crops.cells))
+    if first.get("step") == 0:
+        return everything, ("the first model is untrained: which cells the second trained "
+                            "on is not known here")
+    if recorded.get("n_cells") != len(crops.cells):
+        store = recorded.get("store", "another store")
+        return everything, (f"the first model was trained on {store} "
+                            f"({recorded.get('n_cells', '?')} cells), not on these "
+                            f"{len(crops.cells)}: some of them may be cells it trained on")
     seed = int((first.get("train_config") or {}).get("seed", 0))
     data = DataConfig.from_dict(first.get("data_config") or {})
     try:
         _, held = split_by_field(crops.cells, data.val_fraction, seed)
     except InputError:  # too few fields to hold any out
-        return None
-    if len(held) == 0:
-        return None
+        held = everything[:0]
+    if len(held) == 0 or len(held) != recorded.get("n_val", len(held)):
+        return everything, ("the first model's run held no fields of this store out of "
+                            "training: these are cells it trained on")
+    return held, None
+
+
+def model_pair(models: tuple[Path, Path], labels: tuple[str, str], crops: StoreSummary,
+               match: dict, config: ReportConfig) -> ModelPair:
+    """The same cells through both models: the fields ``models[0]``'s run held out of
+    training, so that neither model trained on them, or (said in ``caveat``) random cells of
+    the store when that run trained on another store or held nothing out."""
+    from cellprof.formats.checkpoint import load_checkpoint
+
+    first = load_checkpoint(models[0])
+    pool, caveat = unseen(first, crops)
     rng = np.random.default_rng([config.seed, 23])
-    rows = np.sort(rng.choice(held, min(len(held), ERROR_CELLS), replace=False))
+    rows = np.sort(rng.choice(pool, min(len(pool), ERROR_CELLS), replace=False))
     shown = np.sort(rng.choice(rows, min(len(rows), config.cells_per_treatment),
                                replace=False))
     x, rec0, mse0, ck0 = _side(models[0], crops, rows, shown, config, match)
     _, rec1, mse1, ck1 = _side(models[1], crops, rows, shown, config, match)
-    scale = intensity_scale(x, what="held-out cells shown (as the first model sees them)")
+    scale = intensity_scale(x, what="cells shown (as the first model sees them)")
     draw = lambda a: strip(composite(a, crops.channels, scale=scale))  # noqa: E731
     views = (ModelView(labels[0], ck0.get("step"), draw(rec0), mse0),
              ModelView(labels[1], ck1.get("step"), draw(rec1), mse1))
     ranges = ", ".join(scale.describe(crops.channels))
-    return ModelPair(draw(x), views, len(rows), len(held), seed, f"{scale.source}: {ranges}")
+    seed = int((first.get("train_config") or {}).get("seed", 0))
+    return ModelPair(draw(x), views, len(rows), len(pool), seed, caveat,
+                     f"{scale.source}: {ranges}")

@@ -449,19 +449,23 @@ def _pair(p: ModelPair) -> str:
         said = v.step is None or f"step {v.step}" in v.label
         return v.label + ("" if said else f" (step {v.step})")
 
-    rows = row(f"held-out cells ({p.cells.n})", p.cells.png, p.cells.width) + "".join(
+    what = "held-out cells" if p.caveat is None else "cells"
+    rows = row(f"{what} ({p.cells.n})", p.cells.png, p.cells.width) + "".join(
         row(f"{name(v)}: reconstructions", v.reconstructions.png, v.reconstructions.width)
         for v in p.views)
     a, b = p.views
     times = f", {b.mse / a.mse:.1f} times as large" if b.mse > a.mse > 0 else ""
-    return ("<h3>The same held-out cells through both models</h3>"
+    why = (": where mechanisms differ in their average cell image, random convolutional "
+           "features match them as well as trained ones, and what training bought shows here"
+           if 0 in (a.step, b.step) else "; what each keeps of a cell shows here")
+    where = ("Cells of the fields the first model's run held out of training (seed "
+             f"{p.seed}), so neither model trained on them" if p.caveat is None else
+             f"Random cells of the crop store; {h.esc(p.caveat)}")
+    return (f"<h3>The same {what} through both models</h3>"
             f'<table class="pictures"><tbody>{rows}</tbody></table>'
-            "<p>Cells of the fields the first model's run held out of training (seed "
-            f"{p.seed}), so neither model trained on them. Reconstruction error (mean squared "
-            "error per pixel, crops scaled as each model sees them, over "
-            f"{p.measured} of the {p.held_out} held-out cells): {h.esc(name(a))} "
-            f"<b>{a.mse:.4f}</b>, {h.esc(name(b))} <b>{b.mse:.4f}</b>{times}. Two models can "
-            "match mechanisms equally well and still see cells very differently: where "
-            "mechanisms differ in their average cell image, random convolutional features "
-            "match them as well as trained ones, and what training bought shows here. "
+            f"<p>{where}. Reconstruction error (mean squared error per pixel, crops scaled as "
+            f"each model sees them, over {p.measured} of these {p.pool} cells): "
+            f"{h.esc(name(a))} <b>{a.mse:.4f}</b>, {h.esc(name(b))} <b>{b.mse:.4f}</b>{times}. "
+            "Two models can match mechanisms equally well and still see cells very "
+            f"differently{why}. "
             f"Pictures on one scale per channel ({h.esc(p.scale)}).</p>")
