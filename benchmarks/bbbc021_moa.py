@@ -154,17 +154,22 @@ PROTOCOLS = {"dmso-mean": (zscore_on_dmso, "mean"), "dmso-median": (zscore_on_dm
 
 
 def moa_metrics(cells: pd.DataFrame, feats: np.ndarray | list[np.ndarray],
-                protocol: str = "dmso-mean") -> dict[str, float]:
+                protocol: str = "dmso-mean", spread: bool = False) -> dict[str, float]:
     """NSC, NSCB (per treatment and per compound) and mAP of cell features (see module),
     and each over the queries of either compound half (:func:`compound_halves`).
 
     ``feats`` a list: blocks of features of the same cells (e.g. learned and hand-crafted),
     each scaled by the protocol on its own and concatenated, then weighed as ``cellprof
     match`` weighs a combined profile's blocks (:mod:`cellprof.profile.blocks`: equal total
-    variance across the treatment profiles)."""
+    variance across the treatment profiles). ``spread``: each block also gives a block of
+    its scaled features' absolute values, scaled again, whose treatment means measure how
+    far its cells stray from the centre: a treatment's cell-to-cell spread beside its mean
+    (a mixed or more variable population, which a mean of cells hides)."""
     scale, aggregate = PROTOCOLS[protocol]
-    parts = feats if isinstance(feats, list) else [feats]
-    z = np.concatenate([scale(cells, f) for f in parts], axis=1)
+    parts = [scale(cells, f) for f in (feats if isinstance(feats, list) else [feats])]
+    if spread:
+        parts += [scale(cells, np.abs(z)) for z in parts]
+    z = np.concatenate(parts, axis=1)
     names = [f"F_{i:04d}" for i in range(z.shape[1])]
     edges = np.cumsum([0] + [f.shape[1] for f in parts])
     blocks = {f"block{b}": names[edges[b]:edges[b + 1]] for b in range(len(parts))} \
@@ -394,11 +399,18 @@ def run_label(folder: Path) -> tuple[str, int]:
     return (f"{name}, balanced" if balance else name), int(seed)
 
 
-def variants(work: Path, runs: list[Path], ttas: tuple[str, ...], docs: Path | None) -> None:
+SPREAD = ", with spread"
+"""Profiles whose cell-to-cell spread stands beside their mean (``moa_metrics(spread=True)``)."""
+
+
+def variants(work: Path, runs: list[Path], ttas: tuple[str, ...], docs: Path | None,
+             spread: bool = False) -> None:
     """Every profile of issue 19 from trained runs (no training): each run's posterior
     means with and without test-time symmetry, alone and combined with hand-crafted
     features, under every normalisation protocol; the protocol and the symmetry are chosen
-    on compound half a, the table reports halves a, b and all."""
+    on compound half a, the table reports halves a, b and all. ``spread``: also each
+    profile with its cells' spread beside its mean (the last symmetry of ``ttas`` only,
+    and hand-crafted features and mean pixels alike)."""
     moa_store, _, _ = stores(work)
     cells, raw = read_cells(moa_store), read_crops(moa_store)
     x = scale_crops(raw, "max")
@@ -412,6 +424,11 @@ def variants(work: Path, runs: list[Path], ttas: tuple[str, ...], docs: Path | N
                      **moa_metrics(cells, pixels, p)})
         rows.append({"profile": PIXELS + " + hand-crafted", "protocol": p, "seed": None,
                      **moa_metrics(cells, [pixels, hand], p)})
+        if spread:
+            rows.append({"profile": "hand-crafted" + SPREAD, "protocol": p, "seed": None,
+                         **moa_metrics(cells, hand, p, spread=True)})
+            rows.append({"profile": PIXELS + SPREAD, "protocol": p, "seed": None,
+                         **moa_metrics(cells, pixels, p, spread=True)})
     for folder in runs:
         name, seed = run_label(folder)
         for tta in ttas:
@@ -422,6 +439,12 @@ def variants(work: Path, runs: list[Path], ttas: tuple[str, ...], docs: Path | N
                              **moa_metrics(cells, feats, p)})
                 rows.append({"profile": name + suffix + " + hand-crafted", "protocol": p,
                              "seed": seed, **moa_metrics(cells, [feats, hand], p)})
+                if spread and tta == ttas[-1]:
+                    rows.append({"profile": name + suffix + SPREAD, "protocol": p,
+                                 "seed": seed, **moa_metrics(cells, feats, p, spread=True)})
+                    rows.append({"profile": name + suffix + SPREAD + " + hand-crafted",
+                                 "protocol": p, "seed": seed,
+                                 **moa_metrics(cells, [feats, hand], p, spread=True)})
         print(f"{folder.name}: done", flush=True)
     out = work / "results_variants.json"
     out.write_text(json.dumps({"date": str(date.today()), "machine": cpu_model(),
@@ -574,10 +597,13 @@ def main() -> None:
                          "under every protocol (issue 19's table)")
     ap.add_argument("--tta", default="none,flips,dihedral",
                     help="with --variants: the symmetries to compare")
+    ap.add_argument("--spread", action="store_true",
+                    help="with --variants: also each profile with its cells' spread beside "
+                         "its mean (the last --tta only)")
     args = ap.parse_args()
     if args.variants:
         variants(args.work, [Path(r) for r in args.variants], tuple(args.tta.split(",")),
-                 args.docs)
+                 args.docs, spread=args.spread)
         return
     if args.protocols:
         compare_protocols(args.work, [Path(p) for p in args.protocols])
