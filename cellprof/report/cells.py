@@ -152,13 +152,13 @@ def decoded_cells(checkpoint: str | Path, crops: StoreSummary, treatments: list[
     from cellprof.report import show as sh
 
     cfg = show_config(match, config)
-    s = sh._open(checkpoint, crops.path, cfg)
+    s = sh.open_model(checkpoint, crops.path, cfg)
     colours = _colours(s.channels)
     if s.control is None:
         return CellPictures({}, None, s.channels, colours, None, True, notes=(s.unlabelled,))
     wanted, notes = _wanted(Groups(s.rows, s.moa, s.control), treatments)
-    where, x, rec = sh._reconstruct(s, cfg)
-    means = sh._means(s, profiles, cfg)
+    where, x, rec = sh.reconstruct_cells(s, cfg)
+    means = sh.latent_means(s, profiles, cfg)
     scale = intensity_scale(x, what="input cells shown (as the model sees them)")
     steps = np.linspace(0.0, 1.0, config.steps)
     control = s.control
@@ -166,7 +166,8 @@ def decoded_cells(checkpoint: str | Path, crops: StoreSummary, treatments: list[
                                                              config.steps) for t in wanted[1:]]
     with torch.no_grad():
         z = np.concatenate(paths)
-        decoded = np.concatenate([sh._decode(s, z[i:i + 256]) for i in range(0, len(z), 256)])
+        decoded = np.concatenate([sh.decode_latents(s, z[i:i + 256])
+                                  for i in range(0, len(z), 256)])
     frames = np.split(decoded, np.cumsum([len(p) for p in paths])[:-1])
     pictures = {}
     for t, path in zip(wanted, frames):

@@ -70,13 +70,13 @@ def _side(checkpoint: Path, crops: StoreSummary, rows: np.ndarray, shown: np.nda
 
     from cellprof.report import show as sh
 
-    s = sh._open(checkpoint, crops.path, show_config(match, config))
+    s = sh.open_model(checkpoint, crops.path, show_config(match, config))
     sq, numel = 0.0, 0
     keep = np.isin(rows, shown)
     x_shown, rec_shown = [], []
     with torch.no_grad():
-        for pos, x in sh._scaled(s, rows):
-            rec = sh._decode(s, sh._encode(s, x))
+        for pos, x in sh.scaled_rows(s, rows):
+            rec = sh.decode_latents(s, sh.encode_input(s, x))
             sq += float(((rec - x) ** 2).sum(dtype=np.float64))
             numel += x.size
             x_shown.append(x[keep[pos]])

@@ -62,7 +62,9 @@ from cellprof.report.treatments import (
     split_treatment,
 )
 
-__all__ = ["ShowResult", "choose_treatment", "interpolate_latents", "show", "treatment_means"]
+__all__ = ["ModelOnStore", "ShowResult", "choose_treatment", "decode_latents", "encode_input",
+           "interpolate_latents", "latent_means", "open_model", "reconstruct_cells",
+           "scaled_rows", "show", "treatment_means"]
 
 PAGE_TREATMENTS = 8  # treatments per reconstructions page: 16 rows of crops stay legible
 BATCH_CHUNKS = 8  # store chunks (of 64 cells) read and encoded together
@@ -94,8 +96,11 @@ class ShowResult:
 
 
 @dataclass(frozen=True)
-class _Screen:
-    """A crop store opened against a checkpoint: what every figure needs."""
+class ModelOnStore:
+    """A crop store opened against a checkpoint (:func:`open_model`): what every figure
+    needs, and what the report page's pictures (:mod:`cellprof.report.cells`,
+    :mod:`cellprof.report.models`) draw with, so the cells are scaled, encoded and decoded
+    one way everywhere."""
 
     crops: Path
     model: VAEPlus
@@ -134,7 +139,9 @@ def interpolate_latents(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
     return ((1.0 - t) * a + t * b).astype(np.float32)
 
 
-def _open(checkpoint: str | Path, crops: str | Path, config: ShowConfig) -> _Screen:
+def open_model(checkpoint: str | Path, crops: str | Path, config: ShowConfig) -> ModelOnStore:
+    """The model (weights only) on ``config.device``, after refusing one trained on other
+    channels or crop size than the store's, with the store's cells grouped by treatment."""
     device = setup(config.device).device
     model, ckpt = load_encoder(checkpoint, device)
     info = store.read_info(crops)
@@ -144,11 +151,11 @@ def _open(checkpoint: str | Path, crops: str | Path, config: ShowConfig) -> _Scr
     groups = group_cells(cells, crops, config)
     method = DataConfig.from_dict(ckpt["data_config"]).crop_scaling
     pct = plate_percentiles(crops, info.channels) if method == "percentile" else None
-    return _Screen(Path(crops), model, ckpt, device, info.channels, cells, groups.rows,
+    return ModelOnStore(Path(crops), model, ckpt, device, info.channels, cells, groups.rows,
                    groups.moa, method, pct, groups.control, groups.unlabelled)
 
 
-def _pick(s: _Screen, treatment: str, n: int, seed: int, purpose: int) -> np.ndarray:
+def _pick(s: ModelOnStore, treatment: str, n: int, seed: int, purpose: int) -> np.ndarray:
     """Sorted store rows of at most ``n`` random cells of ``treatment`` (order-independent)."""
     rows = s.rows[treatment]
     if len(rows) > n:
@@ -157,7 +164,7 @@ def _pick(s: _Screen, treatment: str, n: int, seed: int, purpose: int) -> np.nda
     return rows
 
 
-def _scaled(s: _Screen, idx: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def scaled_rows(s: ModelOnStore, idx: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Model input of store rows ``idx`` (sorted, unique) in batches: (positions in idx, x).
 
     Whole chunks are read: one cell of a gzip chunk costs as much as its 64 neighbours.
@@ -175,16 +182,18 @@ def _scaled(s: _Screen, idx: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarra
             yield pos, scale_crops(raw, s.method, plates[idx[pos]], s.pct)
 
 
-def _encode(s: _Screen, x: np.ndarray) -> torch.Tensor:
+def encode_input(s: ModelOnStore, x: np.ndarray) -> torch.Tensor:
+    """Posterior means of model input ``x`` (from :func:`scaled_rows`), on the model's device."""
     return s.model.encode(torch.from_numpy(x).to(s.device))[0]
 
 
-def _decode(s: _Screen, z: np.ndarray | torch.Tensor) -> np.ndarray:
+def decode_latents(s: ModelOnStore, z: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Images ``(N, C, H, W)`` of latents ``z``, in float32 whatever the training precision."""
     z = torch.as_tensor(z, dtype=torch.float32, device=s.device)
     return s.model.decode(z).cpu().numpy()
 
 
-def _profile_features(s: _Screen, profiles: str | Path) -> np.ndarray:
+def _profile_features(s: ModelOnStore, profiles: str | Path) -> np.ndarray:
     """Features of a profiles file, after checking it holds this store's cells and model."""
     attrs = profile_attrs(profiles)
     if attrs.get("profile_kind") == "hand-crafted":
@@ -209,7 +218,10 @@ def _profile_features(s: _Screen, profiles: str | Path) -> np.ndarray:
 
 
 @torch.no_grad()
-def _means(s: _Screen, profiles: str | Path | None, config: ShowConfig) -> dict[str, np.ndarray]:
+def latent_means(s: ModelOnStore, profiles: str | Path | None, config: ShowConfig
+                 ) -> dict[str, np.ndarray]:
+    """Each group's mean latent: over every cell from ``profiles`` (checked to be this store's
+    cells and this model's latents), else over at most ``config.mean_cells`` encoded ones."""
     if profiles is not None:
         picked, feats = s.rows, _profile_features(s, profiles)
         idx = np.arange(len(feats))
@@ -217,8 +229,8 @@ def _means(s: _Screen, profiles: str | Path | None, config: ShowConfig) -> dict[
         picked = {t: _pick(s, t, config.mean_cells, config.seed, 1) for t in s.order}
         idx = np.unique(np.concatenate(list(picked.values())))
         feats = np.empty((len(idx), s.model.config.latent_dim), np.float32)
-        for pos, x in _scaled(s, idx):
-            feats[pos] = _encode(s, x).cpu().numpy()
+        for pos, x in scaled_rows(s, idx):
+            feats[pos] = encode_input(s, x).cpu().numpy()
     return {t: feats[np.searchsorted(idx, rows)].astype(np.float64).mean(0).astype(np.float32)
             for t, rows in picked.items()}
 
@@ -232,13 +244,13 @@ def treatment_means(checkpoint: str | Path, crops: str | Path, *,
     means are over every cell; without, over at most ``config.mean_cells`` cells each.
     :class:`InputError` when the cells name no compound.
     """
-    s = _open(checkpoint, crops, config)
+    s = open_model(checkpoint, crops, config)
     if s.control is None:
         raise InputError(s.unlabelled)
-    return _means(s, profiles, config)
+    return latent_means(s, profiles, config)
 
 
-def _display(s: _Screen, treatment: str) -> str:
+def _display(s: ModelOnStore, treatment: str) -> str:
     moa = s.moa[treatment]
     if treatment == s.control:
         return f"{treatment} (control)"
@@ -246,20 +258,20 @@ def _display(s: _Screen, treatment: str) -> str:
 
 
 @torch.no_grad()
-def _reconstruct(s: _Screen, config: ShowConfig
-                 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def reconstruct_cells(s: ModelOnStore, config: ShowConfig
+                      ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Random cells of each group, as model input ``x`` and reconstructions ``rec`` (both
     ``(N, C, H, W)``), and each group's positions in them."""
     picked = {t: _pick(s, t, config.cells_per_treatment, config.seed, 0) for t in s.order}
     idx = np.unique(np.concatenate(list(picked.values())))
     shape = (len(idx), len(s.channels)) + (s.model.config.image_size,) * 2
     x, rec = np.empty(shape, np.float32), np.empty(shape, np.float32)
-    for pos, batch in _scaled(s, idx):
-        x[pos], rec[pos] = batch, _decode(s, _encode(s, batch))
+    for pos, batch in scaled_rows(s, idx):
+        x[pos], rec[pos] = batch, decode_latents(s, encode_input(s, batch))
     return {t: np.searchsorted(idx, rows) for t, rows in picked.items()}, x, rec
 
 
-def _pages(s: _Screen) -> list[list[str]]:
+def _pages(s: ModelOnStore) -> list[list[str]]:
     """The groups of each reconstructions page: 8 a page, each led by the control."""
     if s.control is None:
         return [s.order[i:i + PAGE_TREATMENTS] for i in range(0, len(s.order), PAGE_TREATMENTS)]
@@ -268,7 +280,7 @@ def _pages(s: _Screen) -> list[list[str]]:
     return [[control, *rest[i:i + per]] for i in range(0, max(len(rest), 1), per)]
 
 
-def _reconstruction_pages(s: _Screen, out_dir: Path, where: dict[str, np.ndarray],
+def _reconstruction_pages(s: ModelOnStore, out_dir: Path, where: dict[str, np.ndarray],
                           x: np.ndarray, rec: np.ndarray, scale: IntensityScale) -> list[Path]:
     pages, paths = _pages(s), []
     for i, page in enumerate(pages, start=1):
@@ -285,17 +297,17 @@ def _reconstruction_pages(s: _Screen, out_dir: Path, where: dict[str, np.ndarray
 
 
 @torch.no_grad()
-def _samples(s: _Screen, seed: int, scale: IntensityScale, path: Path) -> Path:
+def _samples(s: ModelOnStore, seed: int, scale: IntensityScale, path: Path) -> Path:
     """Cells decoded from random latents: what the model has learnt a cell is."""
     gen = torch.Generator(device=s.device).manual_seed(seed)
     z = torch.randn(SAMPLES, s.model.config.latent_dim, generator=gen, device=s.device)
-    cells = _decode(s, z)
+    cells = decode_latents(s, z)
     half = SAMPLES // 2
     return save_grid(path, [cells[:half], cells[half:]], s.channels, scale=scale,
                      title="Cells decoded from random latents z ~ N(0, I)")
 
 
-def _typical_cells(s: _Screen, typical: dict[str, np.ndarray], path: Path,
+def _typical_cells(s: ModelOnStore, typical: dict[str, np.ndarray], path: Path,
                    scale: IntensityScale) -> Path:
     """One row per compound: the control's typical cell, then the compound's, low to high."""
     control = s.order[0]
@@ -314,12 +326,12 @@ def _typical_cells(s: _Screen, typical: dict[str, np.ndarray], path: Path,
 
 
 @torch.no_grad()
-def _treatment_figures(s: _Screen, means: dict[str, np.ndarray], target: str, out_dir: Path,
+def _treatment_figures(s: ModelOnStore, means: dict[str, np.ndarray], target: str, out_dir: Path,
                        config: ShowConfig, scale: IntensityScale) -> tuple[Path, Path]:
     """typical_cells.png and interpolation.png."""
     control = s.order[0]
-    typical = dict(zip(s.order, _decode(s, np.stack([means[t] for t in s.order]))))
-    frames = _decode(s, interpolate_latents(means[control], means[target], config.steps))
+    typical = dict(zip(s.order, decode_latents(s, np.stack([means[t] for t in s.order]))))
+    frames = decode_latents(s, interpolate_latents(means[control], means[target], config.steps))
     return _typical_cells(s, typical, out_dir / "typical_cells.png", scale), save_strip(
         out_dir / "interpolation.png", frames, s.channels, scale=scale,
         labels=[f"t={v:.2f}" for v in np.linspace(0.0, 1.0, config.steps)],
@@ -352,11 +364,11 @@ def show(checkpoint: str | Path, crops: str | Path, out_dir: str | Path, *,
     >>> show("run", "crops.h5", "figures", config=ShowConfig(treatment="taxol"))  # doctest: +SKIP
     """
     out_dir = Path(out_dir)
-    s = _open(checkpoint, crops, config)
-    means = _means(s, profiles, config) if s.control is not None else {}
+    s = open_model(checkpoint, crops, config)
+    means = latent_means(s, profiles, config) if s.control is not None else {}
     target = choose_treatment(means, s.order[0], config.treatment) if means else ""
     out_dir.mkdir(parents=True, exist_ok=True)
-    where, x, rec = _reconstruct(s, config)
+    where, x, rec = reconstruct_cells(s, config)
     scale = intensity_scale(x, what="input cells of the reconstructions (model input)")
     pages = _reconstruction_pages(s, out_dir, where, x, rec, scale)
     samples = _samples(s, config.seed, scale, out_dir / "samples.png")
