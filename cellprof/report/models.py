@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from cellprof.report.cells import Strip, show_config, strip
 from cellprof.report.config import ReportConfig
 from cellprof.report.plots import composite, intensity_scale
 from cellprof.report.sources import StoreSummary
+
+if TYPE_CHECKING:  # show imports torch; this module's callers need not
+    from cellprof.report.show import ModelOnStore
 
 ERROR_CELLS = 2000
 """Held-out cells measured at most (drawn at random, seeded), so a page of a screen of a
@@ -62,15 +66,14 @@ class ModelPair:
     """What the shared intensity scale of the pictures is (its source and ranges)."""
 
 
-def _side(checkpoint: Path, crops: StoreSummary, rows: np.ndarray, shown: np.ndarray,
-          config: ReportConfig, match: dict) -> tuple[np.ndarray, np.ndarray, float, dict]:
+def _side(s: ModelOnStore, rows: np.ndarray, shown: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray, float]:
     """Model input and reconstructions of the ``shown`` rows, and the MSE per pixel over
     ``rows`` (both sorted store rows; ``shown`` a subset of ``rows``)."""
     import torch
 
     from cellprof.report import show as sh
 
-    s = sh.open_model(checkpoint, crops.path, show_config(match, config))
     sq, numel = 0.0, 0
     keep = np.isin(rows, shown)
     x_shown, rec_shown = [], []
@@ -81,7 +84,12 @@ def _side(checkpoint: Path, crops: StoreSummary, rows: np.ndarray, shown: np.nda
             numel += x.size
             x_shown.append(x[keep[pos]])
             rec_shown.append(rec[keep[pos]])
-    return (np.concatenate(x_shown), np.concatenate(rec_shown), sq / max(numel, 1), s.ckpt)
+    return np.concatenate(x_shown), np.concatenate(rec_shown), sq / max(numel, 1)
+
+
+def _seed(ckpt: dict) -> int:
+    """The training seed of a checkpoint's run (which fields it held out)."""
+    return int((ckpt.get("train_config") or {}).get("seed", 0))
 
 
 def unseen(first: dict, crops: StoreSummary) -> tuple[np.ndarray, str | None]:
@@ -98,10 +106,9 @@ def unseen(first: dict, crops: StoreSummary) -> tuple[np.ndarray, str | None]:
         return everything, (f"the first model was trained on {store} "
                             f"({recorded.get('n_cells', '?')} cells), not on these "
                             f"{len(crops.cells)}: some of them may be cells it trained on")
-    seed = int((first.get("train_config") or {}).get("seed", 0))
     data = DataConfig.from_dict(first.get("data_config") or {})
     try:
-        _, held = split_by_field(crops.cells, data.val_fraction, seed)
+        _, held = split_by_field(crops.cells, data.val_fraction, _seed(first))
     except InputError:  # too few fields to hold any out
         held = everything[:0]
     if len(held) == 0 or len(held) != recorded.get("n_val", len(held)):
@@ -115,21 +122,21 @@ def model_pair(models: tuple[Path, Path], labels: tuple[str, str], crops: StoreS
     """The same cells through both models: the fields ``models[0]``'s run held out of
     training, so that neither model trained on them, or (said in ``caveat``) random cells of
     the store when that run trained on another store or held nothing out."""
-    from cellprof.formats.checkpoint import load_checkpoint
+    from cellprof.report import show as sh
 
-    first = load_checkpoint(models[0])
+    sides = [sh.open_model(m, crops.path, show_config(match, config)) for m in models]
+    first = sides[0].ckpt
     pool, caveat = unseen(first, crops)
     rng = np.random.default_rng([config.seed, 23])
     rows = np.sort(rng.choice(pool, min(len(pool), ERROR_CELLS), replace=False))
     shown = np.sort(rng.choice(rows, min(len(rows), config.cells_per_treatment),
                                replace=False))
-    x, rec0, mse0, ck0 = _side(models[0], crops, rows, shown, config, match)
-    _, rec1, mse1, ck1 = _side(models[1], crops, rows, shown, config, match)
+    x, rec0, mse0 = _side(sides[0], rows, shown)
+    _, rec1, mse1 = _side(sides[1], rows, shown)
     scale = intensity_scale(x, what="cells shown (as the first model sees them)")
     draw = lambda a: strip(composite(a, crops.channels, scale=scale))  # noqa: E731
-    views = (ModelView(labels[0], ck0.get("step"), draw(rec0), mse0),
-             ModelView(labels[1], ck1.get("step"), draw(rec1), mse1))
+    views = (ModelView(labels[0], first.get("step"), draw(rec0), mse0),
+             ModelView(labels[1], sides[1].ckpt.get("step"), draw(rec1), mse1))
     ranges = ", ".join(scale.describe(crops.channels))
-    seed = int((first.get("train_config") or {}).get("seed", 0))
-    return ModelPair(draw(x), views, len(rows), len(pool), seed, caveat,
+    return ModelPair(draw(x), views, len(rows), len(pool), _seed(first), caveat,
                      f"{scale.source}: {ranges}")

@@ -152,7 +152,7 @@ def open_model(checkpoint: str | Path, crops: str | Path, config: ShowConfig) ->
     method = DataConfig.from_dict(ckpt["data_config"]).crop_scaling
     pct = plate_percentiles(crops, info.channels) if method == "percentile" else None
     return ModelOnStore(Path(crops), model, ckpt, device, info.channels, cells, groups.rows,
-                   groups.moa, method, pct, groups.control, groups.unlabelled)
+                        groups.moa, method, pct, groups.control, groups.unlabelled)
 
 
 def _pick(s: ModelOnStore, treatment: str, n: int, seed: int, purpose: int) -> np.ndarray:
